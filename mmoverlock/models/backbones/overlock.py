@@ -1,0 +1,308 @@
+"""OverLoCK backbone (CVPR 2025): Base-Net, Overview-Net and Focus-Net in one module.
+
+One implementation serves the three official layouts; they differ by flags only:
+
+=============  ===============  ==================  =====================================================
+layout         ``extra_norm``   ``fuse_overview``   outputs
+=============  ===============  ==================  =====================================================
+ImageNet       False            False               raw maps (index 4 = Overview-Net map for the aux head)
+detection      True             True                LN2d-normed maps; last one + h_proj(norm(overview))
+segmentation   True             False               LN2d-normed maps
+=============  ===============  ==================  =====================================================
+"""
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmcv.cnn.bricks import DropPath
+from mmengine.logging import MMLogger
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ...registry import register_public
+from ..contmix import ContMixBlock
+from ..layers import GRN, DilatedReparamBlock, LayerNorm2d, LayerScale, ResDWConv, SEModule
+
+ARCH_KEYS = ('depth', 'sub_depth', 'embed_dim', 'kernel_size', 'mlp_ratio', 'sub_num_heads', 'sub_mlp_ratio')
+
+#: The official variants (OVERLOCK_SPEC.md, "Variants").
+arch_settings: Dict[str, dict] = {
+    'xt': dict(depth=[2, 2, 3, 2], sub_depth=[6, 2], embed_dim=[56, 112, 256, 336], kernel_size=[17, 15, 13, 7],
+               mlp_ratio=4, sub_num_heads=[4, 6], sub_mlp_ratio=3),
+    't': dict(depth=[4, 4, 6, 2], sub_depth=[12, 2], embed_dim=[64, 128, 256, 512], kernel_size=[17, 15, 13, 7],
+              mlp_ratio=4, sub_num_heads=[4, 8], sub_mlp_ratio=3),
+    's': dict(depth=[6, 6, 8, 3], sub_depth=[16, 3], embed_dim=[64, 128, 320, 512], kernel_size=[17, 15, 13, 7],
+              mlp_ratio=4, sub_num_heads=[8, 16], sub_mlp_ratio=3),
+    'b': dict(depth=[8, 8, 10, 4], sub_depth=[20, 4], embed_dim=[80, 160, 384, 576],
+              kernel_size=[17, 15, 13, 7], mlp_ratio=4, sub_num_heads=[6, 9], sub_mlp_ratio=3),
+}
+for _name, _full in (('x-tiny', 'xt'), ('tiny', 't'), ('small', 's'), ('base', 'b')):
+    arch_settings[_name] = arch_settings[_full]
+
+SMK_SIZE = 5                       # small dynamic kernel
+LS_INIT = (None, None, 1., 1.)     # LayerScale init of the Base/Overview-Net blocks, per stage
+NUM_OUTPUTS = 5                    # out indices 0-3: stages; 4: the Overview-Net map
+
+
+def _per_stage(value, n: int, name: str) -> list:
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * n
+    if len(values) != n:
+        raise ValueError(f'OverLoCK arch: {name}={value} must be a number or a list of {n} values')
+    return values
+
+
+def resolve_arch(arch: Union[str, dict]) -> dict:
+    """An arch name ('xt', 't', 's', 'b') or a dict with all of ARCH_KEYS -> a normalised dict."""
+    if isinstance(arch, str):
+        if arch.lower() not in arch_settings:
+            raise ValueError(f"OverLoCK: unknown arch '{arch}'; valid: {sorted(set(arch_settings))} "
+                             f"or a dict with keys {list(ARCH_KEYS)}")
+        arch = arch_settings[arch.lower()]
+    elif not isinstance(arch, dict):
+        raise TypeError(f'OverLoCK: arch must be a str or a dict, got {type(arch).__name__}')
+    missing = [k for k in ARCH_KEYS if k not in arch]
+    if missing:
+        raise ValueError(f'OverLoCK: arch dict lacks {missing}; it needs all of {list(ARCH_KEYS)}')
+    arch = dict(arch)
+    arch['depth'] = _per_stage(arch['depth'], 4, 'depth')
+    arch['embed_dim'] = _per_stage(arch['embed_dim'], 4, 'embed_dim')
+    arch['kernel_size'] = _per_stage(arch['kernel_size'], 4, 'kernel_size')
+    arch['mlp_ratio'] = _per_stage(arch['mlp_ratio'], 4, 'mlp_ratio')
+    arch['sub_depth'] = _per_stage(arch['sub_depth'], 2, 'sub_depth')
+    arch['sub_num_heads'] = _per_stage(arch['sub_num_heads'], 2, 'sub_num_heads')
+    arch['sub_mlp_ratio'] = _per_stage(arch['sub_mlp_ratio'], 2, 'sub_mlp_ratio')
+    return arch
+
+
+class RepConvBlock(nn.Module):
+    """Base-Net / Overview-Net block: ``x = dwconv(x); x = ls(x) + proj(x)``. (B, C, H, W) -> same."""
+
+    def __init__(self, dim: int, kernel_size: int, mlp_ratio: float = 4., ls_init_value: Optional[float] = None,
+                 drop_path: float = 0., deploy: bool = False):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.dwconv = ResDWConv(dim, 3)
+        self.proj = nn.Sequential(
+            LayerNorm2d(dim),
+            DilatedReparamBlock(dim, kernel_size, deploy=deploy),
+            nn.BatchNorm2d(dim),
+            SEModule(dim),
+            nn.Conv2d(dim, hidden, 1),
+            nn.GELU(),
+            ResDWConv(hidden, 3),
+            GRN(hidden),
+            nn.Conv2d(hidden, dim, 1),
+            DropPath(drop_path) if drop_path > 0 else nn.Identity(),
+        )
+        self.ls = LayerScale(dim, ls_init_value) if ls_init_value is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dwconv(x)
+        return self.ls(x) + self.proj(x)
+
+
+def stem(in_chans: int, dim: int) -> nn.Sequential:
+    """``patch_embed1``: four 3x3 convs (strides 2, 1, 2, 1) with BN/GELU; (B, 3, H, W) -> (B, dim, H/4, W/4)."""
+    half = dim // 2
+    return nn.Sequential(
+        nn.Conv2d(in_chans, half, 3, 2, 1, bias=False), nn.BatchNorm2d(half), nn.GELU(),
+        nn.Conv2d(half, half, 3, 1, 1, bias=False), nn.BatchNorm2d(half), nn.GELU(),
+        nn.Conv2d(half, dim, 3, 2, 1, bias=False), nn.BatchNorm2d(dim), nn.GELU(),
+        nn.Conv2d(dim, dim, 3, 1, 1, bias=False), nn.BatchNorm2d(dim))
+
+
+def downsample(in_dim: int, out_dim: int) -> nn.Sequential:
+    """3x3 stride-2 conv + BN; (B, in_dim, H, W) -> (B, out_dim, ceil(H/2), ceil(W/2))."""
+    return nn.Sequential(nn.Conv2d(in_dim, out_dim, 3, 2, 1, bias=False), nn.BatchNorm2d(out_dim))
+
+
+@register_public
+class OverLoCK(BaseModule):
+    """OverLoCK backbone.
+
+    Args:
+        arch: 'xt' | 't' | 's' | 'b' (or 'x-tiny', 'tiny', 'small', 'base'), or a dict with
+            ``depth, sub_depth, embed_dim, kernel_size, mlp_ratio, sub_num_heads, sub_mlp_ratio``.
+        out_indices: which maps to return: 0-3 the four stages (strides 4, 8, 16, 32; channels
+            ``e0, e1, e2 + c, e3 + c`` with c = e3 // 4), 4 the Overview-Net map (stride 32, e3 channels).
+        fuse_overview: add ``h_proj(extra_norm[4](overview))`` to the last map (official detection layout);
+            False is the segmentation layout.
+        extra_norm: LN2d on every output and a normed stage-2 map into stage 3 (the dense layouts).
+            False is the ImageNet layout (no output norms; requires ``fuse_overview=False``).
+        drop_path_rate: stochastic depth, linear over all blocks (stages 1-4, then Focus-Net 3, 4).
+        frozen_stages: -1 none; 0 the stem; i in 1..4 the stem and stages 1..i (stage 3 = Base-Net and
+            Focus-Net stage 3; stage 4 = Overview-Net, Focus-Net stage 4 and the output heads).
+        norm_eval: keep every BatchNorm in eval mode while training.
+        with_cp: gradient checkpointing per block.
+        deploy: build the re-parameterised (inference) form directly.
+        in_channels: image channels.
+        init_cfg: e.g. ``dict(type='Pretrained', checkpoint=FILE_OR_URL, prefix='backbone.')``; official
+            ImageNet checkpoints load without a key map (see :mod:`mmoverlock.utils.checkpoint`).
+    """
+
+    def __init__(self, arch: Union[str, dict] = 't', out_indices: Sequence[int] = (0, 1, 2, 3),
+                 fuse_overview: bool = True, extra_norm: bool = True, drop_path_rate: float = 0.,
+                 frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False, deploy: bool = False,
+                 in_channels: int = 3, init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg)
+        self.arch = arch = resolve_arch(arch)
+        if isinstance(out_indices, int):
+            out_indices = (out_indices, )
+        bad = [i for i in out_indices if not 0 <= int(i) < NUM_OUTPUTS]
+        if bad or not out_indices:
+            raise ValueError(f'OverLoCK: out_indices={tuple(out_indices)} out of range; each must be in '
+                             f'0..3 (stages) or 4 (Overview-Net map)')
+        if not -1 <= frozen_stages <= 4:
+            raise ValueError(f'OverLoCK: frozen_stages={frozen_stages} out of range; expected -1 (none), '
+                             f'0 (stem) or 1..4')
+        if fuse_overview and not extra_norm:
+            raise ValueError('OverLoCK: fuse_overview=True needs extra_norm=True (detection layout); '
+                             'the ImageNet layout is extra_norm=False, fuse_overview=False')
+        self.out_indices = tuple(int(i) for i in out_indices)
+        self.fuse_overview, self.use_extra_norm = fuse_overview, extra_norm
+        self.frozen_stages, self.norm_eval, self.with_cp = frozen_stages, norm_eval, with_cp
+
+        e = arch['embed_dim']
+        ctx_dim = e[3] // 4
+        self.ctx_dim = ctx_dim
+        ks = arch['kernel_size']
+        depth, sub_depth = arch['depth'], arch['sub_depth']
+        dpr = torch.linspace(0, drop_path_rate, sum(depth) + sum(sub_depth)).tolist()
+        dpr_iter = iter(dpr)
+
+        self.patch_embed1 = stem(in_channels, e[0])
+        self.patch_embed2 = downsample(e[0], e[1])
+        self.patch_embed3 = downsample(e[1], e[2])
+        self.patch_embed4 = downsample(e[2], e[3])
+        for i in range(4):
+            self.add_module(f'blocks{i + 1}', nn.ModuleList(
+                RepConvBlock(e[i], ks[i], arch['mlp_ratio'][i], LS_INIT[i], next(dpr_iter), deploy)
+                for _ in range(depth[i])))
+
+        self.high_level_proj = nn.Conv2d(e[3], ctx_dim, 1)
+        self.patch_embedx = nn.Module()
+        self.patch_embedx.x_proj = downsample(e[2], e[3])
+        self.patch_embedx.h_proj = downsample(ctx_dim, ctx_dim)
+        for j, stage in enumerate((2, 3)):
+            n = sub_depth[j]
+            self.add_module(f'sub_blocks{stage + 1}', nn.ModuleList(
+                ContMixBlock(e[stage], ctx_dim, kernel_size=ks[stage], smk_size=SMK_SIZE,
+                             num_groups=2 * arch['sub_num_heads'][j], mlp_ratio=arch['sub_mlp_ratio'][j],
+                             ls_init_value=1., drop_path=next(dpr_iter),
+                             is_first=(j == 0 and i == 0), is_last=(j == 1 and i == n - 1), deploy=deploy)
+                for i in range(n)))
+
+        self.out_channels: List[int] = [
+            [e[0], e[1], e[2] + ctx_dim, e[3] + ctx_dim, e[3]][i] for i in self.out_indices]
+        all_channels = [e[0], e[1], e[2] + ctx_dim, e[3] + ctx_dim]
+        if extra_norm:
+            self.extra_norm = nn.ModuleList(LayerNorm2d(c) for c in all_channels)
+            if fuse_overview:
+                self.extra_norm.append(LayerNorm2d(e[3]))
+                self.h_proj = nn.Sequential(nn.Conv2d(e[3], e[3] + ctx_dim, 1), LayerScale(e[3] + ctx_dim, 1e-5))
+        self._freeze_stages()
+
+    # ------------------------------------------------------------------ init, freezing, deploy
+    def init_weights(self) -> None:
+        """Pretrained ``init_cfg`` -> :func:`load_overlock_checkpoint`; otherwise the official init."""
+        from ...utils.checkpoint import load_overlock_checkpoint
+        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
+            load_overlock_checkpoint(self, self.init_cfg['checkpoint'], prefix=self.init_cfg.get('prefix'),
+                                     logger=MMLogger.get_current_instance())
+            self._is_init = True
+            return
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                trunc_normal_(m.weight, std=.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        self._is_init = True
+
+    def stage_modules(self, stage: int) -> List[nn.Module]:
+        """Modules belonging to ``stage`` (0 = stem, 1-4) for freezing."""
+        norms = list(getattr(self, 'extra_norm', []))
+        if stage == 0:
+            return [self.patch_embed1]
+        if stage == 1:
+            return [self.blocks1] + norms[0:1]
+        if stage == 2:
+            return [self.patch_embed2, self.blocks2] + norms[1:2]
+        if stage == 3:
+            return [self.patch_embed3, self.blocks3, self.sub_blocks3] + norms[2:3]
+        return [self.patch_embed4, self.blocks4, self.high_level_proj, self.patch_embedx, self.sub_blocks4,
+                getattr(self, 'h_proj', nn.Identity())] + norms[3:]
+
+    def _freeze_stages(self) -> None:
+        for stage in range(self.frozen_stages + 1):
+            for module in self.stage_modules(stage):
+                module.eval()
+                for p in module.parameters():
+                    p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    def switch_to_deploy(self) -> None:
+        """Re-parameterise every DilatedReparamBlock in place (mmpretrain's convention)."""
+        for m in self.modules():
+            if isinstance(m, DilatedReparamBlock):
+                m.switch_to_deploy()
+
+    # ------------------------------------------------------------------ forward
+    def _run(self, block: nn.Module, *args):
+        if self.with_cp and self.training and any(a.requires_grad for a in args if a is not None):
+            return cp.checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def _norm(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return self.extra_norm[i](x) if self.use_extra_norm else x
+
+    def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """(B, 3, H, W) -> the five maps [s1, s2, s3, s4, overview], outputs norms applied."""
+        x = self.patch_embed1(x)
+        for blk in self.blocks1:
+            x = self._run(blk, x)
+        out1 = self._norm(0, x)
+        x = self.patch_embed2(x)
+        for blk in self.blocks2:
+            x = self._run(blk, x)
+        x = out2 = self._norm(1, x)   # the dense layouts feed the *normed* stage-2 map on
+        x = self.patch_embed3(x)
+        for blk in self.blocks3:
+            x = self._run(blk, x)
+
+        # Overview-Net: a coarse look at the whole image.
+        ctx = self.patch_embed4(x)
+        for blk in self.blocks4:
+            ctx = self._run(blk, ctx)
+
+        # Focus-Net: look closely, guided by the overview.
+        ctx_ori = self.high_level_proj(ctx)
+        ctx_up = F.interpolate(ctx_ori, size=x.shape[-2:], mode='bilinear', align_corners=False)
+        h = ctx_up
+        for blk in self.sub_blocks3:
+            x, h = self._run(blk, x, h, ctx_up)
+        out3 = self._norm(2, torch.cat([x, h], dim=1))
+        x = self.patch_embedx.x_proj(x)
+        h = self.patch_embedx.h_proj(h)
+        for blk in self.sub_blocks4:
+            out = self._run(blk, x, h, ctx_ori)
+            x, h = out if isinstance(out, tuple) else (out, None)
+        out4 = self._norm(3, x)
+        if self.fuse_overview:
+            out4 = out4 + self.h_proj(self.extra_norm[4](ctx))
+        return [out1, out2, out3, out4, ctx]
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        """(B, 3, H, W) -> tuple of the maps named by ``out_indices``."""
+        outs = self.forward_features(x)
+        return tuple(outs[i] for i in self.out_indices)

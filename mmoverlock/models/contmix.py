@@ -1,0 +1,195 @@
+"""ContMix: context-mixing dynamic kernels, and the block built on it (the official ``DynamicConvBlock``)."""
+from functools import lru_cache
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule
+
+from ..ops.na2d import na2d_av_channels_first, window_starts
+from ..registry import register_public
+from .layers import GRN, DilatedReparamBlock, LayerNorm2d, LayerScale, ResDWConv, SEModule
+
+NUM_REGIONS = 7  # the context is pooled to 7 x 7 = 49 region centres
+
+
+@lru_cache(maxsize=256)
+def _rpb_index(height: int, width: int, kernel_size: int, device: torch.device):
+    """Index of each (tap, pixel) into a (2k-1, 2k-1) relative position table: rows (k,1,H,1), cols (1,k,1,W)."""
+    taps = torch.arange(kernel_size, device=device)
+    rows = window_starts(height, kernel_size, device)[None, :] + taps[:, None]     # (k, H): key row
+    rows = rows - torch.arange(height, device=device)[None, :] + kernel_size - 1
+    cols = window_starts(width, kernel_size, device)[None, :] + taps[:, None]
+    cols = cols - torch.arange(width, device=device)[None, :] + kernel_size - 1
+    return rows[:, None, :, None], cols[None, :, None, :]
+
+
+def relative_position_bias(rpb: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Gather a (G, 2k-1, 2k-1) table into the bias of every clamped window: (G, k*k, H, W)."""
+    kernel_size = (rpb.shape[-1] + 1) // 2
+    rows, cols = _rpb_index(height, width, kernel_size, rpb.device)
+    return rpb[:, rows, cols].flatten(1, 2)
+
+
+def small_map_size(height: int, width: int, kernel_size: int) -> Optional[Tuple[int, int]]:
+    """The size a map smaller than the kernel is resized to (official rule), or None if it fits."""
+    if min(height, width) >= kernel_size:
+        return None
+    if height < width:
+        return kernel_size, int(kernel_size / height * width)
+    return int(kernel_size / width * height), kernel_size
+
+
+@register_public
+class ContMix(BaseModule):
+    """The bare ContMix mixer: dynamic kernels from the affinity of each pixel to 7x7 context regions.
+
+    Two kernels per group: a small one (``smk_size``) for the first half of the channels and a large one
+    (``kernel_size``) for the second half; each is softmax-normalised with a relative position bias and
+    aggregates a clamped window (NATTEN semantics).
+
+    Args:
+        dim: channels of the aggregated features (and of the query source).
+        ctx_dim: channels of the context the keys come from.
+        kernel_size: large dynamic kernel size K. smk_size: small dynamic kernel size S.
+        num_groups: G; ``dim`` must be divisible by 2 * G.
+    """
+
+    def __init__(self, dim: int, ctx_dim: int, kernel_size: int = 7, smk_size: int = 5,
+                 num_groups: int = 4, init_cfg=None):
+        super().__init__(init_cfg)
+        if dim % (2 * num_groups):
+            raise ValueError(f'ContMix: dim={dim} must be divisible by 2 * num_groups = {2 * num_groups}')
+        self.dim, self.ctx_dim = dim, ctx_dim
+        self.kernel_size, self.smk_size, self.num_heads = kernel_size, smk_size, num_groups
+        self.scale = (dim // num_groups) ** -0.5
+        self.rpb1 = nn.Parameter(torch.zeros(num_groups, 2 * smk_size - 1, 2 * smk_size - 1))
+        self.rpb2 = nn.Parameter(torch.zeros(num_groups, 2 * kernel_size - 1, 2 * kernel_size - 1))
+        self.weight_query = nn.Sequential(nn.Conv2d(dim, dim // 2, 1, bias=False), nn.BatchNorm2d(dim // 2))
+        self.weight_key = nn.Sequential(nn.AdaptiveAvgPool2d(NUM_REGIONS),
+                                        nn.Conv2d(ctx_dim, dim // 2, 1, bias=False),
+                                        nn.BatchNorm2d(dim // 2))
+        self.weight_proj = nn.Conv2d(NUM_REGIONS ** 2, kernel_size ** 2 + smk_size ** 2, 1)
+
+    def dynamic_kernels(self, query_src: torch.Tensor, context: torch.Tensor
+                        ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """query_src (B, dim, H, W), context (B, ctx_dim, H, W) ->
+        small (B, G, S*S, H, W) and large (B, G, K*K, H, W) kernels, softmax-normalised over taps."""
+        b, _, h, w = query_src.shape
+        g = self.num_heads
+        query = (self.weight_query(query_src) * self.scale).reshape(b, g, -1, h * w)   # (B, G, d, HW)
+        key = self.weight_key(context).reshape(b, g, -1, NUM_REGIONS ** 2)            # (B, G, d, 49)
+        # weight_proj (a 1x1 conv over the 49 region channels) folded into the keys:
+        # W @ (key^T @ query) == (W @ key^T) @ query, which is ~3x fewer multiply-adds.
+        proj_w = self.weight_proj.weight.flatten(1)                                    # (T, 49)
+        kernels = torch.matmul(torch.matmul(proj_w, key.transpose(-1, -2)), query)     # (B, G, T, HW)
+        kernels = kernels + self.weight_proj.bias.view(-1, 1)
+        kernels = kernels.view(b, g, -1, h, w)
+        small, large = kernels.split([self.smk_size ** 2, self.kernel_size ** 2], dim=2)
+        # Softmax in fp32 whatever the autocast dtype (bias + exp overflow in fp16).
+        small = (small.float() + relative_position_bias(self.rpb1, h, w).float()).softmax(dim=2)
+        large = (large.float() + relative_position_bias(self.rpb2, h, w).float()).softmax(dim=2)
+        return small.to(query.dtype), large.to(query.dtype)
+
+    def aggregate(self, x: torch.Tensor, small: torch.Tensor, large: torch.Tensor) -> torch.Tensor:
+        """x (B, dim, H, W): first half aggregated with the small kernels, second half with the large."""
+        b, c, h, w = x.shape
+        g = self.num_heads
+        values = x.view(b, 2, g, c // (2 * g), h, w)
+        x_small = na2d_av_channels_first(small.to(x.dtype), values[:, 0], self.smk_size)
+        x_large = na2d_av_channels_first(large.to(x.dtype), values[:, 1], self.kernel_size)
+        return torch.cat([x_small.reshape(b, c // 2, h, w), x_large.reshape(b, c // 2, h, w)], dim=1)
+
+    def mix(self, x: torch.Tensor, query_src: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Dynamic-kernel aggregation of x, with the small-map path (maps under K are resized to fit
+        and pooled back). x, query_src (B, dim, H, W); context (B, ctx_dim, H, W) -> (B, dim, H, W)."""
+        h, w = x.shape[-2:]
+        size = small_map_size(h, w, self.kernel_size)
+        if size is not None:
+            x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
+            both = F.interpolate(torch.cat([query_src, context], 1), size=size, mode='bilinear',
+                                 align_corners=False)
+            query_src, context = both.split([query_src.shape[1], context.shape[1]], dim=1)
+        small, large = self.dynamic_kernels(query_src, context)
+        x = self.aggregate(x, small, large)
+        if size is not None:
+            x = F.adaptive_avg_pool2d(x, (h, w))
+        return x
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Plug-in use: x (B, dim, H, W) is both value and query source; context (B, ctx_dim, h', w')
+        defaults to x itself (self-context) and is resized to x's size."""
+        if context is None:
+            context = x
+        if context.shape[-2:] != x.shape[-2:]:
+            context = F.interpolate(context, size=x.shape[-2:], mode='bilinear', align_corners=False)
+        return self.mix(x, x, context)
+
+
+@register_public
+class ContMixBlock(ContMix):
+    """The Focus-Net block (official ``DynamicConvBlock``): fuses features x (dim channels) with a context
+    h (ctx_dim channels) and returns both updated, or the whole ``dim + ctx_dim`` map if ``is_last``.
+
+    forward(x (B, dim, H, W), h (B, ctx_dim, H, W), h_r (B, ctx_dim, H, W); h_r unused if is_first)
+        -> (x (B, dim, H, W), h (B, ctx_dim, H, W))  or  (B, dim + ctx_dim, H, W) when ``is_last``.
+
+    Args beyond :class:`ContMix`: mlp_ratio (hidden = int(dim * mlp_ratio)); ls_init_value (ls1/ls2);
+    drop_path; is_first (no x_scale/h_scale: the first Focus-Net block); is_last; deploy.
+    """
+
+    def __init__(self, dim: int, ctx_dim: int, kernel_size: int = 7, smk_size: int = 5, num_groups: int = 4,
+                 mlp_ratio: float = 3., ls_init_value: float = 1., drop_path: float = 0.,
+                 is_first: bool = False, is_last: bool = False, deploy: bool = False, init_cfg=None):
+        super().__init__(dim, ctx_dim, kernel_size, smk_size, num_groups, init_cfg)
+        out_dim = dim + ctx_dim
+        hidden = int(dim * mlp_ratio)
+        self.is_first, self.is_last = is_first, is_last
+        if not is_first:
+            self.x_scale = LayerScale(ctx_dim, ls_init_value)
+            self.h_scale = LayerScale(ctx_dim, ls_init_value)
+        self.dwconv1 = ResDWConv(out_dim, 3)
+        self.norm1 = LayerNorm2d(out_dim)
+        self.fusion = nn.Sequential(
+            nn.Conv2d(out_dim, out_dim, 3, padding=1, groups=out_dim), nn.BatchNorm2d(out_dim), nn.GELU(),
+            nn.Conv2d(out_dim, dim, 1), GRN(dim))
+        self.dyconv_proj = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
+        self.lepe = nn.Sequential(DilatedReparamBlock(dim, kernel_size, deploy), nn.BatchNorm2d(dim))
+        self.se_layer = SEModule(dim)
+        self.gate = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.SiLU())
+        self.proj = nn.Sequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, out_dim, 1))
+        self.dwconv2 = ResDWConv(out_dim, 3)
+        self.norm2 = LayerNorm2d(out_dim)
+        self.mlp = nn.Sequential(nn.Conv2d(out_dim, hidden, 1), nn.GELU(), ResDWConv(hidden, 3), GRN(hidden),
+                                 nn.Conv2d(hidden, out_dim, 1))
+        self.ls1 = LayerScale(out_dim, ls_init_value)
+        self.ls2 = LayerScale(out_dim, ls_init_value)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor, h_r: Optional[torch.Tensor] = None
+                ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        if not self.is_first:
+            h = self.x_scale(h) + self.h_scale(h_r)
+        f = self.dwconv1(torch.cat([x, h], dim=1))
+        identity = f
+        f = self.norm1(f)
+        x = self.fusion(f)
+        gate = self.gate(x)
+        lepe = self.lepe(x)
+        query_src, context = f.split([self.dim, self.ctx_dim], dim=1)
+        x = self.mix(x, query_src, context)
+        x = self.dyconv_proj(x) + lepe
+        x = gate * self.se_layer(x)
+        x = self.proj(x)
+        x = self.ls1(identity) + self.drop_path(x)
+        x = self.dwconv2(x)
+        x = self.ls2(x) + self.drop_path(self.mlp(self.norm2(x)))
+        if self.is_last:
+            return x
+        return x[:, :self.dim], x[:, self.dim:]
+
+    def switch_to_deploy(self) -> None:
+        self.lepe[0].switch_to_deploy()
+

@@ -1,0 +1,3 @@
+from .overlock_cls_head import OverLoCKClsHead
+
+__all__ = ['OverLoCKClsHead']

@@ -1,0 +1,61 @@
+"""The ImageNet head of OverLoCK with its deep-supervision (Overview-Net) head, for mmpretrain."""
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from mmpretrain.models.heads import ClsHead
+
+from ...registry import register_public
+
+
+@register_public
+class OverLoCKClsHead(ClsHead):
+    """Main head on the last map and an auxiliary head on the Overview-Net map.
+
+    Expects the backbone's ``out_indices=(3, 4)`` (ImageNet layout): ``feats = (last, overview)``.
+
+    * ``main_head`` (official ``head``): conv1x1(in -> projection, no bias) BN SiLU avg-pool
+      conv1x1(projection -> classes).
+    * ``aux_head`` (official ``aux_head``): BN avg-pool conv1x1(overview -> classes); only its loss is used,
+      weighted ``aux_loss_weight`` (0.4 in the official recipe). Prediction uses the main logits.
+
+    Args:
+        num_classes: classes. in_channels: channels of the last map (e3 + e3 // 4).
+        overview_channels: channels of the Overview-Net map (e3). projection: hidden width (1024).
+    """
+
+    def __init__(self, num_classes: int, in_channels: int, overview_channels: int, projection: int = 1024,
+                 aux_loss_weight: float = 0.4, init_cfg=dict(type='TruncNormal', layer=['Conv2d'], std=.02),
+                 **kwargs):
+        super().__init__(init_cfg=init_cfg, **kwargs)
+        if num_classes <= 0:
+            raise ValueError(f'OverLoCKClsHead: num_classes={num_classes} must be positive')
+        self.num_classes, self.aux_loss_weight = num_classes, aux_loss_weight
+        self.main_head = nn.Sequential(
+            nn.Conv2d(in_channels, projection, 1, bias=False), nn.BatchNorm2d(projection), nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(projection, num_classes, 1))
+        self.aux_head = nn.Sequential(
+            nn.BatchNorm2d(overview_channels), nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(overview_channels, num_classes, 1))
+
+    def _split(self, feats: Tuple[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        if len(feats) < 2:
+            raise ValueError(f'OverLoCKClsHead needs (last map, overview map): set the backbone '
+                             f'out_indices=(3, 4); got {len(feats)} map(s)')
+        return feats[-2], feats[-1]
+
+    def pre_logits(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
+        return self._split(feats)[0]
+
+    def forward(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
+        """(last (B, C, h, w), overview (B, e3, h, w)) -> main logits (B, num_classes)."""
+        return self.main_head(self.pre_logits(feats)).flatten(1)
+
+    def forward_aux(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
+        return self.aux_head(self._split(feats)[1]).flatten(1)
+
+    def loss(self, feats: Tuple[torch.Tensor], data_samples: List, **kwargs) -> dict:
+        losses = self._get_loss(self(feats), data_samples, **kwargs)
+        aux = self._get_loss(self.forward_aux(feats), data_samples, **kwargs)
+        losses['loss_aux'] = self.aux_loss_weight * aux['loss']
+        return losses

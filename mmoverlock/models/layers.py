@@ -1,0 +1,163 @@
+"""Small building blocks of OverLoCK (names and parameter layouts follow the official release)."""
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# UniRepLKNet's dilated re-parameterisation table: large kernel K -> (branch kernels, dilations).
+DILATED_BRANCHES: Dict[int, Tuple[List[int], List[int]]] = {
+    17: ([5, 7, 9, 3, 3, 3], [1, 1, 2, 4, 5, 7]),
+    15: ([5, 7, 7, 3, 3, 3], [1, 1, 2, 3, 5, 7]),
+    13: ([5, 7, 7, 3, 3, 3], [1, 1, 2, 3, 4, 5]),
+    11: ([5, 7, 5, 3, 3, 3], [1, 1, 2, 3, 4, 5]),
+    9: ([5, 7, 5, 3, 3], [1, 1, 2, 3, 4]),
+    7: ([5, 3, 3, 3], [1, 1, 2, 3]),
+    5: ([3, 3], [1, 2]),
+}
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channel axis of an NCHW map (eps 1e-6). (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6):
+        super().__init__(num_channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class LayerScale(nn.Module):
+    """Per-channel affine ``x * weight + bias``; weight stored as a depthwise 1x1 kernel (C, 1, 1, 1)."""
+
+    def __init__(self, dim: int, init_value: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((dim, 1, 1, 1), float(init_value)))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.bias.view(1, -1, 1, 1), x, self.weight.view(1, -1, 1, 1))
+
+
+class GRN(nn.Module):
+    """Global Response Normalisation (ConvNeXt-V2) for NCHW maps."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, dim, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gx = torch.norm(x, p=2, dim=(-1, -2), keepdim=True)
+        nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
+        return (self.gamma * nx + 1) * x + self.beta
+
+
+class SEModule(nn.Module):
+    """Squeeze-and-excitation gate; hidden width max(16, dim // 8)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        hidden = max(16, dim // 8)
+        self.proj = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(dim, hidden, 1),
+            nn.GELU(),
+            nn.Conv2d(hidden, dim, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.proj(x)
+
+
+class ResDWConv(nn.Conv2d):
+    """Residual depthwise conv ``x + dwconv(x)``; it is the conv itself (its weight sits at its own name)."""
+
+    def __init__(self, dim: int, kernel_size: int = 3):
+        super().__init__(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + super().forward(x)
+
+
+def fuse_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode BN into the preceding (bias-free) conv kernel. Returns (kernel, bias)."""
+    std = (bn.running_var + bn.eps).sqrt()
+    scale = bn.weight / std
+    return kernel * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+
+
+def dilate_kernel(kernel: torch.Tensor, dilation: int) -> torch.Tensor:
+    """(C, 1, k, k) kernel with dilation r -> equivalent dense (C, 1, r(k-1)+1, r(k-1)+1) kernel."""
+    if dilation == 1:
+        return kernel
+    c, _, k, _ = kernel.shape
+    size = dilation * (k - 1) + 1
+    dense = kernel.new_zeros(c, 1, size, size)
+    dense[:, :, ::dilation, ::dilation] = kernel
+    return dense
+
+
+class DilatedReparamBlock(nn.Module):
+    """UniRepLKNet's dilated re-parameterisable depthwise KxK conv.
+
+    Train form: ``lk_origin`` (dw KxK, no bias) -> ``origin_bn`` plus dilated small-kernel branches
+    ``dil_conv_k{k}_{r}`` -> ``dil_bn_k{k}_{r}``, summed. Deploy form: one dw KxK conv with bias.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, deploy: bool = False):
+        super().__init__()
+        if kernel_size not in DILATED_BRANCHES:
+            raise ValueError(f'DilatedReparamBlock kernel_size={kernel_size} is not supported; '
+                             f'expected one of {sorted(DILATED_BRANCHES)}')
+        self.kernel_size = kernel_size
+        self.kernel_sizes, self.dilates = DILATED_BRANCHES[kernel_size]
+        self.lk_origin = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2,
+                                   groups=channels, bias=deploy)
+        if not deploy:
+            self.origin_bn = nn.BatchNorm2d(channels)
+            for k, r in zip(self.kernel_sizes, self.dilates):
+                self.add_module(f'dil_conv_k{k}_{r}', nn.Conv2d(
+                    channels, channels, k, padding=(r * (k - 1) + 1) // 2, dilation=r,
+                    groups=channels, bias=False))
+                self.add_module(f'dil_bn_k{k}_{r}', nn.BatchNorm2d(channels))
+
+    @property
+    def deployed(self) -> bool:
+        return not hasattr(self, 'origin_bn')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deployed:
+            return self.lk_origin(x)
+        out = self.origin_bn(self.lk_origin(x))
+        for k, r in zip(self.kernel_sizes, self.dilates):
+            conv = getattr(self, f'dil_conv_k{k}_{r}')
+            bn = getattr(self, f'dil_bn_k{k}_{r}')
+            out = out + bn(conv(x))
+        return out
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Merge every branch and BN into one KxK depthwise conv with bias, in place."""
+        if self.deployed:
+            return
+        kernel, bias = fuse_bn(self.lk_origin.weight, self.origin_bn)
+        for k, r in zip(self.kernel_sizes, self.dilates):
+            branch_k, branch_b = fuse_bn(getattr(self, f'dil_conv_k{k}_{r}').weight,
+                                         getattr(self, f'dil_bn_k{k}_{r}'))
+            dense = dilate_kernel(branch_k, r)
+            pad = (self.kernel_size - dense.shape[-1]) // 2
+            kernel = kernel + F.pad(dense, [pad] * 4)
+            bias = bias + branch_b
+        conv = nn.Conv2d(kernel.shape[0], kernel.shape[0], self.kernel_size, padding=self.kernel_size // 2,
+                         groups=kernel.shape[0], bias=True).to(kernel.device, kernel.dtype)
+        conv.weight.copy_(kernel)
+        conv.bias.copy_(bias)
+        self.lk_origin = conv
+        del self.origin_bn
+        for k, r in zip(self.kernel_sizes, self.dilates):
+            delattr(self, f'dil_conv_k{k}_{r}')
+            delattr(self, f'dil_bn_k{k}_{r}')

@@ -1,0 +1,3 @@
+from .na2d import na2d_av, na2d_av_channels_first, na2d_av_reference, na2d_av_unfold
+
+__all__ = ['na2d_av', 'na2d_av_channels_first', 'na2d_av_reference', 'na2d_av_unfold']

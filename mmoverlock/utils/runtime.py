@@ -1,0 +1,141 @@
+"""Config and launcher helpers shared by tools/train.py and tools/test.py (det, seg and cls alike)."""
+import os
+from typing import Any, List, Optional
+
+import torch
+from mmengine.config import Config, ConfigDict
+
+#: default_scope -> task name
+TASKS = {'mmdet': 'det', 'mmseg': 'seg', 'mmpretrain': 'cls'}
+
+#: mmdet-2 style ``--eval`` names -> (task, metric)
+EVAL_METRICS = {
+    'bbox': ('det', 'bbox'), 'segm': ('det', 'segm'), 'proposal': ('det', 'proposal_fast'),
+    'mIoU': ('seg', 'mIoU'), 'mDice': ('seg', 'mDice'), 'mFscore': ('seg', 'mFscore'),
+    'accuracy': ('cls', 'accuracy'),
+}
+
+
+def task_of(cfg: Config) -> str:
+    """'det' | 'seg' | 'cls' from the config's ``default_scope``."""
+    scope = cfg.get('default_scope')
+    if scope not in TASKS:
+        raise ValueError(f"config default_scope='{scope}' is not one of {sorted(TASKS)}; "
+                         f"mmoverlock's tools run mmdet, mmseg and mmpretrain configs")
+    return TASKS[scope]
+
+
+def _walk(node: Any, fn) -> Any:
+    if isinstance(node, dict):
+        node = fn(node)
+        for key in list(node.keys()):
+            node[key] = _walk(node[key], fn)
+    elif isinstance(node, list):
+        return [_walk(v, fn) for v in node]
+    elif isinstance(node, tuple):
+        return tuple(_walk(v, fn) for v in node)
+    return node
+
+
+def sync_bn_to_bn(cfg: Config) -> int:
+    """Replace every ``SyncBN`` norm config by ``BN`` (no CUDA, no NCCL: SyncBN cannot run). Returns count."""
+    count = 0
+
+    def fix(d):
+        nonlocal count
+        if d.get('type') == 'SyncBN':
+            d['type'] = 'BN'
+            count += 1
+        return d
+
+    cfg.model = _walk(cfg.model, fix)
+    return count
+
+
+def patch_cpu_distributed() -> None:
+    """mmengine 0.10.7's pytorch launcher calls ``torch.cuda.set_device`` unconditionally: make it a no-op
+    where there is no CUDA, so ``--launcher pytorch`` works on CPU (gloo)."""
+    if torch.cuda.is_available():
+        return
+    torch.cuda.set_device = lambda *args, **kwargs: None
+
+
+def prepare_for_device(cfg: Config, launcher: str = 'none') -> None:
+    """Make a GPU recipe run where there is no CUDA: gloo backend, BN for SyncBN, DDP without device ids."""
+    if torch.cuda.is_available():
+        return
+    sync_bn_to_bn(cfg)
+    if launcher != 'none':
+        patch_cpu_distributed()
+        cfg.setdefault('env_cfg', ConfigDict())
+        cfg.env_cfg.setdefault('dist_cfg', ConfigDict())
+        cfg.env_cfg.dist_cfg['backend'] = 'gloo'
+        wrapper = cfg.get('model_wrapper_cfg') or ConfigDict(type='MMDistributedDataParallel')
+        wrapper['device_ids'] = None   # a CPU module takes no device ids
+        cfg.model_wrapper_cfg = wrapper
+
+
+def eval_metrics(names: List[str], task: str) -> List[str]:
+    """Validate ``--eval`` names against the config's task; one-line error otherwise."""
+    metrics = []
+    for name in names:
+        if name not in EVAL_METRICS or EVAL_METRICS[name][0] != task:
+            valid = [k for k, (t, _) in EVAL_METRICS.items() if t == task]
+            raise ValueError(f"--eval {name} does not apply to a {task} config; valid: {valid}")
+        metrics.append(EVAL_METRICS[name][1])
+    return metrics
+
+
+def apply_eval(cfg: Config, names: Optional[List[str]], task: str) -> None:
+    """Map mmdet-2 ``--eval`` names onto the test evaluator."""
+    if not names:
+        return
+    metrics = eval_metrics(names, task)
+    evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
+    first = evaluators[0]
+    if task == 'det':
+        first['metric'] = metrics if len(metrics) > 1 else metrics[0]
+    elif task == 'seg':
+        first['iou_metrics'] = metrics
+    else:
+        first.setdefault('type', 'Accuracy')
+        first.setdefault('topk', (1, 5))
+
+
+def apply_out(cfg: Config, out: Optional[str], task: str) -> None:
+    """``--out results.pkl``: dump raw predictions besides the metrics."""
+    if not out:
+        return
+    if not out.endswith(('.pkl', '.pickle')):
+        raise ValueError(f'--out {out}: the output file must end with .pkl or .pickle')
+    dump = dict(type='DumpDetResults' if task == 'det' else 'DumpResults', out_file_path=out)
+    evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
+    cfg.test_evaluator = list(evaluators) + [dump]
+
+
+def apply_show_dir(cfg: Config, show_dir: Optional[str], task: str) -> None:
+    """``--show-dir DIR``: draw predictions for every test image under DIR (mmengine's visualization hook)."""
+    if not show_dir:
+        return
+    hook = cfg.default_hooks.setdefault('visualization', ConfigDict())
+    if task == 'det':
+        hook.update(type='mmdet.DetVisualizationHook', draw=True, test_out_dir=show_dir)
+    elif task == 'seg':
+        hook.update(type='mmseg.SegVisualizationHook', draw=True, interval=1)
+        cfg.visualizer['save_dir'] = show_dir
+    else:
+        hook.update(type='mmpretrain.VisualizationHook', enable=True, out_dir=show_dir)
+
+
+def apply_tta(cfg: Config) -> None:
+    """``--tta``: wrap the model in the config's ``tta_model`` and test with its ``tta_pipeline``."""
+    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        raise ValueError('--tta: this config defines no tta_model / tta_pipeline')
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+
+def set_launcher_env(launcher: str, local_rank: Optional[int]) -> None:
+    if launcher != 'none' and 'LOCAL_RANK' not in os.environ and local_rank is not None:
+        os.environ['LOCAL_RANK'] = str(local_rank)
