@@ -1,0 +1,22 @@
+# The official OverLoCK COCO 1x recipe (mmdet 2.28 release), in mmdet 3 spelling: data, schedule, optimizer,
+# hooks. Model-free, so Mask R-CNN and Cascade Mask R-CNN share it. Values: OFFICIAL_RECIPES.md, "COCO".
+_base_ = [
+    'mmdet::_base_/datasets/coco_instance.py',   # (1333, 800) keep-ratio resize + flip 0.5; test (1333, 800)
+    'mmdet::_base_/schedules/schedule_1x.py',    # 12 epochs, steps 8/11, linear warm-up 500 iters from 0.001
+    'mmdet::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['mmoverlock'], allow_failed_imports=False)
+
+# AdamW lr 2e-4, wd 0.05; no decay for parameters whose *name* contains 'norm' (the release's custom_keys
+# rule, not norm_decay_mult, which would also hit BatchNorm).
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(_delete_=True, type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.)}))
+
+# The release keeps one checkpoint per epoch plus the best (first metric: coco/bbox_mAP).
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=1, save_best='auto'))
+
+# lr above is for 16 images = 8 GPUs x 2; `tools/train.py --auto-scale-lr` rescales it to the real batch.
+train_dataloader = dict(batch_size=2)
+auto_scale_lr = dict(enable=False, base_batch_size=16)
