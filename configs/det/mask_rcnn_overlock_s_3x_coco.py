@@ -1,0 +1,8 @@
+# OverLoCK-S + Mask R-CNN, 3x (36 epochs, multi-scale + DETR-style crop, lr 1e-4).
+_base_ = ['./_base_/mask_rcnn_overlock_fpn.py', './_base_/overlock_coco_3x.py']
+
+model = dict(
+    backbone=dict(arch='s', drop_path_rate=0.4,   # drop path S: 0.4 (release)
+                  init_cfg=dict(checkpoint='https://github.com/LMMMEng/OverLoCK/releases/download/v1/'
+                                           'overlock_s_in1k_224.pth')),
+    neck=dict(in_channels=[64, 128, 448, 640]))
