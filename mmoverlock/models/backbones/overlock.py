@@ -170,7 +170,7 @@ class OverLoCK(BaseModule):
         self.ctx_dim = ctx_dim
         ks = arch['kernel_size']
         depth, sub_depth = arch['depth'], arch['sub_depth']
-        dpr = torch.linspace(0, drop_path_rate, sum(depth) + sum(sub_depth)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depth) + sum(sub_depth), device='cpu').tolist()
         dpr_iter = iter(dpr)
 
         self.patch_embed1 = stem(in_channels, e[0])
