@@ -207,18 +207,20 @@ class OverLoCK(BaseModule):
 
     # ------------------------------------------------------------------ init, freezing, deploy
     def init_weights(self) -> None:
-        """Pretrained ``init_cfg`` -> :func:`load_overlock_checkpoint`; otherwise the official init."""
+        """The official init (trunc-normal 0.02 convs, zero biases), then a Pretrained ``init_cfg`` through
+        :func:`load_overlock_checkpoint` (or any other mmengine ``init_cfg``)."""
         from ...utils.checkpoint import load_overlock_checkpoint
-        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
-            load_overlock_checkpoint(self, self.init_cfg['checkpoint'], prefix=self.init_cfg.get('prefix'),
-                                     logger=MMLogger.get_current_instance())
-            self._is_init = True
-            return
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 trunc_normal_(m.weight, std=.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
+            # keys the checkpoint lacks (e.g. extra_norm, h_proj of an ImageNet one) keep the init above
+            load_overlock_checkpoint(self, self.init_cfg['checkpoint'], prefix=self.init_cfg.get('prefix'),
+                                     logger=MMLogger.get_current_instance())
+        elif self.init_cfg:
+            super().init_weights()   # any other mmengine init_cfg
         self._is_init = True
 
     def stage_modules(self, stage: int) -> List[nn.Module]:
