@@ -1,9 +1,15 @@
 """The allow-list of non-tensor types that mmengine writes into checkpoints.
 
 torch >= 2.6 loads with ``weights_only=True`` by default; rather than turning that off, the few types
-mmengine stores (numpy arrays and scalars in ``meta`` and the message hub, mmengine's ``HistoryBuffer``,
-config dicts) are allow-listed.
+mmengine stores are allow-listed: numpy arrays, scalars and dtypes (``meta`` and the message hub),
+mmengine's ``HistoryBuffer`` (the message hub's log buffers), ``collections.Counter`` (MultiStepLR's
+milestones in the scheduler state) and ``ConfigDict``. A ``HistoryBuffer`` pickles its statistics methods as
+``getattr(HistoryBuffer, 'mean')``; ``builtins.getattr`` is therefore served by :func:`history_buffer_getattr`,
+which resolves exactly those attributes and refuses everything else.
 """
+import pickle
+from collections import Counter
+
 import numpy as np
 from mmengine.config import ConfigDict
 from mmengine.logging.history_buffer import HistoryBuffer
@@ -17,9 +23,25 @@ _NUMPY_DTYPES = [type(np.dtype(t)) for t in (
     'bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16', 'uint32', 'uint64',
     'float16', 'float32', 'float64', 'complex64', 'complex128', 'str', 'object')]
 
+#: attributes of HistoryBuffer that a pickled buffer may reference (its registered statistics methods)
+HISTORY_BUFFER_METHODS = frozenset({'min', 'max', 'current', 'mean'})
+
+
+def history_buffer_getattr(obj, name: str):
+    """``getattr`` restricted to ``HistoryBuffer.<statistics method>``: what a pickled HistoryBuffer needs."""
+    if obj is HistoryBuffer and name in HISTORY_BUFFER_METHODS:
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(f'checkpoint asks for getattr({obj!r}, {name!r}); only HistoryBuffer.'
+                                 f'{{{", ".join(sorted(HISTORY_BUFFER_METHODS))}}} are allowed')
+
+
 SAFE_GLOBALS = [
-    np.ndarray, np.dtype, _reconstruct, scalar, *_NUMPY_DTYPES,
-    HistoryBuffer, ConfigDict,
+    np.ndarray, np.dtype, *_NUMPY_DTYPES,
+    # numpy 1.x writes numpy.core.*, numpy 2.x numpy._core.*: accept both spellings
+    (_reconstruct, 'numpy.core.multiarray._reconstruct'), (_reconstruct, 'numpy._core.multiarray._reconstruct'),
+    (scalar, 'numpy.core.multiarray.scalar'), (scalar, 'numpy._core.multiarray.scalar'),
+    HistoryBuffer, ConfigDict, Counter,
+    (history_buffer_getattr, 'builtins.getattr'),
 ]
 
 
