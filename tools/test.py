@@ -13,7 +13,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from mmoverlock.utils.runtime import (EVAL_METRICS, apply_eval, apply_out, apply_show_dir, apply_tta,
-                                      prepare_for_device, set_launcher_env, task_of)
+                                      check_checkpoint, prepare_for_device, set_launcher_env, task_of)
 
 
 def parse_args(argv=None):
@@ -40,7 +40,7 @@ def build_cfg(args) -> Config:
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         'work_dirs', osp.splitext(osp.basename(args.config))[0])
-    cfg.load_from = args.checkpoint
+    cfg.load_from = check_checkpoint(args.checkpoint)
     apply_eval(cfg, args.eval, task)
     apply_out(cfg, args.out, task)
     apply_show_dir(cfg, args.show_dir, task)
@@ -53,7 +53,10 @@ def build_cfg(args) -> Config:
 def main(argv=None):
     args = parse_args(argv)
     set_launcher_env(args.launcher, args.local_rank)
-    cfg = build_cfg(args)
+    try:
+        cfg = build_cfg(args)
+    except (FileNotFoundError, ValueError) as err:   # bad arguments: one line, no traceback
+        raise SystemExit(f'tools/test.py: error: {err}') from None
     runner = Runner.from_cfg(cfg)
     return runner.test()
 

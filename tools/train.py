@@ -11,7 +11,7 @@ import os.path as osp
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from mmoverlock.utils.runtime import prepare_for_device, set_launcher_env, task_of
+from mmoverlock.utils.runtime import check_checkpoint, prepare_for_device, set_launcher_env, task_of
 
 
 def parse_args(argv=None):
@@ -51,7 +51,7 @@ def build_cfg(args) -> Config:
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
-        cfg.resume, cfg.load_from = True, args.resume
+        cfg.resume, cfg.load_from = True, check_checkpoint(args.resume, '--resume')
     prepare_for_device(cfg, args.launcher)
     return cfg
 
@@ -59,7 +59,10 @@ def build_cfg(args) -> Config:
 def main(argv=None):
     args = parse_args(argv)
     set_launcher_env(args.launcher, args.local_rank)
-    cfg = build_cfg(args)
+    try:
+        cfg = build_cfg(args)
+    except (FileNotFoundError, ValueError) as err:   # bad arguments: one line, no traceback
+        raise SystemExit(f'tools/train.py: error: {err}') from None
     runner = Runner.from_cfg(cfg)
     runner.train()
 

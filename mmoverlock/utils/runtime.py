@@ -1,5 +1,6 @@
 """Config and launcher helpers shared by tools/train.py and tools/test.py (det, seg and cls alike)."""
 import os
+from contextlib import contextmanager
 from typing import Any, List, Optional
 
 import torch
@@ -52,27 +53,47 @@ def sync_bn_to_bn(cfg: Config) -> int:
     return count
 
 
-def patch_cpu_distributed() -> None:
-    """mmengine 0.10.7's pytorch launcher calls ``torch.cuda.set_device`` unconditionally: make it a no-op
-    where there is no CUDA, so ``--launcher pytorch`` works on CPU (gloo)."""
-    if torch.cuda.is_available():
-        return
+@contextmanager
+def _cuda_set_device_disabled():
+    """mmengine 0.10.7's launchers call ``torch.cuda.set_device`` unconditionally; skip it for a moment."""
+    original = torch.cuda.set_device
     torch.cuda.set_device = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        torch.cuda.set_device = original
+
+
+def init_cpu_distributed(launcher: str, dist_cfg: Optional[dict] = None) -> None:
+    """Start the process group with gloo where there is no CUDA (``--launcher pytorch|slurm`` on CPU).
+
+    The Runner then finds it initialised and skips its own ``init_dist``, which would fail in
+    ``torch.cuda.set_device``. A no-op with CUDA, without a launcher, or when already initialised.
+    """
+    if torch.cuda.is_available() or launcher == 'none' or torch.distributed.is_initialized():
+        return
+    from mmengine.dist import init_dist
+    kwargs = dict(dist_cfg or {})
+    kwargs['backend'] = 'gloo'
+    with _cuda_set_device_disabled():
+        init_dist(launcher, **kwargs)
 
 
 def prepare_for_device(cfg: Config, launcher: str = 'none') -> None:
-    """Make a GPU recipe run where there is no CUDA: gloo backend, BN for SyncBN, DDP without device ids."""
+    """Make a GPU recipe run where there is no CUDA: BN for SyncBN, gloo, DDP without device ids."""
     if torch.cuda.is_available():
         return
     sync_bn_to_bn(cfg)
     if launcher != 'none':
-        patch_cpu_distributed()
         cfg.setdefault('env_cfg', ConfigDict())
         cfg.env_cfg.setdefault('dist_cfg', ConfigDict())
         cfg.env_cfg.dist_cfg['backend'] = 'gloo'
-        wrapper = cfg.get('model_wrapper_cfg') or ConfigDict(type='MMDistributedDataParallel')
+        wrapper = cfg.get('model_wrapper_cfg') or ConfigDict(
+            type='MMDistributedDataParallel', broadcast_buffers=False,   # as the Runner's default wrapper
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
         wrapper['device_ids'] = None   # a CPU module takes no device ids
         cfg.model_wrapper_cfg = wrapper
+        init_cpu_distributed(launcher, cfg.env_cfg.dist_cfg)
 
 
 def eval_metrics(names: List[str], task: str) -> List[str]:
@@ -134,6 +155,13 @@ def apply_tta(cfg: Config) -> None:
     cfg.tta_model.module = cfg.model
     cfg.model = cfg.tta_model
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+
+def check_checkpoint(path: str, flag: str = 'checkpoint') -> str:
+    """A local checkpoint must exist (URLs are left to the loader); one-line error otherwise."""
+    if not path.startswith(('http://', 'https://', 's3://')) and not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} '{path}' does not exist; expected a .pth file or an http(s) URL")
+    return path
 
 
 def set_launcher_env(launcher: str, local_rank: Optional[int]) -> None:
