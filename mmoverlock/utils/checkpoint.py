@@ -25,14 +25,15 @@ def read_checkpoint(source: str, map_location='cpu') -> dict:
 
     Raises a one-line error for a missing, truncated or non-checkpoint file.
     """
+    # Process-wide and idempotent. (A ``torch.serialization.safe_globals`` context would *remove* these
+    # entries on exit, un-installing the allow-list that mmoverlock's import set up for mmengine's loader.)
+    torch.serialization.add_safe_globals(safe_globals())
     if isinstance(source, str) and source.startswith(('http://', 'https://')):
-        with torch.serialization.safe_globals(safe_globals()):
-            return torch.hub.load_state_dict_from_url(source, map_location=map_location, weights_only=True)
+        return torch.hub.load_state_dict_from_url(source, map_location=map_location, weights_only=True)
     if not os.path.isfile(source):
         raise FileNotFoundError(f"checkpoint '{source}' does not exist; expected a .pth file or an http(s) URL")
     try:
-        with torch.serialization.safe_globals(safe_globals()):
-            return torch.load(source, map_location=map_location, weights_only=True)
+        return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0]
         raise ValueError(f"checkpoint '{source}' holds objects outside the allow-list and was not loaded "
