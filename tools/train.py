@@ -8,6 +8,7 @@ import argparse
 import os
 import os.path as osp
 
+import torch
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
@@ -39,6 +40,9 @@ def build_cfg(args) -> Config:
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         'work_dirs', osp.splitext(osp.basename(args.config))[0])
     if args.amp:
+        if not torch.cuda.is_available():
+            raise ValueError("--amp needs CUDA (mmengine's AmpOptimWrapper runs on GPU, NPU or MLU only); "
+                             "drop --amp on CPU")
         optim = cfg.optim_wrapper
         if optim.get('type', 'OptimWrapper') not in ('OptimWrapper', 'AmpOptimWrapper'):
             raise ValueError(f"--amp: optim_wrapper type {optim.type} cannot be switched to AmpOptimWrapper")
