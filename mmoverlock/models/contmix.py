@@ -79,19 +79,25 @@ class ContMix(BaseModule):
         small (B, G, S*S, H, W) and large (B, G, K*K, H, W) kernels, softmax-normalised over taps."""
         b, _, h, w = query_src.shape
         g = self.num_heads
-        query = (self.weight_query(query_src) * self.scale).reshape(b, g, -1, h * w)   # (B, G, d, HW)
-        key = self.weight_key(context).reshape(b, g, -1, NUM_REGIONS ** 2)            # (B, G, d, 49)
+        query = self.weight_query(query_src)
+        dtype = query.dtype
+        acc = torch.promote_types(dtype, torch.float32)   # fp32 under autocast; fp64 stays fp64
+        query = (query.to(acc) * self.scale).reshape(b, g, -1, h * w)                  # (B, G, d, HW)
+        key = self.weight_key(context).to(acc).reshape(b, g, -1, NUM_REGIONS ** 2)    # (B, G, d, 49)
+        # The affinity (a sum of d products) overflows fp16 for activations of a few hundred, so it and
+        # the softmax below run in fp32 whatever the autocast dtype; the matmuls are small (T x d x HW).
         # weight_proj (a 1x1 conv over the 49 region channels) folded into the keys:
         # W @ (key^T @ query) == (W @ key^T) @ query, which is ~3x fewer multiply-adds.
-        proj_w = self.weight_proj.weight.flatten(1)                                    # (T, 49)
-        kernels = torch.matmul(torch.matmul(proj_w, key.transpose(-1, -2)), query)     # (B, G, T, HW)
-        kernels = kernels + self.weight_proj.bias.view(-1, 1)
+        with torch.autocast(device_type=query.device.type, enabled=False):
+            proj_w = self.weight_proj.weight.to(acc).flatten(1)                        # (T, 49)
+            kernels = torch.matmul(torch.matmul(proj_w, key.transpose(-1, -2)), query)  # (B, G, T, HW)
+            kernels = kernels + self.weight_proj.bias.to(acc).view(-1, 1)
         kernels = kernels.view(b, g, -1, h, w)
         small, large = kernels.split([self.smk_size ** 2, self.kernel_size ** 2], dim=2)
         # Softmax in fp32 whatever the autocast dtype (bias + exp overflow in fp16).
-        small = (small.float() + relative_position_bias(self.rpb1, h, w).float()).softmax(dim=2)
-        large = (large.float() + relative_position_bias(self.rpb2, h, w).float()).softmax(dim=2)
-        return small.to(query.dtype), large.to(query.dtype)
+        small = (small + relative_position_bias(self.rpb1, h, w).to(acc)).softmax(dim=2)
+        large = (large + relative_position_bias(self.rpb2, h, w).to(acc)).softmax(dim=2)
+        return small.to(dtype), large.to(dtype)
 
     def aggregate(self, x: torch.Tensor, small: torch.Tensor, large: torch.Tensor) -> torch.Tensor:
         """x (B, dim, H, W): first half aggregated with the small kernels, second half with the large."""

@@ -42,7 +42,11 @@ class LayerScale(nn.Module):
 
 
 class GRN(nn.Module):
-    """Global Response Normalisation (ConvNeXt-V2) for NCHW maps."""
+    """Global Response Normalisation (ConvNeXt-V2) for NCHW maps. (B, C, H, W) -> same dtype and shape.
+
+    The spatial L2 norm is taken in fp32 whatever the autocast dtype: it grows with sqrt(H * W) and
+    overflows fp16 (max 65504) for activations of a few thousand on a 64 x 64 map.
+    """
 
     def __init__(self, dim: int):
         super().__init__()
@@ -50,9 +54,9 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gx = torch.norm(x, p=2, dim=(-1, -2), keepdim=True)
+        gx = torch.linalg.vector_norm(x, ord=2, dim=(-1, -2), keepdim=True, dtype=torch.float32)
         nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
-        return (self.gamma * nx + 1) * x + self.beta
+        return ((self.gamma * nx + 1) * x + self.beta).to(x.dtype)
 
 
 class SEModule(nn.Module):
