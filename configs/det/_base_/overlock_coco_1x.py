@@ -5,7 +5,8 @@ _base_ = [
     'mmdet::_base_/schedules/schedule_1x.py',    # 12 epochs, steps 8/11, linear warm-up 500 iters from 0.001
     'mmdet::_base_/default_runtime.py',
 ]
-custom_imports = dict(imports=['mmoverlock'], allow_failed_imports=False)
+# mmoverlock.models.det_tta: test-time augmentation that also merges masks (`tools/test.py --tta`)
+custom_imports = dict(imports=['mmoverlock', 'mmoverlock.models.det_tta'], allow_failed_imports=False)
 
 # AdamW lr 2e-4, wd 0.05; no decay for parameters whose *name* contains 'norm' (the release's custom_keys
 # rule, not norm_decay_mult, which would also hit BatchNorm).
@@ -20,3 +21,17 @@ default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1, max_keep
 # lr above is for 16 images = 8 GPUs x 2; `tools/train.py --auto-scale-lr` rescales it to the real batch.
 train_dataloader = dict(batch_size=2)
 auto_scale_lr = dict(enable=False, base_batch_size=16)
+
+# `tools/test.py --tta`: three scales x flip (the scales of mmdet's retinanet_tta.py; the release has no TTA),
+# boxes merged by NMS, each kept box with the mask of its own view.
+tta_model = dict(type='mmoverlock.DetTTAModelWithMasks',
+                 tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=s, keep_ratio=True) for s in [(1333, 800), (666, 400), (2000, 1200)]],
+        [dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
+        [dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
+                                               'flip', 'flip_direction'))],
+    ]),
+]

@@ -1,0 +1,56 @@
+"""Test-time augmentation for instance segmentation (mmdet 3.3's ``DetTTAModel`` merges boxes only).
+
+Imported by the det configs (``custom_imports``), not by ``import mmoverlock``: it needs mmdet.
+"""
+from typing import List
+
+import torch
+from mmcv.ops import batched_nms
+from mmdet.models.test_time_augs import DetTTAModel
+from mmdet.structures import DetDataSample
+from mmdet.structures.bbox import bbox_flip
+from mmengine.structures import InstanceData
+
+from ..registry import register_public
+
+_MASK_FLIP_DIMS = {'horizontal': (-1, ), 'vertical': (-2, ), 'diagonal': (-2, -1)}
+
+
+def unflip_masks(masks: torch.Tensor, direction: str) -> torch.Tensor:
+    """Undo a flip of (N, H, W) masks predicted on a flipped view."""
+    if direction not in _MASK_FLIP_DIMS:
+        raise ValueError(f"flip_direction '{direction}' is not one of {sorted(_MASK_FLIP_DIMS)}")
+    return masks.flip(_MASK_FLIP_DIMS[direction])
+
+
+@register_public
+class DetTTAModelWithMasks(DetTTAModel):
+    """mmdet's ``DetTTAModel`` (boxes of all views merged by class-wise NMS) extended to instance masks:
+    each kept box keeps the mask predicted in its own view, flipped back to the image's orientation.
+
+    Masks must come at the original image size (Mask R-CNN's ``rescale=True``), shape (N, H, W).
+    """
+
+    def _merge_single_sample(self, data_samples: List[DetDataSample]) -> DetDataSample:
+        if data_samples[0].pred_instances.get('masks', None) is None:
+            return super()._merge_single_sample(data_samples)
+        bboxes, scores, labels, masks = [], [], [], []
+        for sample in data_samples:
+            pred, meta = sample.pred_instances, sample.metainfo
+            view_bboxes, view_masks = pred.bboxes, pred.masks
+            if meta.get('flip', False):
+                view_bboxes = bbox_flip(view_bboxes, meta['ori_shape'], meta['flip_direction'])
+                view_masks = unflip_masks(view_masks, meta['flip_direction'])
+            bboxes.append(view_bboxes)
+            scores.append(pred.scores)
+            labels.append(pred.labels)
+            masks.append(view_masks)
+        bboxes, scores, labels, masks = (torch.cat(t) for t in (bboxes, scores, labels, masks))
+        if bboxes.numel() == 0:
+            return data_samples[0]
+        dets, keep = batched_nms(bboxes, scores, labels, self.tta_cfg.nms)
+        dets, keep = dets[:self.tta_cfg.max_per_img], keep[:self.tta_cfg.max_per_img]
+        merged = data_samples[0]
+        merged.pred_instances = InstanceData(bboxes=dets[:, :-1], scores=dets[:, -1], labels=labels[keep],
+                                             masks=masks[keep])
+        return merged
