@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Convert an official OverLoCK checkpoint to mmoverlock's OpenMMLab 2.x layout, checked against the model.
+
+    python tools/convert_official.py SRC DST --task cls|det|seg [--config CONFIG]
+
+cls: the release's ImageNet model -> mmpretrain ImageClassifier; det: mmdet 2.28 Mask R-CNN -> mmdet 3;
+seg: mmseg 0.30 UperNet -> mmseg 1. The result must fit the model of CONFIG key for key and shape for shape
+(default: the shipped config of the variant the backbone shows, e.g. configs/det/mask_rcnn_overlock_t_1x_coco.py).
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+import torch
+from mmengine.config import Config
+from mmengine.registry import MODELS, init_default_scope
+from mmengine.utils import import_modules_from_strings
+
+from mmoverlock.utils.checkpoint import extract_state_dict, read_checkpoint
+from mmoverlock.utils.convert import TASKS, check_state_dict, convert_state_dict, infer_arch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DEFAULT_CONFIGS = {'cls': 'configs/cls/overlock_{}_in1k.py', 'det': 'configs/det/mask_rcnn_overlock_{}_1x_coco.py',
+                   'seg': 'configs/seg/upernet_overlock_{}_160k_ade20k.py'}
+#: mmdet-2 / mmseg-0 meta keys -> mmengine dataset_meta keys
+META_KEYS = {'CLASSES': 'classes', 'PALETTE': 'palette'}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Convert an official OverLoCK checkpoint')
+    parser.add_argument('src', help='official checkpoint (.pth)')
+    parser.add_argument('dst', help='where to write the converted checkpoint')
+    parser.add_argument('--task', required=True, choices=TASKS)
+    parser.add_argument('--config', help='config whose model the result must fit (default: by task and arch)')
+    return parser.parse_args(argv)
+
+
+def default_config(task: str, state: dict) -> str:
+    arch = infer_arch(state, 'backbone.')
+    if arch is None:
+        raise ValueError('the backbone is none of the official variants (xt, t, s, b); pass --config')
+    path = osp.join(ROOT, DEFAULT_CONFIGS[task].format(arch))
+    if not osp.isfile(path):
+        raise ValueError(f'no shipped {task} config for OverLoCK-{arch.upper()} ({path}); pass --config')
+    return path
+
+
+def target_state_dict(config: str) -> dict:
+    """State dict of the model a config builds (no weights loaded, nothing downloaded)."""
+    cfg = Config.fromfile(config)
+    if cfg.get('custom_imports'):
+        import_modules_from_strings(**cfg.custom_imports)
+    init_default_scope(cfg.get('default_scope', 'mmengine'))
+    cfg.model.get('backbone', {}).pop('init_cfg', None)
+    return MODELS.build(cfg.model).state_dict()
+
+
+def dataset_meta(checkpoint: dict) -> dict:
+    meta = checkpoint.get('meta') or {}
+    return {new: list(meta[old]) for old, new in META_KEYS.items() if meta.get(old) is not None}
+
+
+def convert(src: str, dst: str, task: str, config: str = None) -> dict:
+    checkpoint = read_checkpoint(src)
+    state = convert_state_dict(extract_state_dict(checkpoint), task)
+    config = config or default_config(task, state)
+    check_state_dict(state, target_state_dict(config), f"the model of '{config}'")
+    meta = dict(converted_from=osp.basename(src), task=task, config=osp.basename(config))
+    if dataset_meta(checkpoint):
+        meta['dataset_meta'] = dataset_meta(checkpoint)
+    os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
+    torch.save(dict(meta=meta, state_dict=state), dst)
+    return dict(tensors=len(state), config=config)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        info = convert(args.src, args.dst, args.task, args.config)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f'tools/convert_official.py: error: {err}')
+    print(f"{args.src} -> {args.dst}: {info['tensors']} tensors, fit the model of {info['config']}")
+
+
+if __name__ == '__main__':
+    main()
