@@ -1,0 +1,229 @@
+#!/usr/bin/env python
+"""`make demo`: the main job end to end on built-in data, on a CPU, in minutes.
+
+    python tools/demo.py [--work-dir work_dirs/demo] [--data data/demo] [--epochs N] [--threads N]
+
+1. makes the synthetic shapes data set (tools/make_demo_data.py) unless it is there already;
+2. saves the freshly initialised detector (configs/demo/cascade_overlock_demo_shapes.py) and
+   evaluates it: the *untrained* bbox / segm AP;
+3. trains it from those very weights with tools/train.py, validating every epoch;
+4. evaluates the trained detector with ``tools/test.py ... --eval bbox segm --show-dir``: the COCO table and
+   the prediction overlays (mmdet's DetLocalVisualizer: ground truth left, prediction right);
+5. draws the loss / AP curves and a montage of overlays, and prints untrained vs trained AP50.
+
+Everything lands under the work dir: ``untrained.pth``, ``train/`` (logs, checkpoint), ``test/`` (logs,
+overlays), ``curves.png``, ``predictions.png``, ``summary.json``.
+"""
+import argparse
+import glob
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+
+from make_demo_data import make_demo_data  # noqa: E402
+
+DEMO_CONFIG = osp.join(ROOT, 'configs', 'demo', 'cascade_overlock_demo_shapes.py')
+AP_KEYS = ('coco/bbox_mAP_50', 'coco/bbox_mAP', 'coco/segm_mAP_50', 'coco/segm_mAP')
+
+
+def data_options(data: str) -> List[str]:
+    """--cfg-options pointing the demo config's loaders and evaluators at ``data``."""
+    root = data.rstrip('/') + '/'
+    val_ann = root + 'annotations/instances_validation.json'
+    return [f'train_dataloader.dataset.data_root={root}', f'val_dataloader.dataset.data_root={root}',
+            f'test_dataloader.dataset.data_root={root}', f'val_evaluator.ann_file={val_ann}',
+            f'test_evaluator.ann_file={val_ann}']
+
+
+def run_tool(args: List[str], threads: Optional[int]) -> None:
+    """Run a tools/ script in a child process, its output (mmengine's logs) streaming to this terminal."""
+    env = dict(os.environ)
+    if threads:
+        env['OMP_NUM_THREADS'] = str(threads)
+        env['MKL_NUM_THREADS'] = str(threads)
+    cmd = [sys.executable] + args
+    print('\n$ ' + ' '.join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+
+
+def latest_run_dir(work_dir: str) -> str:
+    """The newest ``YYYYMMDD_HHMMSS`` folder mmengine made under ``work_dir``."""
+    runs = sorted(d for d in glob.glob(osp.join(work_dir, '[0-9]' * 8 + '_' + '[0-9]' * 6)) if osp.isdir(d))
+    if not runs:
+        raise FileNotFoundError(f'no mmengine run folder under {work_dir}')
+    return runs[-1]
+
+
+def test_metrics(work_dir: str) -> Dict[str, float]:
+    """The metrics tools/test.py logged (``<run>/<run>.json``)."""
+    run = latest_run_dir(work_dir)
+    with open(osp.join(run, osp.basename(run) + '.json')) as f:
+        return json.load(f)
+
+
+def train_scalars(work_dir: str) -> List[dict]:
+    """Every record of the training run's ``vis_data/scalars.json`` (losses by iteration, metrics by epoch)."""
+    with open(osp.join(latest_run_dir(work_dir), 'vis_data', 'scalars.json')) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def save_untrained(config: str, out: str, note: str = '', seed: int = 0) -> None:
+    """Build a det / seg config's model, initialise it (seeded) and save it as a checkpoint, class names
+    included: the demo's starting point (and a random-weights checkpoint for tests)."""
+    import importlib
+
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmengine.runner import set_random_seed
+
+    import mmoverlock  # noqa: F401
+    from mmoverlock.utils.runtime import sync_bn_to_bn, task_of
+    cfg = Config.fromfile(config)
+    task_of(cfg)
+    sync_bn_to_bn(cfg)
+    init_default_scope(cfg.default_scope)
+    models = importlib.import_module(f'{cfg.default_scope}.registry').MODELS
+    set_random_seed(seed)
+    model = models.build(cfg.model)
+    model.init_weights()
+    meta = dict(seed=seed, note=note or 'untrained (initialised) model')
+    metainfo = cfg.get('test_dataloader', {}).get('dataset', {}).get('metainfo')
+    if metainfo:
+        meta['dataset_meta'] = dict(metainfo)
+    os.makedirs(osp.dirname(out) or '.', exist_ok=True)
+    torch.save(dict(meta=meta, state_dict=model.state_dict()), out)
+
+
+def plot_curves(scalars: List[dict], untrained: Dict[str, float], out: str) -> None:
+    """Loss by iteration and bbox / segm AP50 by epoch (epoch 0 = untrained) side by side."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    losses = [(r['step'], r['loss']) for r in scalars if 'loss' in r]
+    evals = [r for r in scalars if 'coco/bbox_mAP_50' in r]
+    fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    if losses:
+        ax_loss.plot(*zip(*losses), color='tab:blue')
+    ax_loss.set_xlabel('iteration')
+    ax_loss.set_ylabel('total loss')
+    ax_loss.set_title('training loss (Cascade Mask R-CNN, all stages)')
+    ax_loss.grid(alpha=0.3)
+    for key, name, colour in (('coco/bbox_mAP_50', 'bbox AP50', 'tab:green'),
+                              ('coco/segm_mAP_50', 'segm AP50', 'tab:purple'),
+                              ('coco/bbox_mAP', 'bbox AP', 'tab:olive')):
+        points = [(0, untrained.get(key, 0.))] + [(r['step'], r[key]) for r in evals if key in r]
+        ax_ap.plot(*zip(*points), marker='o', label=name, color=colour)
+    ax_ap.set_xlabel('epoch (0 = untrained)')
+    ax_ap.set_ylabel('COCO AP on the val split')
+    ax_ap.set_ylim(0, 1)
+    ax_ap.set_title('validation AP')
+    ax_ap.grid(alpha=0.3)
+    ax_ap.legend(loc='lower right')
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def montage(overlay_dir: str, out: str, count: int = 4) -> Optional[str]:
+    """Stack the first ``count`` overlays (ground truth | prediction) into one PNG."""
+    import cv2
+    import numpy as np
+    files = sorted(glob.glob(osp.join(overlay_dir, '*.jpg')) + glob.glob(osp.join(overlay_dir, '*.png')))
+    if not files:
+        return None
+    tiles = [cv2.imread(f) for f in files[:count]]
+    width = min(t.shape[1] for t in tiles)
+    tiles = [cv2.resize(t, (width, int(t.shape[0] * width / t.shape[1]))) for t in tiles]
+    cv2.imwrite(out, np.concatenate(tiles, axis=0))
+    return out
+
+
+def parse_args(argv: Optional[List[str]] = None):
+    parser = argparse.ArgumentParser(description='Train and evaluate the demo detector on built-in data')
+    parser.add_argument('--work-dir', default='work_dirs/demo')
+    parser.add_argument('--data', default='data/demo', help='demo data folder (made if missing)')
+    parser.add_argument('--config', default=DEMO_CONFIG)
+    parser.add_argument('--epochs', type=int, help="training epochs (default: the config's)")
+    parser.add_argument('--threads', type=int, help='OMP threads of the train / test processes')
+    parser.add_argument('--seed', type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None):
+    args = parse_args(argv)
+    if args.epochs is not None and args.epochs < 1:
+        raise ValueError(f'--epochs {args.epochs}: need at least 1')
+    start = time.time()
+    wd = args.work_dir
+    os.makedirs(wd, exist_ok=True)
+    timings = {}
+
+    # 1. data
+    t = time.time()
+    if not osp.isfile(osp.join(args.data, 'annotations', 'instances_validation.json')):
+        counts = make_demo_data(args.data, seed=args.seed)
+        print(f'made the demo data in {args.data}: {counts}')
+    else:
+        print(f'using the demo data in {args.data}')
+    timings['data_s'] = time.time() - t
+    opts = data_options(args.data)
+
+    # 2. the untrained detector
+    t = time.time()
+    untrained_ckpt = osp.join(wd, 'untrained.pth')
+    save_untrained(args.config, untrained_ckpt, f'untrained demo detector, data {args.data}', args.seed)
+    run_tool(['tools/test.py', args.config, untrained_ckpt, '--eval', 'bbox', 'segm',
+              '--work-dir', osp.join(wd, 'untrained'), '--cfg-options'] + opts, args.threads)
+    untrained = test_metrics(osp.join(wd, 'untrained'))
+    timings['untrained_eval_s'] = time.time() - t
+
+    # 3. training, from the very weights just evaluated
+    t = time.time()
+    train_dir = osp.join(wd, 'train')
+    train_opts = opts + [f'load_from={untrained_ckpt}', f'randomness.seed={args.seed}']
+    if args.epochs:
+        train_opts.append(f'train_cfg.max_epochs={args.epochs}')
+    run_tool(['tools/train.py', args.config, '--work-dir', train_dir, '--cfg-options'] + train_opts, args.threads)
+    timings['train_s'] = time.time() - t
+    with open(osp.join(train_dir, 'last_checkpoint')) as f:
+        checkpoint = f.read().strip()
+
+    # 4. the trained detector: COCO table and overlays
+    t = time.time()
+    test_dir = osp.join(wd, 'test')
+    run_tool(['tools/test.py', args.config, checkpoint, '--eval', 'bbox', 'segm', '--work-dir', test_dir,
+              '--show-dir', 'overlays', '--cfg-options'] + opts, args.threads)
+    trained = test_metrics(test_dir)
+    timings['trained_eval_s'] = time.time() - t
+
+    # 5. pictures and the verdict
+    curves = osp.join(wd, 'curves.png')
+    plot_curves(train_scalars(train_dir), untrained, curves)
+    predictions = montage(osp.join(latest_run_dir(test_dir), 'overlays'), osp.join(wd, 'predictions.png'))
+    timings['total_s'] = time.time() - start
+    summary = dict(untrained={k: untrained.get(k) for k in AP_KEYS}, trained={k: trained.get(k) for k in AP_KEYS},
+                   checkpoint=checkpoint, curves=curves, predictions=predictions,
+                   timings={k: round(v, 1) for k, v in timings.items()})
+    with open(osp.join(wd, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=2)
+    print('\n' + '=' * 72)
+    print('OverLoCK demo: Cascade Mask R-CNN on the synthetic shapes, val split')
+    print(f"{'':18s}{'bbox AP50':>11s}{'bbox AP':>10s}{'segm AP50':>11s}{'segm AP':>10s}")
+    for name, m in (('untrained', untrained), ('trained', trained)):
+        print(f'{name:18s}' + ''.join(f'{m.get(k, float("nan")):>{w}.3f}' for k, w in zip(AP_KEYS, (11, 10, 11, 10))))
+    print(f"time: {timings['total_s'] / 60:.1f} min (training {timings['train_s'] / 60:.1f} min)")
+    print(f'pictures: {curves}, {predictions}, overlays in {osp.join(latest_run_dir(test_dir), "overlays")}')
+    print('=' * 72)
+    return summary
+
+
+if __name__ == '__main__':
+    main()
