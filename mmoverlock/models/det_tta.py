@@ -2,13 +2,14 @@
 
 Imported by the det configs (``custom_imports``), not by ``import mmoverlock``: it needs mmdet.
 """
-from typing import List
+from typing import List, Optional
 
 import torch
 from mmcv.ops import batched_nms
 from mmdet.models.test_time_augs import DetTTAModel
 from mmdet.structures import DetDataSample
 from mmdet.structures.bbox import bbox_flip
+from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 
 from ..registry import register_public
@@ -30,6 +31,9 @@ class DetTTAModelWithMasks(DetTTAModel):
 
     Masks must come at the original image size (Mask R-CNN's ``rescale=True``), shape (N, H, W).
     """
+
+    def __init__(self, tta_cfg: Optional[dict] = None, **kwargs):
+        super().__init__(tta_cfg=ConfigDict(tta_cfg or {}), **kwargs)
 
     def _merge_single_sample(self, data_samples: List[DetDataSample]) -> DetDataSample:
         if data_samples[0].pred_instances.get('masks', None) is None:
