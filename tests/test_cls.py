@@ -253,3 +253,13 @@ def test_official_imagenet_checkpoint_gives_official_logits(fixture, data_root, 
         with torch.no_grad():
             ref = model(preprocess_by_hand(sample['img_path'], short, TINY_CROP), mode='tensor').softmax(1)[0]
         assert rel_err(sample['pred_score'], ref) <= 1e-4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU fallback applies only without CUDA')
+def test_sync_bn_switch_dropped_without_cuda():
+    """sync_bn='torch' (the release's SyncBN) would make DDP on CPU (gloo) fail: the tools drop it there."""
+    from mmoverlock.utils.runtime import prepare_for_device
+    cfg = Config.fromfile(CLS_CONFIGS['t'])
+    assert cfg.sync_bn == 'torch'
+    prepare_for_device(cfg)
+    assert 'sync_bn' not in cfg

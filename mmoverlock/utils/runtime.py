@@ -50,6 +50,9 @@ def sync_bn_to_bn(cfg: Config) -> int:
         return d
 
     cfg.model = _walk(cfg.model, fix)
+    if cfg.get('sync_bn'):    # the Runner-level switch (every BN -> SyncBN in distributed runs; cls configs)
+        cfg.pop('sync_bn')
+        count += 1
     return count
 
 
