@@ -103,10 +103,13 @@ class ContMix(BaseModule):
         """x (B, dim, H, W): first half aggregated with the small kernels, second half with the large."""
         b, c, h, w = x.shape
         g = self.num_heads
-        values = x.view(b, 2, g, c // (2 * g), h, w)
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        values = x.contiguous().view(b, 2, g, c // (2 * g), h, w)
         x_small = na2d_av_channels_first(small.to(x.dtype), values[:, 0], self.smk_size)
         x_large = na2d_av_channels_first(large.to(x.dtype), values[:, 1], self.kernel_size)
-        return torch.cat([x_small.reshape(b, c // 2, h, w), x_large.reshape(b, c // 2, h, w)], dim=1)
+        out = torch.cat([x_small.reshape(b, c // 2, h, w), x_large.reshape(b, c // 2, h, w)], dim=1)
+        # keep a channels-last network channels-last (depthwise convs are much faster in it on CPU)
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
     def mix(self, x: torch.Tensor, query_src: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Dynamic-kernel aggregation of x, with the small-map path (maps under K are resized to fit

@@ -10,18 +10,32 @@ Two layouts:
 * :func:`na2d_av_channels_first` -- what the backbone uses: attn (B, G, k*k, H, W),
   value (B, G, C, H, W) -> (B, G, C, H, W); no permutes around the op.
 
-The lean implementation loops over the k*k taps. For tap (a, b) the clamped gather is a slice of the
-valid windows followed by replicate padding (the map of window starts is the valid-window map,
-replicate-padded), so nothing of size C*k*k*H*W is ever materialised; backward recomputes each
-shifted value instead of storing it (activation memory O(B*G*H*W*(C + k*k))).
+Two lean implementations, chosen by map size (neither materialises anything of size C*k*k*H*W;
+activation memory is O(B*G*H*W*(C + k*k))):
+
+* the **tap loop** (maps with H*W > ``DENSE_MAX_RATIO`` * k*k): for tap (a, b) the clamped gather is a
+  slice of the valid windows followed by replicate padding (the map of window starts is the valid-window
+  map, replicate-padded); a custom autograd Function whose backward recomputes each shifted value
+  instead of storing it;
+* the **dense operator** (small maps, e.g. stage 3/4 at 224^2 and the small-map path): the kernels are
+  scattered into one (H*W, H*W) aggregation matrix per (batch, group) -- at most ``DENSE_MAX_RATIO``
+  times the size of ``attn`` -- and applied with one batched matmul (BLAS), which is several times faster
+  than looping over k*k taps of a tiny map.
+
+Tracing (ONNX export, TorchScript) records the tap loop out of place, as standard Slice/Pad/Mul/Add.
 """
+from functools import lru_cache
 from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ['na2d_av', 'na2d_av_channels_first', 'na2d_av_reference', 'na2d_av_unfold',
-           'window_starts', 'check_window']
+           'window_starts', 'check_window', 'DENSE_MAX_RATIO']
+
+#: maps with H*W <= DENSE_MAX_RATIO * k*k use the dense operator (its matrix is <= this many times ``attn``);
+#: 4 is about where the tap loop becomes faster on CPU (tools/analysis/benchmark_contmix.py).
+DENSE_MAX_RATIO = 4
 
 
 def check_window(height: int, width: int, kernel_size: int) -> None:
@@ -53,7 +67,8 @@ def _shifted(value: torch.Tensor, a: int, b: int, kernel_size: int) -> torch.Ten
 
 
 def _as_4d(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1, *t.shape[-3:])
+    """(B, G, C, H, W) -> (B, G*C, H, W); a view for the channel-half views ContMix passes in."""
+    return t.flatten(1, 2)
 
 
 class _NA2DAV(torch.autograd.Function):
@@ -72,12 +87,11 @@ class _NA2DAV(torch.autograd.Function):
         b, g, c, h, w = value.shape
         value4 = _as_4d(value)
         grad_out = grad_out.contiguous()
-        grad_out4 = _as_4d(grad_out)
         grad_attn = grad_value = None
         if ctx.needs_input_grad[0]:
             grad_attn = torch.empty_like(attn, memory_format=torch.contiguous_format)
         if ctx.needs_input_grad[1]:
-            grad_value = torch.zeros_like(value, memory_format=torch.contiguous_format)
+            grad_value = value.new_zeros(value.shape)
             grad_value4 = _as_4d(grad_value)
         before, after = _pads(k)
         for a in range(k):
@@ -85,7 +99,7 @@ class _NA2DAV(torch.autograd.Function):
                 t = a * k + bb
                 if grad_attn is not None:
                     shifted = _shifted(value4, a, bb, k).view(b, g, c, h, w)
-                    grad_attn[:, :, t] = (grad_out * shifted).sum(dim=2)
+                    grad_attn[:, :, t] = torch.linalg.vecdot(grad_out, shifted, dim=2)
                 if grad_value is not None:
                     grad_shifted = _as_4d(grad_out * attn[:, :, t:t + 1])
                     valid = value4[..., a:a + h - k + 1, bb:bb + w - k + 1]
@@ -116,6 +130,29 @@ def _forward_taps(attn: torch.Tensor, value: torch.Tensor, kernel_size: int,
     return out
 
 
+@lru_cache(maxsize=64)
+def _dense_index(height: int, width: int, kernel_size: int, device: torch.device) -> torch.Tensor:
+    """Flat position of every (tap, pixel) kernel entry in the (H*W, H*W) aggregation matrix:
+    (k*k*H*W,) int64 in attn's (tap, row, col) order; entries are distinct (one key per tap)."""
+    taps = torch.arange(kernel_size, device=device)
+    rows = window_starts(height, kernel_size, device)[None, :] + taps[:, None]     # (k, H): key row
+    cols = window_starts(width, kernel_size, device)[None, :] + taps[:, None]      # (k, W): key col
+    key = rows[:, None, :, None] * width + cols[None, :, None, :]                  # (k, k, H, W)
+    pixel = torch.arange(height * width, device=device).view(height, width)
+    return (pixel * (height * width) + key).flatten()
+
+
+def _dense_aggregate(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Small maps: scatter the kernels into a (H*W, H*W) matrix per (batch, group), one batched matmul.
+    attn (B, G, k*k, H, W), value (B, G, C, H, W) -> (B, G, C, H, W); autograd does the backward."""
+    b, g, c, h, w = value.shape
+    hw = h * w
+    index = _dense_index(h, w, kernel_size, attn.device)
+    matrix = attn.new_zeros(b * g, hw * hw).index_copy(1, index, attn.reshape(b * g, -1))
+    out = torch.bmm(value.reshape(b * g, c, hw), matrix.view(b * g, hw, hw).transpose(1, 2))
+    return out.view(b, g, c, h, w)
+
+
 def _check_shapes(attn: torch.Tensor, value: torch.Tensor, kernel_size: int, layout: str) -> None:
     if attn.dim() != 5 or value.dim() != 5:
         raise ValueError(f'na2d_av: expected 5-D attn and value ({layout}), '
@@ -140,6 +177,9 @@ def na2d_av_channels_first(attn: torch.Tensor, value: torch.Tensor, kernel_size:
         attn, value = attn.to(dtype), value.to(dtype)
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return _forward_taps(attn, value, kernel_size)
+    h, w = value.shape[-2:]
+    if h * w <= DENSE_MAX_RATIO * kernel_size * kernel_size:
+        return _dense_aggregate(attn, value, kernel_size)
     return _NA2DAV.apply(attn, value, kernel_size)
 
 

@@ -1,0 +1,151 @@
+"""na2d_av: every implementation against a brute-force loop, gradients, memory, errors."""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from mmoverlock.ops import na2d, na2d_av, na2d_av_channels_first, na2d_av_reference, na2d_av_unfold
+
+# (B, G, C, H, W, k): the tap loop (H*W > 4k^2), the dense operator (small maps), a map of exactly k.
+TAP_CASE = (2, 2, 3, 9, 11, 3)
+DENSE_CASE = (1, 2, 3, 6, 7, 5)
+EXACT_CASE = (1, 1, 2, 5, 5, 5)
+GRADCHECK_TAP_CASE = (1, 1, 2, 7, 8, 3)   # small enough for float64 gradcheck, still the tap loop
+
+
+def brute_force(attn, value, k):
+    """The NATTEN 0.17 definition, one pixel and one tap at a time (NATTEN layout)."""
+    b, g, h, w, c = value.shape
+    out = torch.zeros_like(value)
+    for i in range(h):
+        for j in range(w):
+            si, sj = min(max(i - k // 2, 0), h - k), min(max(j - k // 2, 0), w - k)
+            for a in range(k):
+                for bb in range(k):
+                    out[:, :, i, j] += attn[:, :, i, j, a * k + bb, None] * value[:, :, si + a, sj + bb]
+    return out
+
+
+def make(case, dtype=torch.float64, requires_grad=False):
+    b, g, c, h, w, k = case
+    attn = torch.randn(b, g, h, w, k * k, dtype=dtype).softmax(-1).requires_grad_(requires_grad)
+    value = torch.randn(b, g, h, w, c, dtype=dtype, requires_grad=requires_grad)
+    return attn, value, k
+
+
+def channels_first(attn, value):
+    return attn.permute(0, 1, 4, 2, 3).contiguous(), value.permute(0, 1, 4, 2, 3).contiguous()
+
+
+@pytest.mark.parametrize('case', [TAP_CASE, DENSE_CASE, EXACT_CASE])
+def test_all_variants_equal_brute_force(case):
+    attn, value, k = make(case)
+    expected = brute_force(attn, value, k)
+    for fn in (na2d_av, na2d_av_unfold, na2d_av_reference):
+        torch.testing.assert_close(fn(attn, value, k), expected, rtol=1e-12, atol=1e-12)
+    attn_cf, value_cf = channels_first(attn, value)
+    torch.testing.assert_close(na2d_av_channels_first(attn_cf, value_cf, k),
+                               expected.permute(0, 1, 4, 2, 3), rtol=1e-12, atol=1e-12)
+
+
+def test_paths_are_the_ones_claimed():
+    """TAP_CASE runs the autograd Function, DENSE_CASE the matmul; the traced loop equals both."""
+    for case, dense in ((TAP_CASE, False), (GRADCHECK_TAP_CASE, False), (DENSE_CASE, True)):
+        b, g, c, h, w, k = case
+        assert (h * w <= na2d.DENSE_MAX_RATIO * k * k) == dense
+        attn, value = channels_first(*make(case, requires_grad=False)[:2])
+        attn.requires_grad_()
+        out = na2d_av_channels_first(attn, value, k)
+        assert ('NA2DAV' in type(out.grad_fn).__name__) != dense
+        torch.testing.assert_close(na2d._forward_taps(attn, value, k), out)
+
+
+@pytest.mark.parametrize('case', [GRADCHECK_TAP_CASE, DENSE_CASE])
+def test_gradcheck_float64(case):
+    attn, value, k = make(case, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, v: na2d_av(a, v, k), (attn, value))
+
+
+@pytest.mark.parametrize('case', [TAP_CASE, DENSE_CASE])
+def test_gradients_match_reference(case):
+    attn, value, k = make(case, dtype=torch.float32, requires_grad=True)
+    grad = torch.randn(value.shape)
+    ours = torch.autograd.grad(na2d_av(attn, value, k), (attn, value), grad)
+    ref = torch.autograd.grad(na2d_av_reference(attn, value, k), (attn, value), grad)
+    for o, r in zip(ours, ref):
+        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
+
+
+def test_channel_half_views_need_no_copy():
+    """ContMix passes channel halves of one map (non-contiguous views); results are unchanged."""
+    b, g, c, h, w, k = TAP_CASE
+    x = torch.randn(b, 2, g, c, h, w, dtype=torch.float64)
+    attn = torch.randn(b, g, k * k, h, w, dtype=torch.float64).softmax(2)
+    torch.testing.assert_close(na2d_av_channels_first(attn, x[:, 1], k),
+                               na2d_av_channels_first(attn, x[:, 1].contiguous(), k))
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any op produces (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else (out, )):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize('case', [(1, 2, 8, 30, 32, 7), (2, 2, 16, 10, 12, 7)])
+def test_memory_nothing_of_size_c_k2_hw(case):
+    """No tensor of the forward+backward is larger than attn/value (tap loop) or than
+    DENSE_MAX_RATIO * attn (dense), while the unfold baseline materialises C*k*k*H*W elements."""
+    b, g, c, h, w, k = case
+    attn, value = channels_first(*make(case, dtype=torch.float32)[:2])
+    attn.requires_grad_()
+    value.requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        with LargestTensor() as mode:
+            out = na2d_av_channels_first(attn, value, k)
+            out.backward(torch.ones_like(out))
+    unfolded = b * g * c * k * k * h * w
+    dense = h * w <= na2d.DENSE_MAX_RATIO * k * k
+    bound = max(attn.numel(), value.numel()) * (na2d.DENSE_MAX_RATIO if dense else 1)
+    assert mode.largest <= bound < unfolded / 2
+    assert max(saved) <= bound
+    with LargestTensor() as mode:
+        na2d_av_unfold(attn.detach().permute(0, 1, 3, 4, 2), value.detach().permute(0, 1, 3, 4, 2), k)
+    assert mode.largest >= unfolded
+
+
+@pytest.mark.parametrize('attn_shape,value_shape,k,match', [
+    ((1, 1, 9, 9, 9), (1, 1, 9, 9), 3, '5-D'),
+    ((1, 1, 9, 9, 8), (1, 1, 9, 9, 4), 3, 'attn has 8 taps, expected kernel_size\\*\\*2 = 9'),
+    ((2, 1, 9, 9, 9), (1, 1, 9, 9, 4), 3, 'disagree in batch'),
+    ((1, 1, 4, 9, 25), (1, 1, 4, 9, 4), 5, 'feature map 4x9 is smaller than kernel_size=5'),
+    ((1, 1, 9, 9, 16), (1, 1, 9, 9, 4), 4, 'kernel_size=4 must be a positive odd integer'),
+])
+def test_bad_input_errors(attn_shape, value_shape, k, match):
+    for fn in (na2d_av, na2d_av_unfold, na2d_av_reference):
+        with pytest.raises(ValueError, match=match):
+            fn(torch.rand(attn_shape), torch.rand(value_shape), k)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('case', [TAP_CASE, DENSE_CASE, (2, 4, 16, 40, 48, 13)])
+def test_cuda_matches_cpu(case):
+    attn, value, k = make(case, dtype=torch.float32, requires_grad=True)
+    grad = torch.randn(value.shape)
+    ref_out = na2d_av_reference(attn, value, k)
+    ref_grads = torch.autograd.grad(ref_out, (attn, value), grad)
+    attn_gpu = attn.detach().cuda().requires_grad_()
+    value_gpu = value.detach().cuda().requires_grad_()
+    out = na2d_av(attn_gpu, value_gpu, k)
+    grads = torch.autograd.grad(out, (attn_gpu, value_gpu), grad.cuda())
+    torch.testing.assert_close(out.cpu(), ref_out, rtol=1e-4, atol=1e-5)
+    for g_gpu, g_ref in zip(grads, ref_grads):
+        torch.testing.assert_close(g_gpu.cpu(), g_ref, rtol=1e-4, atol=1e-5)
