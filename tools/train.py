@@ -5,7 +5,6 @@
                                  [--cfg-options k=v ...] [--launcher none|pytorch|slurm]
 """
 import argparse
-import os
 import os.path as osp
 
 import torch

@@ -35,26 +35,39 @@ class DetTTAModelWithMasks(DetTTAModel):
     def __init__(self, tta_cfg: Optional[dict] = None, **kwargs):
         super().__init__(tta_cfg=ConfigDict(tta_cfg or {}), **kwargs)
 
+    def test_step(self, data):
+        """Predict every view with its flip hidden from the detector, then merge.
+
+        mmdet 3.3's ``CascadeRoIHead.predict_mask`` passes the stage masks of one view through
+        ``merge_aug_masks``, which "un-flips" them when the view's meta says ``flip`` (and fails on tensors);
+        the flip is undone once, here, in :meth:`_merge_single_sample`, from ``tta_flip``.
+        """
+        views = data['data_samples'] if isinstance(data, dict) else data[1]
+        for sample in (s for view in views for s in view):
+            sample.set_metainfo(dict(tta_flip=sample.metainfo.get('flip', False), flip=False))
+        return super().test_step(data)
+
     def _merge_single_sample(self, data_samples: List[DetDataSample]) -> DetDataSample:
-        if data_samples[0].pred_instances.get('masks', None) is None:
-            return super()._merge_single_sample(data_samples)
+        with_masks = data_samples[0].pred_instances.get('masks', None) is not None
         bboxes, scores, labels, masks = [], [], [], []
         for sample in data_samples:
             pred, meta = sample.pred_instances, sample.metainfo
-            view_bboxes, view_masks = pred.bboxes, pred.masks
-            if meta.get('flip', False):
+            view_bboxes, view_masks = pred.bboxes, pred.get('masks', None)
+            if meta.get('tta_flip', meta.get('flip', False)):
                 view_bboxes = bbox_flip(view_bboxes, meta['ori_shape'], meta['flip_direction'])
-                view_masks = unflip_masks(view_masks, meta['flip_direction'])
+                if with_masks:
+                    view_masks = unflip_masks(view_masks, meta['flip_direction'])
             bboxes.append(view_bboxes)
             scores.append(pred.scores)
             labels.append(pred.labels)
             masks.append(view_masks)
-        bboxes, scores, labels, masks = (torch.cat(t) for t in (bboxes, scores, labels, masks))
+        bboxes, scores, labels = torch.cat(bboxes), torch.cat(scores), torch.cat(labels)
         if bboxes.numel() == 0:
             return data_samples[0]
         dets, keep = batched_nms(bboxes, scores, labels, self.tta_cfg.nms)
         dets, keep = dets[:self.tta_cfg.max_per_img], keep[:self.tta_cfg.max_per_img]
         merged = data_samples[0]
-        merged.pred_instances = InstanceData(bboxes=dets[:, :-1], scores=dets[:, -1], labels=labels[keep],
-                                             masks=masks[keep])
+        merged.pred_instances = InstanceData(bboxes=dets[:, :-1], scores=dets[:, -1], labels=labels[keep])
+        if with_masks:
+            merged.pred_instances.masks = torch.cat(masks)[keep]
         return merged
