@@ -1,0 +1,310 @@
+"""Complexity analysis (hand-counted params / FLOPs) and the results tables (synthetic work_dirs)."""
+import importlib.util
+import json
+import os
+import os.path as osp
+
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.analysis import FlopAnalyzer
+
+from mmoverlock.analysis import reference
+from mmoverlock.analysis.complexity import analyze_complexity, deploy_
+from mmoverlock.analysis.models import build_model, imagenet_model_cfg, measure
+from mmoverlock.analysis.results import merge, read_work_dir, table, tables
+from mmoverlock.models.contmix import ContMix
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TINY = dict(depth=[1, 1, 1, 1], sub_depth=[1, 1], embed_dim=[8, 16, 32, 32], kernel_size=[5, 5, 5, 5],
+            mlp_ratio=2, sub_num_heads=[2, 2], sub_mlp_ratio=2)
+S = 5            # small dynamic kernel
+REGIONS = 49     # 7 x 7 context regions
+
+
+def _tool(name):
+    """Import tools/analysis/<name>.py (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'tools', 'analysis', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------------------------ hand counts (fvcore rules)
+# conv: out elements x (C_in / groups) x k x k (bias free); eval BN: 2 per element; LN: 5 per element;
+# adaptive pool: 1 per input element; bilinear resize: 4 per output element; LayerScale: 1 per element;
+# activations, GRN, softmax, elementwise adds and muls: 0.
+
+def _conv(n_out, c_in, c_out, k=1, groups=1):
+    return n_out * c_out * (c_in // groups) * k * k
+
+
+def _se(n, c):
+    hidden = max(16, c // 8)
+    return n * c + 2 * c * hidden, 2 * c * hidden + hidden + c
+
+
+def _rep_block(n, c, k, r, layer_scale):
+    """(flops, params) of a deployed RepConvBlock on n pixels."""
+    hid = c * r
+    se_f, se_p = _se(n, c)
+    flops = (_conv(n, c, c, 3, c) + 5 * n * c + _conv(n, c, c, k, c) + 2 * n * c + se_f
+             + _conv(n, c, hid) + _conv(n, hid, hid, 3, hid) + _conv(n, hid, c) + (n * c if layer_scale else 0))
+    params = ((9 * c + c) + 2 * c + (k * k * c + c) + 2 * c + se_p + (c * hid + hid) + (9 * hid + hid)
+              + 2 * hid + (hid * c + c) + (2 * c if layer_scale else 0))
+    return flops, params
+
+
+def _contmix_mixer(n, dim, ctx, k, groups):
+    """(flops, params) of ContMix's kernel generation + aggregation as implemented (weight_proj folded)."""
+    taps = k * k + S * S
+    d = dim // 2 // groups
+    flops = (_conv(n, dim, dim // 2) + 2 * n * dim // 2                            # weight_query conv + BN
+             + n * ctx + _conv(REGIONS, ctx, dim // 2) + 2 * REGIONS * dim // 2   # weight_key pool conv BN
+             + groups * taps * REGIONS * d + groups * taps * d * n                 # the two folded matmuls
+             + n * dim // 2 * (S * S + k * k))                                    # aggregation: k*k per output
+    params = (dim * dim // 2 + dim + ctx * dim // 2 + dim + REGIONS * taps + taps
+              + groups * ((2 * S - 1) ** 2 + (2 * k - 1) ** 2))
+    return flops, params
+
+
+def _contmix_block(n, dim, ctx, k, groups, r, is_first):
+    out, hid = dim + ctx, dim * r
+    mix_f, mix_p = _contmix_mixer(n, dim, ctx, k, groups)
+    se_f, se_p = _se(n, dim)
+    flops = ((0 if is_first else 2 * n * ctx) + _conv(n, out, out, 3, out) + 5 * n * out
+             + _conv(n, out, out, 3, out) + 2 * n * out + _conv(n, out, dim)               # fusion
+             + _conv(n, dim, dim) + 2 * n * dim + _conv(n, dim, dim, k, dim) + 2 * n * dim  # gate, lepe
+             + mix_f + _conv(n, dim, dim) + 2 * n * dim + se_f                            # dyconv_proj, se
+             + 2 * n * dim + _conv(n, dim, out) + n * out                                  # proj, ls1
+             + _conv(n, out, out, 3, out) + 5 * n * out + _conv(n, out, hid)               # dwconv2 norm2 mlp
+             + _conv(n, hid, hid, 3, hid) + _conv(n, hid, out) + n * out)                  # ... ls2
+    params = ((0 if is_first else 4 * ctx) + 10 * out + 2 * out + (9 * out + out) + 2 * out + (out * dim + dim)
+              + 2 * dim + dim * dim + 2 * dim + (k * k * dim + dim) + 2 * dim + mix_p + dim * dim + 2 * dim
+              + se_p + 2 * dim + (dim * out + out) + 2 * out + 10 * out + 2 * out + (out * hid + hid)
+              + (9 * hid + hid) + 2 * hid + (hid * out + out) + 2 * out)
+    return flops, params
+
+
+def _tiny_imagenet_count(size, num_classes=10, projection=32):
+    """(flops, params) of the deployed tiny ImageNet model (aux head excluded) on a size x size image."""
+    e, ks, r = TINY['embed_dim'], TINY['kernel_size'], TINY['mlp_ratio']
+    ctx, groups = e[3] // 4, [2 * h for h in TINY['sub_num_heads']]
+    n = [(size // 4 // 2 ** i) ** 2 for i in range(4)]
+    half = e[0] // 2
+    flops = (_conv(n[0] * 4, 3, half, 3) + 2 * n[0] * 4 * half + _conv(n[0] * 4, half, half, 3)
+             + 2 * n[0] * 4 * half + _conv(n[0], half, e[0], 3) + 2 * n[0] * e[0] + _conv(n[0], e[0], e[0], 3)
+             + 2 * n[0] * e[0])
+    params = 27 * half + 2 * half + 9 * half * half + 2 * half + 9 * half * e[0] + 2 * e[0] + 9 * e[0] ** 2 + 2 * e[0]
+    for i in range(4):
+        if i:   # patch_embed2-4: 3x3 s2 conv + BN
+            flops += _conv(n[i], e[i - 1], e[i], 3) + 2 * n[i] * e[i]
+            params += 9 * e[i - 1] * e[i] + 2 * e[i]
+        f, p = _rep_block(n[i], e[i], ks[i], r, layer_scale=i >= 2)
+        flops, params = flops + f, params + p
+    flops += _conv(n[3], e[3], ctx) + 4 * n[2] * ctx                  # high_level_proj, resize to stage 3
+    params += e[3] * ctx + ctx
+    f, p = _contmix_block(n[2], e[2], ctx, ks[2], groups[0], TINY['sub_mlp_ratio'], is_first=True)
+    flops, params = flops + f, params + p
+    flops += _conv(n[3], e[2], e[3], 3) + 2 * n[3] * e[3] + _conv(n[3], ctx, ctx, 3) + 2 * n[3] * ctx
+    params += 9 * e[2] * e[3] + 2 * e[3] + 9 * ctx * ctx + 2 * ctx   # patch_embedx x_proj, h_proj
+    f, p = _contmix_block(n[3], e[3], ctx, ks[3], groups[1], TINY['sub_mlp_ratio'], is_first=False)
+    flops, params = flops + f, params + p
+    fused = e[3] + ctx                                                # main head
+    flops += _conv(n[3], fused, projection) + 2 * n[3] * projection + n[3] * projection + projection * num_classes
+    params += fused * projection + 2 * projection + projection * num_classes + num_classes
+    return flops, params
+
+
+# ------------------------------------------------------------------------------------------------ get_flops
+def test_contmix_aggregation_and_kernel_generation_hand_count():
+    dim, ctx, k, groups, h, w = 16, 8, 7, 2, 9, 11
+    mixer = ContMix(dim, ctx, kernel_size=k, smk_size=S, num_groups=groups).eval()
+    x, context = torch.randn(1, dim, h, w), torch.randn(1, ctx, h, w)
+    n, d, taps = h * w, dim // 2 // groups, k * k + S * S
+
+    ours = analyze_complexity(mixer, (x, context), parts=())
+    assert ours.flops_by_operator['PythonOp._NA2DAV'] == n * dim // 2 * (S * S + k * k)
+    assert ours.flops_by_operator['matmul'] == groups * taps * REGIONS * d + groups * taps * d * n
+    assert ours.flops == _contmix_mixer(n, dim, ctx, k, groups)[0]
+    assert ours.params == _contmix_mixer(n, dim, ctx, k, groups)[1]
+
+    official = analyze_complexity(mixer, (x, context), parts=(), convention='official')
+    # query^T key; mmengine reads numpy's einsum_path cost, printed to 4 significant digits
+    assert official.flops_by_operator['einsum'] == pytest.approx(groups * n * REGIONS * d, rel=1e-3)
+    assert official.flops_by_operator['conv'] - ours.flops_by_operator['conv'] == groups * n * REGIONS * taps
+    assert 'matmul' not in official.flops_by_operator
+
+    plain = FlopAnalyzer(mixer, (x, context))   # mmengine alone: the aggregation is invisible
+    plain.unsupported_ops_warnings(False)
+    assert 'PythonOp._NA2DAV' not in plain.by_operator()
+    assert plain.total() < ours.flops - n * dim // 2 * (S * S + k * k) + 1
+
+
+def test_counting_mode_keeps_outputs_and_restores_the_modules():
+    from mmoverlock.analysis.complexity import flop_counting_mode
+    mixer = ContMix(16, 8, kernel_size=7, smk_size=S, num_groups=2).eval()
+    nn.init.normal_(mixer.rpb2)
+    x, context = torch.randn(2, 16, 9, 11), torch.randn(2, 8, 9, 11)
+    with torch.no_grad():
+        expected = mixer(x, context)
+        for convention in ('implemented', 'official'):
+            with flop_counting_mode(mixer, convention):
+                torch.testing.assert_close(mixer(x, context), expected, rtol=1e-5, atol=1e-5)
+    assert 'aggregate' not in mixer.__dict__ and 'dynamic_kernels' not in mixer.__dict__
+    with pytest.raises(ValueError, match="convention='paper'"):
+        with flop_counting_mode(mixer, 'paper'):
+            pass
+
+
+def test_tiny_imagenet_model_equals_hand_count():
+    model, task = build_model(imagenet_model_cfg(TINY, num_classes=10, projection=32), task='cls')
+    report = measure(model, task, shape=(160, 160))
+    flops, params = _tiny_imagenet_count(160)
+    assert report.params == params
+    assert report.flops == flops
+    assert report.parts['head'][1] == (40 * 32 + 2 * 32 + 32 * 10 + 10) + (2 * 32 + 32 * 10 + 10)  # main + aux
+    assert not any('NA2DAV' in op or 'matmul' in op for op in report.unsupported_ops)
+
+
+def test_train_form_counts_the_reparam_branches():
+    model, task = build_model(imagenet_model_cfg(TINY, num_classes=10, projection=32), task='cls')
+    train = measure(model, task, shape=(160, 160), deploy=False)
+    flops, params = _tiny_imagenet_count(160)
+    # K=5 DilatedReparamBlock in training form: 5x5 (no bias) + BN and branches 3x3 r1, 3x3 r2, each + BN;
+    # deployed: one 5x5 conv with bias. One per RepConvBlock (stages 1-4) and per ContMix block (lepe).
+    n = [(160 // 4 // 2 ** i) ** 2 for i in range(4)]
+    sites = [(n[i], TINY['embed_dim'][i]) for i in range(4)] + [(n[2], TINY['embed_dim'][2]),
+                                                               (n[3], TINY['embed_dim'][3])]
+    assert train.params == params + sum(2 * c + 2 * (9 * c + 2 * c) - c for _, c in sites)
+    assert train.flops == flops + sum(2 * m * c + 2 * (9 * m * c + 2 * m * c) for m, c in sites)
+
+
+def test_deploy_is_idempotent_and_outputs_match():
+    model, _ = build_model(imagenet_model_cfg(TINY, num_classes=10, projection=32), task='cls')
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x, mode='tensor')
+        deploy_(deploy_(model))
+        torch.testing.assert_close(model(x, mode='tensor'), before, rtol=1e-4, atol=1e-5)
+
+
+def test_get_flops_cli_rejects_bad_input(capsys):
+    get_flops = _tool('get_flops')
+    with pytest.raises(SystemExit):
+        get_flops.main([])                     # neither CONFIG nor --arch
+    with pytest.raises(SystemExit):
+        get_flops.main(['--arch', 'q'])
+    assert "invalid choice: 'q'" in capsys.readouterr().err
+
+
+def test_build_model_drops_the_checkpoint(tmp_path):
+    """A config whose backbone points at an unreachable checkpoint builds and counts without loading it."""
+    cfg_file = tmp_path / 'tiny_cls.py'
+    cfg_file.write_text(
+        "default_scope = 'mmpretrain'\n"
+        "custom_imports = dict(imports=['mmoverlock'], allow_failed_imports=False)\n"
+        f"model = {imagenet_model_cfg(TINY, num_classes=10, projection=32)!r}\n"
+        "model['backbone']['init_cfg'] = dict(type='Pretrained', checkpoint='/nonexistent/overlock.pth')\n")
+    get_flops = _tool('get_flops')
+    report = get_flops.main([str(cfg_file), '--shape', '64'])   # stage 4 is 2x2: the small-map path runs
+    assert report.params == _tiny_imagenet_count(64)[1]
+    # bilinear resizes: ctx_up to stage 3 (4x4, 8 ch), then both ContMix maps (4x4 and 2x2, under K=5) to 5x5:
+    # x (32 ch) and [query source, context] (32 + 8 ch), 4 FLOPs per output element
+    assert report.flops_by_operator['upsample_bilinear2d'] == 4 * 16 * 8 + 2 * 4 * 25 * (32 + 32 + 8)
+
+
+# ------------------------------------------------------------------------------------------ collect_results
+def _fake_run(work_dir, stamp, *, test=None, val=None, log_lines=(), model_type=None):
+    """One mmengine run folder: <stamp>.json (test), vis_data/scalars.json (val), <stamp>.log, config."""
+    run = osp.join(work_dir, stamp)
+    os.makedirs(osp.join(run, 'vis_data'), exist_ok=True)
+    if test is not None:
+        with open(osp.join(run, f'{stamp}.json'), 'w') as f:
+            json.dump(test, f)
+    if val is not None:
+        from mmengine.visualization import LocalVisBackend
+        backend = LocalVisBackend(save_dir=osp.join(run, 'vis_data'))
+        backend.add_scalars({'lr': 1e-4, 'loss': 1.0}, step=10)       # a training line: no metrics
+        for step, scalars in enumerate(val, start=1):
+            backend.add_scalars(scalars, step=step, file_path=f'{stamp}.json')
+    with open(osp.join(run, f'{stamp}.log'), 'w') as f:
+        f.write('\n'.join(log_lines) + '\n')
+    if model_type is not None:
+        with open(osp.join(run, 'vis_data', 'config.py'), 'w') as f:
+            f.write(f"model = dict(type='{model_type}', module=dict(type='EncoderDecoder'))\n")
+
+
+def _row(text, label, backbone, method):
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        if cells[:3] == [method, backbone, 'official']:
+            if label == 'official':
+                return cells
+            return [c.strip() for c in lines[i + 1].strip('|').split('|')]
+    raise AssertionError(f'no row {method} / {backbone} in\n{text}')
+
+
+def test_collect_results_tables(tmp_path):
+    det = tmp_path / 'mask_rcnn_overlock_t_1x_coco'
+    coco = {'coco/bbox_mAP': 0.481, 'coco/bbox_mAP_50': 0.702, 'coco/bbox_mAP_75': 0.529,
+            'coco/segm_mAP': 0.434, 'coco/segm_mAP_50': 0.671, 'coco/segm_mAP_75': 0.468}
+    # training run: two validations (the last one counts) ...
+    _fake_run(str(det), '20250101_000000', val=[{'coco/bbox_mAP': 0.300}, {**coco, 'coco/bbox_mAP': 0.479}])
+    # ... then a test run, which wins
+    _fake_run(str(det), '20250102_000000', test={**coco, 'coco/bbox_mAP_copypaste': '0.481 0.702'})
+
+    seg = tmp_path / 'my_seg_dir'
+    _fake_run(str(seg), '20250101_000000', log_lines=[
+        '2025/01/01 00:00:00 - mmengine - INFO - Iter(val) [500/500]    aAcc: 82.0000  mIoU: 49.0000  '
+        'mAcc: 60.0000  data_time: 0.0100  time: 0.2000',
+        '2025/01/01 01:00:00 - mmengine - INFO - Iter(val) [500/500]    aAcc: 83.0000  mIoU: 50.5600  '
+        'mAcc: 61.0000  data_time: 0.0100  time: 0.2000'])
+    _fake_run(str(seg), '20250103_000000', test={'aAcc': 84.0, 'mIoU': 51.62, 'mAcc': 62.0},
+              model_type='SegTTAModel')
+    (seg / 'upernet_overlock_t_160k_ade20k.py').write_text('# dumped config\n')   # the runner's config dump
+
+    results = merge([read_work_dir(str(det)), read_work_dir(str(seg))])
+    assert set(results) == {'mask_rcnn_overlock_t_1x_coco', 'upernet_overlock_t_160k_ade20k'}
+    text = tables(results)
+    assert '### ImageNet' not in text                        # no ImageNet run given: no table
+
+    official = _row(text, 'official', 'OverLoCK-T', 'Mask R-CNN 1x')
+    assert official[5:] == ['48.3', '', '', '43.3', '', '']
+    ours = _row(text, 'ours', 'OverLoCK-T', 'Mask R-CNN 1x')
+    assert ours[5:] == ['48.1 (-0.2)', '70.2', '52.9', '43.4 (+0.1)', '67.1', '46.8']
+    missing = _row(text, 'ours', 'OverLoCK-S', 'Mask R-CNN 1x')
+    assert missing[5:] == [''] * 6                           # not run: blanks, not zeros
+
+    seg_ours = _row(text, 'ours', 'OverLoCK-T', 'UperNet 160k')
+    assert seg_ours[5:] == ['50.6 (+0.3)', '51.6']            # ss from the validation log, ms from the TTA test
+    moga = [line for line in text.splitlines() if 'MogaNet-B' in line and 'UperNet' in line]
+    assert [c.strip() for c in moga[0].strip('|').split('|')] == [
+        'UperNet 160k', 'MogaNet-B', 'reported', '73.70', '1050.4', '50.1', '']
+
+
+def test_collect_results_cli(tmp_path, capsys):
+    collect_results = _tool('collect_results')
+    empty = tmp_path / 'overlock_t_in1k'
+    empty.mkdir()
+    text = collect_results.main([str(empty), '--all', '--out', str(tmp_path / 'tables.md')])
+    assert '### ImageNet' in text and '### COCO' in text and '### ADE20K' in text
+    ours = _row(text, 'ours', 'OverLoCK-T', 'ImageNet-1K 300e')
+    assert ours[5] == '' and ours[3] == '33.47'
+    assert (tmp_path / 'tables.md').read_text().strip() == text.strip()
+    with pytest.raises(SystemExit, match='is not a folder'):
+        collect_results.main([str(tmp_path / 'nope')])
+
+
+def test_reference_table_covers_the_issue_numbers():
+    top1 = {r.arch: r.official['top1'] for r in reference.records('cls')}
+    assert top1 == {'xt': 82.7, 't': 84.2, 's': 84.8, 'b': 85.1}
+    assert sum(1 for r in reference.records('det', competitors=False)) == 9
+    assert all(r.weights is None for r in reference.records('det') + reference.records('seg'))
+    text = table('seg', {})
+    assert '0.0' not in text.replace('1050.4', '')
