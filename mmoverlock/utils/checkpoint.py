@@ -4,6 +4,7 @@ import pickle
 import zipfile
 from collections import Counter
 from typing import Dict, Iterable, Optional
+from urllib.error import URLError
 
 import torch
 import torch.nn as nn
@@ -28,12 +29,16 @@ def read_checkpoint(source: str, map_location='cpu') -> dict:
     # Process-wide and idempotent. (A ``torch.serialization.safe_globals`` context would *remove* these
     # entries on exit, un-installing the allow-list that mmoverlock's import set up for mmengine's loader.)
     torch.serialization.add_safe_globals(safe_globals())
-    if isinstance(source, str) and source.startswith(('http://', 'https://')):
-        return torch.hub.load_state_dict_from_url(source, map_location=map_location, weights_only=True)
-    if not os.path.isfile(source):
+    is_url = isinstance(source, str) and source.startswith(('http://', 'https://'))
+    if not is_url and not os.path.isfile(source):
         raise FileNotFoundError(f"checkpoint '{source}' does not exist; expected a .pth file or an http(s) URL")
     try:
+        if is_url:
+            return torch.hub.load_state_dict_from_url(source, map_location=map_location, weights_only=True)
         return torch.load(source, map_location=map_location, weights_only=True)
+    except URLError as err:
+        raise ValueError(f"checkpoint '{source}' could not be downloaded ({err.reason}); "
+                         f"download it and pass the local file") from None
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0]
         raise ValueError(f"checkpoint '{source}' holds objects outside the allow-list and was not loaded "
