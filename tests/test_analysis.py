@@ -163,7 +163,8 @@ def test_tiny_imagenet_model_equals_hand_count():
     flops, params = _tiny_imagenet_count(160)
     assert report.params == params
     assert report.flops == flops
-    assert report.parts['head'][1] == (40 * 32 + 2 * 32 + 32 * 10 + 10) + (2 * 32 + 32 * 10 + 10)  # main + aux
+    assert report.parts['head'][1] == 40 * 32 + 2 * 32 + 32 * 10 + 10     # the main head; aux left out
+    assert report.parts['backbone'][1] + report.parts['head'][1] == params
     assert not any('NA2DAV' in op or 'matmul' in op for op in report.unsupported_ops)
 
 
@@ -308,3 +309,25 @@ def test_reference_table_covers_the_issue_numbers():
     assert all(r.weights is None for r in reference.records('det') + reference.records('seg'))
     text = table('seg', {})
     assert '0.0' not in text.replace('1050.4', '')
+
+
+def test_metafiles_model_index_and_zoo_are_generated_from_the_reference():
+    import yaml
+    make_model_index = _tool('make_model_index')
+    assert make_model_index.main(['--check']) == []          # committed files == generated files
+    with open(osp.join(ROOT, 'model-index.yml')) as f:
+        imports = yaml.safe_load(f)['Import']
+    models = {}
+    for path in imports:
+        with open(osp.join(ROOT, path)) as f:
+            models.update({m['Name']: m for m in yaml.safe_load(f)['Models']})
+    assert set(models) == {r.name for r in reference.MODELS}
+    for name, model in models.items():
+        assert osp.isfile(osp.join(ROOT, model['Config'])), model['Config']
+    t = models['overlock_t_in1k']
+    assert t['Results'][0]['Metrics'] == {'Top 1 Accuracy': 84.2}
+    assert t['Weights'] == 'https://github.com/LMMMEng/OverLoCK/releases/download/v1/overlock_t_in1k_224.pth'
+    assert t['Metadata']['Parameters'] == 33467000
+    mask = models['mask_rcnn_overlock_b_3x_coco']['Results']
+    assert [r['Metrics'] for r in mask] == [{'box AP': 51.4}, {'mask AP': 45.3}]
+    assert 'Weights' not in models['mask_rcnn_overlock_b_3x_coco']

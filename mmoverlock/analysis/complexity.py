@@ -170,7 +170,8 @@ def analyze_complexity(model: nn.Module, inputs: Tuple[Any, ...], parts: Sequenc
         model: the model (put in eval mode here; deploy it first with :func:`deploy_` if wanted).
         inputs: the positional inputs of ``model.forward``.
         parts: submodule names to report separately (missing ones are skipped).
-        exclude_params: submodule names whose params do not count (training-only heads).
+        exclude_params: submodule names whose params do not count (training-only heads), in the total
+            and in the parts that contain them.
         convention: 'implemented' (what this code runs) or 'official' (the release's operation order).
     """
     model.eval()
@@ -191,5 +192,6 @@ def analyze_complexity(model: nn.Module, inputs: Tuple[Any, ...], parts: Sequenc
                               unsupported_ops=unsupported)
     for name in parts:
         if name in names:
-            report.parts[name] = (int(by_module.get(name, 0)), counts.get(name, 0))
+            inside = sum(counts.get(ex, 0) for ex in exclude_params if ex.startswith(name + '.'))
+            report.parts[name] = (int(by_module.get(name, 0)), counts.get(name, 0) - inside)
     return report

@@ -95,7 +95,7 @@ MODELS: List[ModelRecord] = [
     _cls('xt', 82.7, 16.45, 2.6, 16.454, 2.655),
     _cls('t', 84.2, 33.47, 5.5, 33.467, 5.556),
     _cls('s', 84.8, 56.16, 9.7, 56.156, 9.552),
-    _cls('b', 85.1, 94.94, 16.7, 94.943, None),
+    _cls('b', 85.1, 94.94, 16.7, 94.943, 16.866),
     _mask_rcnn('t', '1x', 48.3, 43.3, None, None),
     _mask_rcnn('s', '1x', 49.4, 44.0, None, None),
     _mask_rcnn('b', '1x', 49.9, 44.4, None, None),
@@ -105,7 +105,7 @@ MODELS: List[ModelRecord] = [
     _cascade('t', None, None),
     _cascade('s', None, None),
     _cascade('b', None, None),
-    _upernet('t', 50.3, None, None),
+    _upernet('t', 50.3, 63.307, 958.863),
     _upernet('s', 51.3, None, None),
     _upernet('b', 51.7, None, None),
 ]
