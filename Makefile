@@ -8,8 +8,10 @@ PYTEST_ARGS ?=
 env:
 	@bash tools/setup_env.sh
 
+# One intra-op thread per process: the tests' models are tiny and several tests run 2-process DDP on
+# 2 cores, where oversubscribed OpenMP threads slow a step down by two orders of magnitude.
 test: env
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 demo: env
 	$(PY) tools/demo.py
