@@ -10,7 +10,7 @@ from mmengine.model import BaseModule
 
 from ..ops.na2d import na2d_av_channels_first, window_starts
 from ..registry import register_public
-from .layers import GRN, DilatedReparamBlock, LayerNorm2d, LayerScale, ResDWConv, SEModule
+from .layers import GRN, DilatedReparamBlock, LayerNorm2d, LayerScale, PointwiseConv2d, ResDWConv, SEModule
 
 NUM_REGIONS = 7  # the context is pooled to 7 x 7 = 49 region centres
 
@@ -67,7 +67,7 @@ class ContMix(BaseModule):
         self.scale = (dim // num_groups) ** -0.5
         self.rpb1 = nn.Parameter(torch.zeros(num_groups, 2 * smk_size - 1, 2 * smk_size - 1))
         self.rpb2 = nn.Parameter(torch.zeros(num_groups, 2 * kernel_size - 1, 2 * kernel_size - 1))
-        self.weight_query = nn.Sequential(nn.Conv2d(dim, dim // 2, 1, bias=False), nn.BatchNorm2d(dim // 2))
+        self.weight_query = nn.Sequential(PointwiseConv2d(dim, dim // 2, bias=False), nn.BatchNorm2d(dim // 2))
         self.weight_key = nn.Sequential(nn.AdaptiveAvgPool2d(NUM_REGIONS),
                                         nn.Conv2d(ctx_dim, dim // 2, 1, bias=False),
                                         nn.BatchNorm2d(dim // 2))
@@ -163,16 +163,16 @@ class ContMixBlock(ContMix):
         self.norm1 = LayerNorm2d(out_dim)
         self.fusion = nn.Sequential(
             nn.Conv2d(out_dim, out_dim, 3, padding=1, groups=out_dim), nn.BatchNorm2d(out_dim), nn.GELU(),
-            nn.Conv2d(out_dim, dim, 1), GRN(dim))
-        self.dyconv_proj = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
+            PointwiseConv2d(out_dim, dim), GRN(dim))
+        self.dyconv_proj = nn.Sequential(PointwiseConv2d(dim, dim, bias=False), nn.BatchNorm2d(dim))
         self.lepe = nn.Sequential(DilatedReparamBlock(dim, kernel_size, deploy), nn.BatchNorm2d(dim))
         self.se_layer = SEModule(dim)
-        self.gate = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.SiLU())
-        self.proj = nn.Sequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, out_dim, 1))
+        self.gate = nn.Sequential(PointwiseConv2d(dim, dim, bias=False), nn.BatchNorm2d(dim), nn.SiLU())
+        self.proj = nn.Sequential(nn.BatchNorm2d(dim), PointwiseConv2d(dim, out_dim))
         self.dwconv2 = ResDWConv(out_dim, 3)
         self.norm2 = LayerNorm2d(out_dim)
-        self.mlp = nn.Sequential(nn.Conv2d(out_dim, hidden, 1), nn.GELU(), ResDWConv(hidden, 3), GRN(hidden),
-                                 nn.Conv2d(hidden, out_dim, 1))
+        self.mlp = nn.Sequential(PointwiseConv2d(out_dim, hidden), nn.GELU(), ResDWConv(hidden, 3), GRN(hidden),
+                                 PointwiseConv2d(hidden, out_dim))
         self.ls1 = LayerScale(out_dim, ls_init_value)
         self.ls2 = LayerScale(out_dim, ls_init_value)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
