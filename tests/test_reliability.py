@@ -291,7 +291,7 @@ def toy_runner(work_dir, checkpoint_hook, max_iters, fail_at=None):
                   custom_hooks=[FailSave()], log_level='WARNING')
 
 
-def test_atomic_checkpoint_hook_keeps_a_resumable_checkpoint_when_a_save_fails(tmp_path):
+def test_atomic_checkpoint_hook_keeps_a_resumable_checkpoint_when_a_save_fails(tmp_path, monkeypatch):
     """max_keep_ckpts=1: mmengine deletes iter_2.pth *before* writing iter_3.pth; if that write dies,
     last_checkpoint names a deleted file. AtomicCheckpointHook deletes only after the new one is written."""
     hook = AtomicCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=1)
@@ -302,12 +302,15 @@ def test_atomic_checkpoint_hook_keeps_a_resumable_checkpoint_when_a_save_fails(t
     assert read_checkpoint(last)['meta']['iter'] == 2
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith('.pth')) == ['iter_2.pth']
 
-    # and a normal run keeps exactly max_keep_ckpts complete files, no temporaries
+    # a normal run writes every checkpoint through the atomic backend and keeps max_keep_ckpts of them
+    written = []
+    put = AtomicLocalBackend.put
+    monkeypatch.setattr(AtomicLocalBackend, 'put', lambda self, obj, path: written.append(path) or put(self, obj, path))
     work = tmp_path / 'ok'
     toy_runner(work, AtomicCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=2), max_iters=4).train()
+    assert [osp.basename(p) for p in written] == [f'iter_{i}.pth' for i in range(1, 5)]
     assert sorted(f for f in os.listdir(work) if '.pth' in f) == ['iter_3.pth', 'iter_4.pth']
     assert (work / 'last_checkpoint').read_text() == str(work / 'iter_4.pth')
-    assert isinstance(AtomicLocalBackend(), type(hook.file_backend))
 
 
 # ================================================================================================ precision

@@ -12,6 +12,7 @@ import os.path as osp
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from mmoverlock.engine import add_reliability_hooks
 from mmoverlock.utils.runtime import (EVAL_METRICS, apply_eval, apply_out, apply_show_dir, apply_tta,
                                       check_checkpoint, prepare_for_device, set_launcher_env, task_of)
 
@@ -46,6 +47,7 @@ def build_cfg(args) -> Config:
     apply_show_dir(cfg, args.show_dir, task)
     if args.tta:
         apply_tta(cfg)
+    add_reliability_hooks(cfg)   # atomic checkpoints; neck/head channels checked before the run
     prepare_for_device(cfg, args.launcher)
     return cfg
 

@@ -11,6 +11,7 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from mmoverlock.engine import add_reliability_hooks
 from mmoverlock.utils.runtime import check_checkpoint, prepare_for_device, set_launcher_env, task_of
 
 
@@ -55,6 +56,7 @@ def build_cfg(args) -> Config:
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, check_checkpoint(args.resume, '--resume')
+    add_reliability_hooks(cfg)   # atomic checkpoints; neck/head channels checked before the run
     prepare_for_device(cfg, args.launcher)
     return cfg
 
