@@ -5,7 +5,8 @@ Measures, per model and input:
 * **infer**: latency per image (eval mode, no grad; OverLoCK re-parameterised with ``switch_to_deploy()``
   as deployed -- the other two have nothing to fuse);
 * **train**: one training step (forward, ``sum of output means`` backward, AdamW step) -- time per step
-  and peak memory growth (CPU: peak RSS over the RSS before the step, via ``/proc/self/clear_refs``;
+  and peak memory growth (CPU: peak RSS over the RSS before the step, via ``/proc/self/clear_refs`` after
+  ``malloc_trim`` so memory freed by earlier models does not hide the growth;
   CUDA: ``torch.cuda.max_memory_allocated`` growth);
 * ``--compile``: OverLoCK-T inference under ``torch.compile`` too (compile time and speed-up over eager).
 
@@ -20,6 +21,8 @@ against ConvNeXt-T measured in the same run.
 """
 import argparse
 import copy
+import ctypes
+import gc
 import statistics
 import sys
 import time
@@ -46,8 +49,7 @@ def build_models(names, device, memory_format):
     }
     models = {}
     for name in names:
-        model = factories[name]()
-        model.init_weights()
+        model = factories[name]()   # PyTorch's default init: the weights do not matter for timing
         model.to(device=device, memory_format=memory_format)
         model.eval()   # mmpretrain's ConvNeXt.train() returns None: do not chain
         models[name] = model
@@ -74,11 +76,14 @@ class PeakMemory:
         self.device, self.peak = device, 0
 
     def __enter__(self):
+        gc.collect()
         sync(self.device)
         if self.device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
         else:
+            # hand memory freed by earlier models back to the OS, or later models reuse it unseen
+            ctypes.CDLL('libc.so.6').malloc_trim(0)
             with open('/proc/self/clear_refs', 'w') as f:
                 f.write('5')   # reset VmHWM to the current RSS
             self.base = rss_kib('VmRSS') * 1024
