@@ -12,7 +12,27 @@ from ..ops.na2d import na2d_av_channels_first, window_starts
 from ..registry import register_public
 from .layers import GRN, DilatedReparamBlock, LayerNorm2d, LayerScale, PointwiseConv2d, ResDWConv, SEModule
 
-NUM_REGIONS = 7  # the context is pooled to 7 x 7 = 49 region centres
+NUM_REGIONS = 7  # default: the context is pooled to 7 x 7 = 49 region centres (official)
+
+
+def _check_positive_int(name: str, value, owner: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f'{owner}: {name}={value!r} must be a positive integer')
+
+
+def _check_contmix_args(dim, ctx_dim, kernel_size, smk_size, num_groups, num_regions, owner: str) -> None:
+    """One-line errors for arguments ContMix cannot work with."""
+    for name, value in (('dim', dim), ('ctx_dim', ctx_dim), ('kernel_size', kernel_size),
+                        ('smk_size', smk_size), ('num_groups', num_groups), ('num_regions', num_regions)):
+        _check_positive_int(name, value, owner)
+    for name, value in (('kernel_size', kernel_size), ('smk_size', smk_size)):
+        if value % 2 != 1:
+            raise ValueError(f'{owner}: {name}={value} must be odd (a centred window)')
+    if smk_size > kernel_size:
+        raise ValueError(f'{owner}: smk_size={smk_size} must be <= kernel_size={kernel_size} '
+                         f'(maps are resized to fit the large kernel only)')
+    if dim % (2 * num_groups):
+        raise ValueError(f'{owner}: dim={dim} must be divisible by 2 * num_groups = {2 * num_groups}')
 
 
 @lru_cache(maxsize=256)
@@ -44,7 +64,7 @@ def small_map_size(height: int, width: int, kernel_size: int) -> Optional[Tuple[
 
 @register_public
 class ContMix(BaseModule):
-    """The bare ContMix mixer: dynamic kernels from the affinity of each pixel to 7x7 context regions.
+    """The bare ContMix mixer: dynamic kernels from the affinity of each pixel to R x R context regions.
 
     Two kernels per group: a small one (``smk_size``) for the first half of the channels and a large one
     (``kernel_size``) for the second half; each is softmax-normalised with a relative position bias and
@@ -55,23 +75,25 @@ class ContMix(BaseModule):
         ctx_dim: channels of the context the keys come from.
         kernel_size: large dynamic kernel size K. smk_size: small dynamic kernel size S.
         num_groups: G; ``dim`` must be divisible by 2 * G.
+        num_regions: R; the context is average-pooled to R x R region centres (official: 7).
+
+    Plug-in use: ``forward(x, context=None)`` (see :meth:`forward`).
     """
 
     def __init__(self, dim: int, ctx_dim: int, kernel_size: int = 7, smk_size: int = 5,
-                 num_groups: int = 4, init_cfg=None):
+                 num_groups: int = 4, init_cfg=None, num_regions: int = NUM_REGIONS):
         super().__init__(init_cfg)
-        if dim % (2 * num_groups):
-            raise ValueError(f'ContMix: dim={dim} must be divisible by 2 * num_groups = {2 * num_groups}')
-        self.dim, self.ctx_dim = dim, ctx_dim
+        _check_contmix_args(dim, ctx_dim, kernel_size, smk_size, num_groups, num_regions, type(self).__name__)
+        self.dim, self.ctx_dim, self.num_regions = dim, ctx_dim, num_regions
         self.kernel_size, self.smk_size, self.num_heads = kernel_size, smk_size, num_groups
         self.scale = (dim // num_groups) ** -0.5
         self.rpb1 = nn.Parameter(torch.zeros(num_groups, 2 * smk_size - 1, 2 * smk_size - 1))
         self.rpb2 = nn.Parameter(torch.zeros(num_groups, 2 * kernel_size - 1, 2 * kernel_size - 1))
         self.weight_query = nn.Sequential(PointwiseConv2d(dim, dim // 2, bias=False), nn.BatchNorm2d(dim // 2))
-        self.weight_key = nn.Sequential(nn.AdaptiveAvgPool2d(NUM_REGIONS),
+        self.weight_key = nn.Sequential(nn.AdaptiveAvgPool2d(num_regions),
                                         nn.Conv2d(ctx_dim, dim // 2, 1, bias=False),
                                         nn.BatchNorm2d(dim // 2))
-        self.weight_proj = nn.Conv2d(NUM_REGIONS ** 2, kernel_size ** 2 + smk_size ** 2, 1)
+        self.weight_proj = nn.Conv2d(num_regions ** 2, kernel_size ** 2 + smk_size ** 2, 1)
 
     def dynamic_kernels(self, query_src: torch.Tensor, context: torch.Tensor
                         ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -83,13 +105,13 @@ class ContMix(BaseModule):
         dtype = query.dtype
         acc = torch.promote_types(dtype, torch.float32)   # fp32 under autocast; fp64 stays fp64
         query = (query.to(acc) * self.scale).reshape(b, g, -1, h * w)                  # (B, G, d, HW)
-        key = self.weight_key(context).to(acc).reshape(b, g, -1, NUM_REGIONS ** 2)    # (B, G, d, 49)
+        key = self.weight_key(context).to(acc).reshape(b, g, -1, self.num_regions ** 2)  # (B, G, d, R*R)
         # The affinity (a sum of d products) overflows fp16 for activations of a few hundred, so it and
         # the softmax below run in fp32 whatever the autocast dtype; the matmuls are small (T x d x HW).
-        # weight_proj (a 1x1 conv over the 49 region channels) folded into the keys:
+        # weight_proj (a 1x1 conv over the R*R region channels) folded into the keys:
         # W @ (key^T @ query) == (W @ key^T) @ query, which is ~3x fewer multiply-adds.
         with torch.autocast(device_type=query.device.type, enabled=False):
-            proj_w = self.weight_proj.weight.to(acc).flatten(1)                        # (T, 49)
+            proj_w = self.weight_proj.weight.to(acc).flatten(1)                        # (T, R*R)
             kernels = torch.matmul(torch.matmul(proj_w, key.transpose(-1, -2)), query)  # (B, G, T, HW)
             kernels = kernels + self.weight_proj.bias.to(acc).view(-1, 1)
         kernels = kernels.view(b, g, -1, h, w)
@@ -129,12 +151,31 @@ class ContMix(BaseModule):
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Plug-in use: x (B, dim, H, W) is both value and query source; context (B, ctx_dim, h', w')
-        defaults to x itself (self-context) and is resized to x's size."""
+        from anywhere is resized to x's size (bilinear). Without a context, x itself is the context
+        (self-context; needs ``ctx_dim == dim``). -> (B, dim, H, W)."""
+        _check_input('x', x, self.dim, type(self).__name__)
         if context is None:
+            if self.ctx_dim != self.dim:
+                raise ValueError(f'{type(self).__name__}: no context given and ctx_dim={self.ctx_dim} != '
+                                 f'dim={self.dim}; pass a (B, {self.ctx_dim}, h, w) context or use ctx_dim=dim')
             context = x
-        if context.shape[-2:] != x.shape[-2:]:
-            context = F.interpolate(context, size=x.shape[-2:], mode='bilinear', align_corners=False)
-        return self.mix(x, x, context)
+        return self.mix(x, x, _resize_context(context, x, self.ctx_dim, type(self).__name__))
+
+
+def _check_input(name: str, t: torch.Tensor, channels: int, owner: str) -> None:
+    if t.dim() != 4 or t.shape[1] != channels:
+        raise ValueError(f'{owner}: {name} has shape {tuple(t.shape)}, expected (B, {channels}, H, W)')
+
+
+def _resize_context(context: torch.Tensor, x: torch.Tensor, channels: int, owner: str,
+                    name: str = 'context') -> torch.Tensor:
+    """Check a context map's channels and batch, and resize it (bilinear) to x's spatial size."""
+    _check_input(name, context, channels, owner)
+    if context.shape[0] != x.shape[0]:
+        raise ValueError(f'{owner}: {name} batch {context.shape[0]} != x batch {x.shape[0]}')
+    if context.shape[-2:] != x.shape[-2:]:
+        context = F.interpolate(context, size=x.shape[-2:], mode='bilinear', align_corners=False)
+    return context
 
 
 @register_public
@@ -142,18 +183,31 @@ class ContMixBlock(ContMix):
     """The Focus-Net block (official ``DynamicConvBlock``): fuses features x (dim channels) with a context
     h (ctx_dim channels) and returns both updated, or the whole ``dim + ctx_dim`` map if ``is_last``.
 
-    forward(x (B, dim, H, W), h (B, ctx_dim, H, W), h_r (B, ctx_dim, H, W); h_r unused if is_first)
+    forward(x (B, dim, H, W), h (B, ctx_dim, H', W') or None, h_r (B, ctx_dim, H'', W'') or None)
         -> (x (B, dim, H, W), h (B, ctx_dim, H, W))  or  (B, dim + ctx_dim, H, W) when ``is_last``.
 
+    As a plug-in block in any NCHW network: ``h`` is a context from elsewhere (any spatial size, resized
+    bilinearly to x's); ``h_r`` is the residual context mixed in by blocks that are not ``is_first``
+    (``h = x_scale(h) + h_scale(h_r)``) and defaults to ``h``. Without ``h`` the block needs
+    ``self_context=True``: the context is then ``context_proj(x)``, a 1x1 projection of x to ctx_dim
+    channels (ContMix pools it to R x R region centres for the keys). ``context_proj`` exists only with
+    ``self_context=True``, so the default state-dict layout is exactly the official one.
+
     Args beyond :class:`ContMix`: mlp_ratio (hidden = int(dim * mlp_ratio)); ls_init_value (ls1/ls2);
-    drop_path; is_first (no x_scale/h_scale: the first Focus-Net block); is_last; deploy.
+    drop_path; is_first (no x_scale/h_scale: the first Focus-Net block); is_last; deploy; self_context.
     """
 
     def __init__(self, dim: int, ctx_dim: int, kernel_size: int = 7, smk_size: int = 5, num_groups: int = 4,
                  mlp_ratio: float = 3., ls_init_value: float = 1., drop_path: float = 0.,
-                 is_first: bool = False, is_last: bool = False, deploy: bool = False, init_cfg=None):
-        super().__init__(dim, ctx_dim, kernel_size, smk_size, num_groups, init_cfg)
+                 is_first: bool = False, is_last: bool = False, deploy: bool = False, init_cfg=None,
+                 num_regions: int = NUM_REGIONS, self_context: bool = False):
+        super().__init__(dim, ctx_dim, kernel_size, smk_size, num_groups, init_cfg, num_regions=num_regions)
+        if not (isinstance(mlp_ratio, (int, float)) and mlp_ratio > 0):
+            raise ValueError(f'ContMixBlock: mlp_ratio={mlp_ratio!r} must be a positive number')
         out_dim = dim + ctx_dim
+        self.self_context = self_context
+        if self_context:
+            self.context_proj = PointwiseConv2d(dim, ctx_dim)
         hidden = int(dim * mlp_ratio)
         self.is_first, self.is_last = is_first, is_last
         if not is_first:
@@ -177,9 +231,19 @@ class ContMixBlock(ContMix):
         self.ls2 = LayerScale(out_dim, ls_init_value)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor, h_r: Optional[torch.Tensor] = None
+    def forward(self, x: torch.Tensor, h: Optional[torch.Tensor] = None, h_r: Optional[torch.Tensor] = None
                 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        owner = type(self).__name__
+        _check_input('x', x, self.dim, owner)
+        if h is None:
+            if not self.self_context:
+                raise ValueError(f'{owner}: no context h given; pass h (B, {self.ctx_dim}, H, W) or build '
+                                 f'the block with self_context=True')
+            h = self.context_proj(x)
+        else:
+            h = _resize_context(h, x, self.ctx_dim, owner, 'h')
         if not self.is_first:
+            h_r = h if h_r is None else _resize_context(h_r, x, self.ctx_dim, owner, 'h_r')
             h = self.x_scale(h) + self.h_scale(h_r)
         f = self.dwconv1(torch.cat([x, h], dim=1))
         identity = f
