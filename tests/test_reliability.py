@@ -23,8 +23,8 @@ from mmengine.config import Config
 
 import mmoverlock  # noqa: F401  (registers the models, the hooks and the safe loaders)
 from mmoverlock import OverLoCK
-from mmoverlock.engine import (AtomicCheckpointHook, AtomicLocalBackend, ChannelCheckHook, add_reliability_hooks,
-                               atomic_write, check_channels, remove_partial_files)
+from mmoverlock.engine import (AtomicCheckpointHook, AtomicLocalBackend, ChannelCheckHook, CheckpointCheckHook,
+                               add_reliability_hooks, atomic_write, check_channels, remove_partial_files)
 from mmoverlock.models.layers import GRN
 from mmoverlock.utils.checkpoint import load_overlock_checkpoint, read_checkpoint
 from mmoverlock.utils.safe_load import safe_load_url
@@ -112,9 +112,10 @@ def test_channel_check_runs_as_a_hook_and_is_added_by_the_tools():
     add_reliability_hooks(cfg)
     assert cfg.default_hooks.checkpoint == dict(type='mmoverlock.AtomicCheckpointHook', interval=2,
                                                 max_keep_ckpts=1)
-    assert [h['type'] for h in cfg.custom_hooks] == ['EMAHook', 'mmoverlock.ChannelCheckHook']
+    assert [h['type'] for h in cfg.custom_hooks] == ['EMAHook', 'mmoverlock.ChannelCheckHook',
+                                                     'mmoverlock.CheckpointCheckHook']
     add_reliability_hooks(cfg)                                     # idempotent
-    assert len(cfg.custom_hooks) == 2
+    assert len(cfg.custom_hooks) == 3
     off = add_reliability_hooks(Config(dict(default_hooks=dict(checkpoint=None))))
     assert off.default_hooks.checkpoint is None                    # checkpointing switched off stays off
 
@@ -147,6 +148,46 @@ def test_bad_checkpoints_through_init_cfg_give_one_line(tmp_path):
         with pytest.raises(kind, match=match) as err:
             model.init_weights()
         one_line(err)
+
+
+def test_load_from_checked_before_the_run(tmp_path):
+    """mmengine loads ``load_from`` with strict=False (mismatched layers silently stay random): the hook makes
+    a mismatch an error when testing or resuming, a one-line warning when fine-tuning."""
+    from mmengine.runner import BaseLoop
+
+    other = tmp_path / 'other_arch.pth'
+    torch.save({'state_dict': OverLoCK(dict(TINY, embed_dim=[16, 32, 64, 128])).state_dict()}, other)
+    corrupt = tmp_path / 'corrupt.pth'
+    corrupt.write_bytes(other.read_bytes()[:3000])
+    unrelated = tmp_path / 'unrelated.pth'
+    torch.save({'state_dict': nn.Linear(2, 2).state_dict()}, unrelated)
+
+    class FakeRunner:
+        model = OverLoCK(TINY)
+        cfg = Config(dict(resume=False))
+        _load_from = str(other)
+        _train_loop = None             # Runner.test(): no train loop was built
+
+    hook = CheckpointCheckHook()
+    with pytest.raises(ValueError, match=r"other_arch\.pth' does not fit this model \(\d+ shape mismatches, "
+                                         r"another arch or number of classes\?\): .*testing and resuming need"):
+        hook.before_run(FakeRunner)
+    class TrainLoop(BaseLoop):
+        def run(self):
+            pass
+
+    FakeRunner._train_loop = object.__new__(TrainLoop)   # Runner.train(): fine-tuning from load_from warns
+    hook.before_run(FakeRunner)
+    FakeRunner.cfg.resume = True                         # ... and resuming does not
+    with pytest.raises(ValueError, match='does not fit this model'):
+        hook.before_run(FakeRunner)
+    for path, match in ((corrupt, 'is corrupt or not a PyTorch checkpoint'), (unrelated, 'shares no tensor name')):
+        FakeRunner._load_from = str(path)
+        with pytest.raises(ValueError, match=match) as err:
+            hook.before_run(FakeRunner)
+        one_line(err)
+    FakeRunner._load_from = 'https://example.com/x.pth'   # URLs are left to the (safe) loader
+    hook.before_run(FakeRunner)
 
 
 class ArbitraryCode:

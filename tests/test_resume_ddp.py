@@ -223,3 +223,22 @@ def test_two_nodes_on_localhost_match_one_process(setup, reference):
     for rank, (node, out) in enumerate(zip(nodes, outputs)):
         assert node.returncode == 0, f'node {rank} failed:\n{out[-3000:]}'
     assert_same_weights(weights(work / 'iter_4.pth'), weights(ref_dir / 'iter_4.pth'))
+
+
+def test_testing_another_models_checkpoint_fails_in_one_line(setup, reference):
+    """tools/test.py with a checkpoint whose head has 3 classes: an error naming the mismatch, not a silent
+    evaluation of a half-random model (mmengine's strict=False load)."""
+    root, config, env = setup
+    ref_dir, _ = reference
+    checkpoint = read_checkpoint(str(ref_dir / 'iter_4.pth'))
+    checkpoint['state_dict']['head.fc.weight'] = torch.zeros(3, 120)
+    checkpoint['state_dict']['head.fc.bias'] = torch.zeros(3)
+    bad = root / 'three_classes.pth'
+    torch.save(checkpoint, bad)
+    proc = subprocess.run([sys.executable, osp.join(TOOLS, 'test.py'), config, str(bad), '--work-dir',
+                           str(root / 'test_bad')], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "three_classes.pth' does not fit this model (2 shape mismatches" in last
+    assert 'head.fc.weight: checkpoint (3, 120) vs model (2, 120)' in last

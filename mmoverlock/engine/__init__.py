@@ -4,8 +4,10 @@ from mmengine.config import Config, ConfigDict
 from .atomic_checkpoint import (ATOMIC_BACKEND, AtomicCheckpointHook, AtomicLocalBackend, atomic_write,
                                 remove_partial_files)
 from .channel_check import ChannelCheckHook, channel_expectations, check_channels, unwrap_model
+from .load_check import CheckpointCheckHook, check_checkpoint_fits
 
 CHANNEL_CHECK = 'mmoverlock.ChannelCheckHook'
+CHECKPOINT_CHECK = 'mmoverlock.CheckpointCheckHook'
 ATOMIC_CHECKPOINT = 'mmoverlock.AtomicCheckpointHook'
 
 
@@ -16,7 +18,8 @@ def _hook_name(hook) -> str:
 
 def add_reliability_hooks(cfg: Config) -> Config:
     """Use :class:`AtomicCheckpointHook` for the default ``CheckpointHook`` and add :class:`ChannelCheckHook`
-    to ``custom_hooks`` (each only where the config has not chosen otherwise). Returns ``cfg``."""
+    and :class:`CheckpointCheckHook` to ``custom_hooks`` (each only where the config has not chosen
+    otherwise). Returns ``cfg``."""
     hooks = cfg.get('default_hooks') or ConfigDict()
     checkpoint = hooks.get('checkpoint')
     if 'checkpoint' not in hooks:   # (an explicit None switches checkpointing off: left alone)
@@ -25,12 +28,13 @@ def add_reliability_hooks(cfg: Config) -> Config:
         checkpoint['type'] = ATOMIC_CHECKPOINT
     cfg.default_hooks = hooks
     custom = list(cfg.get('custom_hooks') or [])
-    if not any(_hook_name(h).split('.')[-1] == 'ChannelCheckHook' for h in custom):
-        custom.append(ConfigDict(type=CHANNEL_CHECK))
+    for name in (CHANNEL_CHECK, CHECKPOINT_CHECK):
+        if not any(_hook_name(h).split('.')[-1] == name.split('.')[-1] for h in custom):
+            custom.append(ConfigDict(type=name))
     cfg.custom_hooks = custom
     return cfg
 
 
-__all__ = ['AtomicCheckpointHook', 'AtomicLocalBackend', 'ChannelCheckHook', 'add_reliability_hooks',
-           'atomic_write', 'channel_expectations', 'check_channels', 'remove_partial_files', 'unwrap_model',
-           'ATOMIC_BACKEND']
+__all__ = ['AtomicCheckpointHook', 'AtomicLocalBackend', 'ChannelCheckHook', 'CheckpointCheckHook',
+           'add_reliability_hooks', 'atomic_write', 'channel_expectations', 'check_channels',
+           'check_checkpoint_fits', 'remove_partial_files', 'unwrap_model', 'ATOMIC_BACKEND']

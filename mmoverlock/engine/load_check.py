@@ -1,0 +1,73 @@
+"""Check the checkpoint named by ``load_from`` before the Runner loads it.
+
+mmengine loads ``load_from`` with ``strict=False``: a checkpoint of another arch or another model only logs a
+warning per mismatched tensor and the run goes on with those layers at their initialisation -- a test then
+reports the numbers of a half-random model, a resume trains one. A truncated file fails deep in torch with a
+zip-reader message that does not name it.
+
+:class:`CheckpointCheckHook` reads the file first (weights only; one-line error for a missing, corrupt or
+not-allow-listed file) and compares it with the model: shape mismatches are an error when testing or
+resuming and a one-line warning when fine-tuning (``load_from`` in training, where a new head is expected).
+"""
+import logging
+from typing import Dict, List
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.runner import BaseLoop
+
+from ..registry import register_hook
+from ..utils.checkpoint import extract_state_dict, read_checkpoint
+from .channel_check import unwrap_model
+
+MAX_LISTED = 5
+
+
+def shape_mismatches(own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor]) -> List[str]:
+    """'key: checkpoint (shape) vs model (shape)' for every tensor both have with different shapes."""
+    return [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
+            for k, v in state.items() if k in own and v.shape != own[k].shape]
+
+
+def _listing(items: List[str]) -> str:
+    return '; '.join(items[:MAX_LISTED]) + (f'; ... ({len(items) - MAX_LISTED} more)' if len(items) > MAX_LISTED
+                                            else '')
+
+
+def check_checkpoint_fits(model: torch.nn.Module, path: str, strict: bool = True) -> None:
+    """Raise (``strict``) or warn, in one line, if the checkpoint at ``path`` does not fit ``model``."""
+    state = extract_state_dict(read_checkpoint(path))
+    own = unwrap_model(model).state_dict()
+    if not any(k in own for k in state):
+        raise ValueError(f"checkpoint '{path}' shares no tensor name with the model (its names look like "
+                         f"{list(state)[:3]}, the model's like {list(own)[:3]}); wrong file or wrong config?")
+    mismatched = shape_mismatches(own, state)
+    if not mismatched:
+        return
+    message = (f"checkpoint '{path}' does not fit this model ({len(mismatched)} shape mismatches, another arch "
+               f"or number of classes?): {_listing(mismatched)}")
+    if strict:
+        raise ValueError(message + '; testing and resuming need the checkpoint of this very model')
+    print_log(message + '; those layers keep their initialisation (fine-tuning)', logger='current',
+              level=logging.WARNING)
+
+
+@register_hook
+class CheckpointCheckHook(Hook):
+    """Before the run, check the local checkpoint named by ``load_from`` (URLs are left to the loader).
+
+    Strict (an error) when testing or resuming, a warning when ``load_from`` starts a fine-tuning run.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def before_run(self, runner) -> None:
+        path = getattr(runner, '_load_from', None) or runner.cfg.get('load_from')   # Runner has no public name
+        if not isinstance(path, str) or not path or '://' in path:
+            return
+        training = isinstance(getattr(runner, '_train_loop', None), BaseLoop)   # built by Runner.train() only
+        check_checkpoint_fits(runner.model, path, strict=not training or bool(runner.cfg.get('resume')))
+
+
+__all__ = ['CheckpointCheckHook', 'check_checkpoint_fits', 'shape_mismatches']
