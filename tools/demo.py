@@ -9,14 +9,17 @@
 3. trains it from those very weights with tools/train.py, validating every epoch;
 4. evaluates the trained detector with ``tools/test.py ... --eval bbox segm --show-dir``: the COCO table and
    the prediction overlays (mmdet's DetLocalVisualizer: ground truth left, prediction right);
-5. draws the loss / AP curves and a montage of overlays, and prints untrained vs trained AP50.
+5. draws the loss / AP curves and a montage of overlays, and prints untrained vs trained AP50;
+6. draws the effective receptive field of stage 4 before and after training and the trained ContMix kernels.
 
 Everything lands under the work dir: ``untrained.pth``, ``train/`` (logs, checkpoint), ``test/`` (logs,
-overlays), ``curves.png``, ``predictions.png``, ``summary.json``.
+overlays), ``curves.png``, ``predictions.png``, ``erf_untrained.png``, ``erf_trained.png``,
+``kernels_trained.png``, ``summary.json``.
 """
 import argparse
 import glob
 import json
+import logging
 import os
 import os.path as osp
 import subprocess
@@ -81,6 +84,7 @@ def save_untrained(config: str, out: str, note: str = '', seed: int = 0) -> None
 
     import torch
     from mmengine.config import Config
+    from mmengine.logging import MMLogger
     from mmengine.registry import init_default_scope
     from mmengine.runner import set_random_seed
 
@@ -93,7 +97,13 @@ def save_untrained(config: str, out: str, note: str = '', seed: int = 0) -> None
     models = importlib.import_module(f'{cfg.default_scope}.registry').MODELS
     set_random_seed(seed)
     model = models.build(cfg.model)
-    model.init_weights()
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)   # init_weights lists every parameter at INFO when no log file is open
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
     meta = dict(seed=seed, note=note or 'untrained (initialised) model')
     metainfo = cfg.get('test_dataloader', {}).get('dataset', {}).get('metainfo')
     if metainfo:
@@ -208,6 +218,15 @@ def main(argv: Optional[List[str]] = None):
     curves = osp.join(wd, 'curves.png')
     plot_curves(train_scalars(train_dir), untrained, curves)
     predictions = montage(osp.join(latest_run_dir(test_dir), 'overlays'), osp.join(wd, 'predictions.png'))
+    t = time.time()
+    val_images = osp.join(args.data, 'images', 'validation')
+    for name, ckpt in (('untrained', untrained_ckpt), ('trained', checkpoint)):
+        run_tool(['tools/analysis/visualize_erf.py', args.config, '--checkpoint', ckpt, '--stage', '3',
+                  '--images', val_images, '--size', '160', '--out', osp.join(wd, f'erf_{name}.png')], args.threads)
+    run_tool(['tools/analysis/visualize_kernels.py', args.config, '--checkpoint', checkpoint,
+              '--block', 'sub_blocks3.0', '--image', osp.join(val_images, '000000.jpg'), '--size', '160',
+              '--out', osp.join(wd, 'kernels_trained.png')], args.threads)
+    timings['pictures_s'] = time.time() - t
     timings['total_s'] = time.time() - start
     summary = dict(untrained={k: untrained.get(k) for k in AP_KEYS}, trained={k: trained.get(k) for k in AP_KEYS},
                    checkpoint=checkpoint, curves=curves, predictions=predictions,
@@ -220,7 +239,8 @@ def main(argv: Optional[List[str]] = None):
     for name, m in (('untrained', untrained), ('trained', trained)):
         print(f'{name:18s}' + ''.join(f'{m.get(k, float("nan")):>{w}.3f}' for k, w in zip(AP_KEYS, (11, 10, 11, 10))))
     print(f"time: {timings['total_s'] / 60:.1f} min (training {timings['train_s'] / 60:.1f} min)")
-    print(f'pictures: {curves}, {predictions}, overlays in {osp.join(latest_run_dir(test_dir), "overlays")}')
+    print(f'pictures in {wd}: curves.png, predictions.png, erf_untrained.png, erf_trained.png, '
+          f'kernels_trained.png; all overlays in {osp.join(latest_run_dir(test_dir), "overlays")}')
     print('=' * 72)
     return summary
 
