@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from mmengine.analysis import FlopAnalyzer, parameter_count
 from mmengine.analysis.jit_handles import get_shape
 
-from ..models.contmix import NUM_REGIONS, ContMix, relative_position_bias
+from ..models import contmix as contmix_module
+from ..models.contmix import ContMix, relative_position_bias
 from ..models.layers import LayerScale
 from ..ops.na2d import _check_shapes, _NA2DAV
 
@@ -82,8 +83,8 @@ def _official_dynamic_kernels(self: ContMix, query_src: torch.Tensor, context: t
     b, _, h, w = query_src.shape
     g = self.num_heads
     query = (self.weight_query(query_src) * self.scale).reshape(b, g, -1, h * w)     # (B, G, d, HW)
-    key = self.weight_key(context).reshape(b, g, -1, NUM_REGIONS ** 2)              # (B, G, d, 49)
-    affinity = torch.einsum('bgcn,bgcl->bgnl', query, key)                          # (B, G, HW, 49)
+    key = self.weight_key(context).reshape(b, g, -1, self.num_regions ** 2)         # (B, G, d, R*R)
+    affinity = torch.einsum('bgcn,bgcl->bgnl', query, key)                          # (B, G, HW, R*R)
     kernels = self.weight_proj(affinity.permute(0, 3, 1, 2))                        # (B, T, G, HW)
     kernels = kernels.permute(0, 2, 1, 3).reshape(b, g, -1, h, w)                   # (B, G, T, H, W)
     small, large = kernels.split([self.smk_size ** 2, self.kernel_size ** 2], dim=2)
@@ -109,6 +110,10 @@ def _counted_aggregate(self: ContMix, x: torch.Tensor, small: torch.Tensor, larg
     return torch.cat([x_small.reshape(b, c // 2, h, w), x_large.reshape(b, c // 2, h, w)], dim=1)
 
 
+def _never_tracing() -> bool:
+    return False
+
+
 def _layer_scale_as_conv(self: LayerScale, x: torch.Tensor) -> torch.Tensor:
     """:class:`LayerScale` as the official depthwise 1x1 conv (counted: one multiply-add per element)."""
     return F.conv2d(x, self.weight, self.bias, groups=x.shape[1])
@@ -123,7 +128,12 @@ def flop_counting_mode(model: nn.Module, convention: str = 'implemented') -> Ite
     if convention not in CONVENTIONS:
         raise ValueError(f"flop_counting_mode: convention='{convention}' is not one of {CONVENTIONS}")
     patched = []
+    # The tracer must follow the eager path that really runs (ContMix has an export path for tracing with
+    # dynamic sizes that always resizes and pools back: extra FLOPs that eager inference does not spend).
+    eager_tracing = getattr(contmix_module, '_is_tracing', None)
     try:
+        if eager_tracing is not None:
+            contmix_module._is_tracing = _never_tracing
         for m in model.modules():
             if isinstance(m, ContMix):
                 m.aggregate = types.MethodType(_counted_aggregate, m)
@@ -136,6 +146,8 @@ def flop_counting_mode(model: nn.Module, convention: str = 'implemented') -> Ite
             patched.append(m)
         yield model
     finally:
+        if eager_tracing is not None:
+            contmix_module._is_tracing = eager_tracing
         for m in patched:
             for name in ('aggregate', 'dynamic_kernels', 'forward'):
                 m.__dict__.pop(name, None)

@@ -103,6 +103,37 @@ def tensor_forward(model: nn.Module, data_samples: Optional[list]) -> Iterator[n
         del model.forward
 
 
+#: Mask-head RoIs of the detection FLOPs: mmdet's convention (mmdet 2 ``forward_dummy``, mmdet 3
+#: ``StandardRoIHead.forward``: the first 100 of the 1000 proposals; at test time the mask head sees the
+#: <= 100 final detections).
+MASK_ROIS = 100
+
+
+@contextmanager
+def cascade_mask_rois(model: nn.Module, limit: int = MASK_ROIS) -> Iterator[nn.Module]:
+    """Inside the block a cascade RoI head runs its mask heads on the first ``limit`` RoIs, as mmdet's
+    Mask R-CNN tensor forward does (mmdet 3's cascade one feeds all 1000 proposals to the three mask heads,
+    ~7x the FLOPs any published table counts). The predictions are tiled back to one per RoI."""
+    roi_head = getattr(model, 'roi_head', None)
+    if roi_head is None or not getattr(roi_head, 'with_mask', False) or not hasattr(roi_head, 'num_stages'):
+        yield model
+        return
+    original = roi_head._mask_forward
+
+    def limited(stage: int, x: tuple, rois: torch.Tensor) -> dict:
+        out = original(stage, x, rois[:limit])
+        preds = out['mask_preds']
+        repeats = -(-rois.shape[0] // max(preds.shape[0], 1))
+        out['mask_preds'] = preds.repeat(repeats, 1, 1, 1)[:rois.shape[0]]
+        return out
+
+    roi_head._mask_forward = limited
+    try:
+        yield model
+    finally:
+        del roi_head._mask_forward
+
+
 def measure(model: nn.Module, task: str, shape: Optional[Tuple[int, int]] = None, deploy: bool = True,
             convention: str = 'implemented') -> ComplexityReport:
     """Params and FLOPs of a built model (see :func:`build_model`) at ``shape`` (H, W; the task's table
@@ -113,7 +144,7 @@ def measure(model: nn.Module, task: str, shape: Optional[Tuple[int, int]] = None
     if deploy:
         deploy_(model)
     image, data_samples = dummy_inputs(task, shape)
-    with tensor_forward(model, data_samples):
+    with tensor_forward(model, data_samples), cascade_mask_rois(model):
         return analyze_complexity(model, (image, ), parts=PARTS, exclude_params=TRAIN_ONLY[task],
                                   convention=convention)
 

@@ -7,7 +7,8 @@ blank, never as a zero.
 Sources: the OverLoCK release README (ImageNet) and paper (COCO, ADE20K), as quoted in issue #6; competitor
 rows as their own repositories report them (UniRepLKNet, MogaNet). ``measured`` params/FLOPs are from
 ``tools/analysis/get_flops.py`` on this code (deployed form; ImageNet 224x224 without the training-only
-auxiliary head; detection 1280x800 and segmentation 2048x512, whole model).
+auxiliary head; detection 1280x800 and segmentation 2048x512, whole model; the Mask R-CNN 1x and 3x configs
+build the same model).
 """
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -96,18 +97,18 @@ MODELS: List[ModelRecord] = [
     _cls('t', 84.2, 33.47, 5.5, 33.467, 5.556),
     _cls('s', 84.8, 56.16, 9.7, 56.156, 9.552),
     _cls('b', 85.1, 94.94, 16.7, 94.943, 16.866),
-    _mask_rcnn('t', '1x', 48.3, 43.3, None, None),
-    _mask_rcnn('s', '1x', 49.4, 44.0, None, None),
-    _mask_rcnn('b', '1x', 49.9, 44.4, None, None),
-    _mask_rcnn('t', '3x', 49.6, 43.9, None, None),
-    _mask_rcnn('s', '3x', 51.0, 45.0, None, None),
-    _mask_rcnn('b', '3x', 51.4, 45.3, None, None),
+    _mask_rcnn('t', '1x', 48.3, 43.3, 52.334, 282.688),
+    _mask_rcnn('s', '1x', 49.4, 44.0, 75.040, 363.943),
+    _mask_rcnn('b', '1x', 49.9, 44.4, 113.885, 513.154),
+    _mask_rcnn('t', '3x', 49.6, 43.9, 52.334, 282.688),
+    _mask_rcnn('s', '3x', 51.0, 45.0, 75.040, 363.943),
+    _mask_rcnn('b', '3x', 51.4, 45.3, 113.885, 513.154),
     _cascade('t', None, None),
     _cascade('s', None, None),
-    _cascade('b', None, None),
+    _cascade('b', 151.721, 991.707),
     _upernet('t', 50.3, 63.307, 958.863),
-    _upernet('s', 51.3, None, None),
-    _upernet('b', 51.7, None, None),
+    _upernet('s', 51.3, 86.177, 1042.134),
+    _upernet('b', 51.7, 125.664, 1195.682),
 ]
 
 #: Competitor rows, as their own repositories report them.

@@ -7,7 +7,8 @@
 The input defaults to each table's convention: 224x224 (ImageNet), 1280x800 (COCO; mmdet's get_flops
 default) and 2048x512 (ADE20K). FLOPs are multiply-adds (fvcore's convention) of one image through the
 ``mode='tensor'`` forward; the model is re-parameterised first (``switch_to_deploy``), as the official
-README reports it, unless ``--train-form``. No checkpoint is loaded: weights are random.
+README reports it, unless ``--train-form``. Detectors: the RoI heads see the RPN's 1000 proposals, the mask
+heads the first 100 RoIs (mmdet's convention; the Cascade mask heads too). No checkpoint is loaded.
 """
 import argparse
 import json
