@@ -49,8 +49,49 @@ def _rpb_index(height: int, width: int, kernel_size: int, device: torch.device):
 def relative_position_bias(rpb: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Gather a (G, 2k-1, 2k-1) table into the bias of every clamped window: (G, k*k, H, W)."""
     kernel_size = (rpb.shape[-1] + 1) // 2
-    rows, cols = _rpb_index(height, width, kernel_size, rpb.device)
+    index = _rpb_index.__wrapped__ if _is_tracing() else _rpb_index   # traced sizes: recorded, not cached
+    rows, cols = index(height, width, kernel_size, rpb.device)
     return rpb[:, rows, cols].flatten(1, 2)
+
+
+def _is_tracing() -> bool:
+    """ONNX export / TorchScript tracing: sizes are traced values and the shape-dependent Python
+    branches of eager mode are replaced by branch-free formulations (same results)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _pool_matrix(in_size, out_size, like: torch.Tensor) -> torch.Tensor:
+    """(out, in) averaging matrix of ``adaptive_avg_pool`` along one axis: bin i averages
+    [floor(i * in / out), ceil((i + 1) * in / out)). Sizes may be ints or traced 0-d tensors."""
+    i = torch.arange(out_size, device=like.device)
+    start = torch.div(i * in_size, out_size, rounding_mode='floor')
+    end = torch.div((i + 1) * in_size + out_size - 1, out_size, rounding_mode='floor')
+    pos = torch.arange(in_size, device=like.device)
+    mask = ((pos[None, :] >= start[:, None]) & (pos[None, :] < end[:, None])).to(like.dtype)
+    return mask / mask.sum(1, keepdim=True)
+
+
+def adaptive_avg_pool2d_traceable(x: torch.Tensor, size) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d`` as two matmuls with averaging matrices, so that it exports to ONNX with
+    dynamic input and output sizes. x (B, C, H, W) -> (B, C, *size)."""
+    rows = _pool_matrix(x.shape[-2], size[0], x)
+    cols = _pool_matrix(x.shape[-1], size[1], x)
+    return torch.matmul(torch.matmul(rows, x), cols.transpose(0, 1))
+
+
+def fit_size_traceable(height, width, kernel_size: int):
+    """:func:`small_map_size` without a Python branch: the size the map is resized to, (height, width)
+    itself when it fits. Sizes are ints or traced 0-d int64 tensors -> two 0-d int64 tensors."""
+    h, w = torch.as_tensor(height), torch.as_tensor(width)
+    k = torch.as_tensor(kernel_size)
+    # float64 like Python's int(k / h * w)
+    long_h = torch.floor(k.double() / w.double() * h.double()).long()
+    long_w = torch.floor(k.double() / h.double() * w.double()).long()
+    fits = torch.minimum(h, w) >= k
+    new_h = torch.where(fits, h, torch.where(h < w, k, long_h))
+    new_w = torch.where(fits, w, torch.where(h < w, long_w, k))
+    # explicit 0-d: the ONNX exporter otherwise loses the rank and emits an empty Resize 'sizes'
+    return new_h.reshape(()), new_w.reshape(())
 
 
 def small_map_size(height: int, width: int, kernel_size: int) -> Optional[Tuple[int, int]]:
@@ -105,7 +146,11 @@ class ContMix(BaseModule):
         dtype = query.dtype
         acc = torch.promote_types(dtype, torch.float32)   # fp32 under autocast; fp64 stays fp64
         query = (query.to(acc) * self.scale).reshape(b, g, -1, h * w)                  # (B, G, d, HW)
-        key = self.weight_key(context).to(acc).reshape(b, g, -1, self.num_regions ** 2)  # (B, G, d, R*R)
+        if _is_tracing():   # nn.AdaptiveAvgPool2d of a dynamic map has no ONNX (opset 17) equivalent
+            key = self.weight_key[1:](adaptive_avg_pool2d_traceable(context, (self.num_regions, ) * 2))
+        else:
+            key = self.weight_key(context)
+        key = key.to(acc).reshape(b, g, -1, self.num_regions ** 2)  # (B, G, d, R*R)
         # The affinity (a sum of d products) overflows fp16 for activations of a few hundred, so it and
         # the softmax below run in fp32 whatever the autocast dtype; the matmuls are small (T x d x HW).
         # weight_proj (a 1x1 conv over the R*R region channels) folded into the keys:
@@ -136,6 +181,8 @@ class ContMix(BaseModule):
     def mix(self, x: torch.Tensor, query_src: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Dynamic-kernel aggregation of x, with the small-map path (maps under K are resized to fit
         and pooled back). x, query_src (B, dim, H, W); context (B, ctx_dim, H, W) -> (B, dim, H, W)."""
+        if _is_tracing():
+            return self._mix_traceable(x, query_src, context)
         h, w = x.shape[-2:]
         size = small_map_size(h, w, self.kernel_size)
         if size is not None:
@@ -148,6 +195,17 @@ class ContMix(BaseModule):
         if size is not None:
             x = F.adaptive_avg_pool2d(x, (h, w))
         return x
+
+    def _mix_traceable(self, x: torch.Tensor, query_src: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """:meth:`mix` for export with dynamic H, W: always resize to :func:`fit_size_traceable` and pool
+        back (both exact identities when the map fits), so one graph is right for small and large maps."""
+        h, w = x.shape[-2:]
+        size = fit_size_traceable(h, w, self.kernel_size)
+        x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
+        both = F.interpolate(torch.cat([query_src, context], 1), size=size, mode='bilinear', align_corners=False)
+        query_src, context = both.split([query_src.shape[1], context.shape[1]], dim=1)
+        small, large = self.dynamic_kernels(query_src, context)
+        return adaptive_avg_pool2d_traceable(self.aggregate(x, small, large), (h, w))
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Plug-in use: x (B, dim, H, W) is both value and query source; context (B, ctx_dim, h', w')

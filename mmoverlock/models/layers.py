@@ -111,7 +111,10 @@ class PointwiseConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        # exported graphs keep the Conv (ONNX Runtime's MatMul+BN fusion breaks on the 4-d MatMul)
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if (x.dim() == 4 and not exporting and not x.is_contiguous()
+                and x.is_contiguous(memory_format=torch.channels_last)):
             out = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
             return out.permute(0, 3, 1, 2)
         return super().forward(x)

@@ -1,0 +1,75 @@
+"""Deployment: ONNX export of the deployed backbone (dynamic H/W, both ContMix map-size paths) checked
+with onnxruntime, the branch-free export helpers against their eager counterparts, and torch.compile."""
+import os.path as osp
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmoverlock import OverLoCK
+from mmoverlock.models.contmix import adaptive_avg_pool2d_traceable, fit_size_traceable, small_map_size
+
+sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'tools', 'deployment'))
+import export_onnx  # noqa: E402
+
+
+def _deployed_backbone(arch):
+    model = OverLoCK(arch, out_indices=(0, 1, 2, 3, 4))
+    for m in model.modules():   # non-trivial BN statistics: the fused re-parameterisation matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    model.switch_to_deploy()
+    return model.eval()
+
+
+@pytest.mark.parametrize('in_hw, out_hw', [((13, 9), (7, 7)), ((7, 7), (7, 7)), ((4, 10), (7, 3)),
+                                           ((14, 17), (4, 6)), ((5, 5), (9, 11))])
+def test_adaptive_pool_traceable_matches(in_hw, out_hw):
+    x = torch.randn(2, 3, *in_hw)
+    torch.testing.assert_close(adaptive_avg_pool2d_traceable(x, out_hw), F.adaptive_avg_pool2d(x, out_hw))
+
+
+def test_fit_size_traceable_matches_small_map_rule():
+    for k in (3, 7, 13):
+        for h in range(1, 20):
+            for w in range(1, 20):
+                expected = small_map_size(h, w, k) or (h, w)
+                assert tuple(int(v) for v in fit_size_traceable(h, w, k)) == expected, (h, w, k)
+
+
+def test_onnx_export_dynamic_shapes(fixture, tmp_path):
+    """One export at 224x256 (every Focus-Net map >= its kernel 7: stage 3 14x16, stage 4 7x8) is right at
+    96x128 too (stage 3 6x8, stage 4 3x4: both take the small-map path), for all five outputs."""
+    pytest.importorskip('onnxruntime')
+    model = _deployed_backbone(fixture['arch'])
+    out = str(tmp_path / 'backbone.onnx')
+    names = export_onnx.export(model, (224, 256), out)
+    assert len(names) == 5
+    assert small_map_size(224 // 32, 256 // 32, 7) is None and small_map_size(96 // 16, 128 // 16, 7)
+    results = export_onnx.check(model, out, [(224, 256), (96, 128)], batch=2)
+    for r in results:
+        assert r['max_abs_err'] <= 1e-4 * max(1., r['output_scale']), r
+
+
+def test_export_cli_backbone_only(tmp_path, capsys):
+    """The script end to end on a packaged config with a tiny arch (initial weights)."""
+    pytest.importorskip('onnxruntime')
+    cfg = tmp_path / 'tiny_seg.py'
+    arch = dict(depth=[1, 1, 1, 1], sub_depth=[1, 1], embed_dim=[8, 16, 32, 48], kernel_size=[7, 5, 5, 5],
+                mlp_ratio=[2, 2, 2, 2], sub_num_heads=[1, 1], sub_mlp_ratio=[2, 2])
+    model = OverLoCK(arch, out_indices=(2, ))
+    cfg.write_text(
+        f"default_scope = 'mmseg'\n"
+        f"custom_imports = dict(imports=['mmoverlock'], allow_failed_imports=False)\n"
+        f"model = dict(type='EncoderDecoder', data_preprocessor=dict(type='SegDataPreProcessor'),\n"
+        f"    backbone=dict(type='mmoverlock.OverLoCK', arch={arch!r}, out_indices=(0, 1, 2, 3)),\n"
+        f"    decode_head=dict(type='FCNHead', in_channels={model.out_channels[0]}, channels=8, num_convs=1,\n"
+        f"        in_index=2, num_classes=3, norm_cfg=dict(type='BN', requires_grad=True)))\n")
+    results = export_onnx.main([str(cfg), 'none', '--shape', '96', '128', '--out', str(tmp_path / 'm.onnx'),
+                                '--check-shape', '64', '64'])
+    assert [r['shape'] for r in results] == [(96, 128), (64, 64)]
+    for r in results:
+        assert r['max_abs_err'] <= 1e-4 * max(1., r['output_scale']), r
+    assert 'max abs error' in capsys.readouterr().out
