@@ -73,3 +73,17 @@ def test_export_cli_backbone_only(tmp_path, capsys):
     for r in results:
         assert r['max_abs_err'] <= 1e-4 * max(1., r['output_scale']), r
     assert 'max abs error' in capsys.readouterr().out
+
+
+def test_torch_compile_one_graph_same_output(fixture):
+    """The deployed backbone is captured by TorchDynamo as one graph (``fullgraph=True`` raises on any graph
+    break) and gives the eager output; both ContMix map-size paths are in it at 96x128. The inductor backend
+    (C++ codegen, minutes on a small CPU) is exercised by ``tools/analysis/benchmark.py --compile``."""
+    model = _deployed_backbone(fixture['arch'])
+    x = torch.randn(1, 3, 96, 128)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
+    with torch.no_grad():
+        expected, got = model(x), compiled(x)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
