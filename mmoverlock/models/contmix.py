@@ -55,9 +55,15 @@ def relative_position_bias(rpb: torch.Tensor, height: int, width: int) -> torch.
 
 
 def _is_tracing() -> bool:
-    """ONNX export / TorchScript tracing: sizes are traced values and the shape-dependent Python
-    branches of eager mode are replaced by branch-free formulations (same results)."""
+    """TorchScript tracing or ONNX export: sizes are traced values."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _is_onnx_export() -> bool:
+    """ONNX export: the shape-dependent Python branches of eager mode (and nn.AdaptiveAvgPool2d) are
+    replaced by branch-free formulations with the same results, so the graph takes dynamic H, W. Plain
+    tracing (e.g. mmengine's FLOP counter) keeps the eager formulation."""
+    return torch.onnx.is_in_onnx_export()
 
 
 def _pool_matrix(in_size, out_size, like: torch.Tensor) -> torch.Tensor:
@@ -146,7 +152,7 @@ class ContMix(BaseModule):
         dtype = query.dtype
         acc = torch.promote_types(dtype, torch.float32)   # fp32 under autocast; fp64 stays fp64
         query = (query.to(acc) * self.scale).reshape(b, g, -1, h * w)                  # (B, G, d, HW)
-        if _is_tracing():   # nn.AdaptiveAvgPool2d of a dynamic map has no ONNX (opset 17) equivalent
+        if _is_onnx_export():   # nn.AdaptiveAvgPool2d of a dynamic map has no ONNX (opset 17) equivalent
             key = self.weight_key[1:](adaptive_avg_pool2d_traceable(context, (self.num_regions, ) * 2))
         else:
             key = self.weight_key(context)
@@ -181,7 +187,7 @@ class ContMix(BaseModule):
     def mix(self, x: torch.Tensor, query_src: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Dynamic-kernel aggregation of x, with the small-map path (maps under K are resized to fit
         and pooled back). x, query_src (B, dim, H, W); context (B, ctx_dim, H, W) -> (B, dim, H, W)."""
-        if _is_tracing():
+        if _is_onnx_export():
             return self._mix_traceable(x, query_src, context)
         h, w = x.shape[-2:]
         size = small_map_size(h, w, self.kernel_size)
