@@ -17,7 +17,6 @@ CKPT may be ``none`` (the config's initial weights: for checking the export, not
 """
 import argparse
 import os.path as osp
-import sys
 import time
 from typing import List, Optional, Sequence
 
@@ -139,10 +138,11 @@ def export(net: nn.Module, shape: Sequence[int], out: str, batch: int = 1) -> Li
     make_pools_traceable(net)
     x = torch.randn(batch, 3, *shape)
     with torch.no_grad():
-        names = [f'output{i}' for i in range(len(as_list(net(x))))]
+        outputs = as_list(net(x))
+    names = [f'output{i}' for i in range(len(outputs))]
     dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
-    dynamic.update({n: {0: 'batch'} if len(as_list(net(x))[i].shape) == 2 else {0: 'batch', 2: f'h{i}', 3: f'w{i}'}
-                    for i, n in enumerate(names)})
+    dynamic.update({n: {0: 'batch'} if o.dim() == 2 else {0: 'batch', 2: f'height{i}', 3: f'width{i}'}
+                    for i, (n, o) in enumerate(zip(names, outputs))})
     torch.onnx.export(net, (x, ), out, opset_version=OPSET, dynamo=False, input_names=['input'],
                       output_names=names, dynamic_axes=dynamic)
     return names
@@ -202,4 +202,4 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
 
 
 if __name__ == '__main__':
-    sys.exit(main() and 0)
+    main()
