@@ -37,6 +37,8 @@ TABLE_METRICS: Dict[str, List[str]] = {
 }
 TASK_TITLES = {'cls': 'ImageNet-1K (224x224)', 'det': 'COCO val2017 (FLOPs at 1280x800)',
                'seg': 'ADE20K val (FLOPs at 2048x512)'}
+#: Decimals of the FLOPs column (G): the ImageNet numbers are small.
+FLOPS_DIGITS = {'cls': 2, 'det': 1, 'seg': 1}
 #: Default input of the FLOPs column, (H, W) as mmdet's / mmseg's get_flops take ``--shape``.
 FLOPS_SHAPE = {'cls': (224, 224), 'det': (1280, 800), 'seg': (2048, 512)}
 
@@ -103,8 +105,8 @@ MODELS: List[ModelRecord] = [
     _mask_rcnn('t', '3x', 49.6, 43.9, 52.334, 282.688),
     _mask_rcnn('s', '3x', 51.0, 45.0, 75.040, 363.943),
     _mask_rcnn('b', '3x', 51.4, 45.3, 113.885, 513.154),
-    _cascade('t', None, None),
-    _cascade('s', None, None),
+    _cascade('t', 90.169, 761.240),
+    _cascade('s', 112.875, 842.495),
     _cascade('b', 151.721, 991.707),
     _upernet('t', 50.3, 63.307, 958.863),
     _upernet('s', 51.3, 86.177, 1042.134),

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from .reference import METRICS, TABLE_METRICS, TASK_TITLES, ModelRecord, find, records
+from .reference import FLOPS_DIGITS, METRICS, TABLE_METRICS, TASK_TITLES, ModelRecord, find, records
 
 #: mmengine log key -> our metric key (``miou_ss`` stands for mIoU; a TTA run turns it into ``miou_ms``).
 LOG_KEYS = {spec[1]: key for key, spec in METRICS.items() if key != 'miou_ms'}
@@ -190,13 +190,13 @@ def table(task: str, results: Dict[str, RunResult], rows: Optional[List[ModelRec
         official = [_num(rec.official.get(k)) for k in keys]
         label = 'reported' if rec.competitor else 'official'
         lines.append('| ' + ' | '.join([rec.method, rec.backbone, label, _num(rec.params, 2),
-                                        _num(rec.flops, 1)] + official) + ' |')
+                                        _num(rec.flops, FLOPS_DIGITS[task])] + official) + ' |')
         if rec.competitor:
             continue
         got = results.get(rec.name)
         ours = [_ours_cell(got.metrics.get(k) if got else None, rec.official.get(k)) for k in keys]
         lines.append('| ' + ' | '.join(['', '', 'ours', _num(rec.measured_params, 2),
-                                        _num(rec.measured_flops, 1)] + ours) + ' |')
+                                        _num(rec.measured_flops, FLOPS_DIGITS[task])] + ours) + ' |')
     unknown = [r for r in results.values() if r.task == task and find(r.name) is None]
     for res in unknown:   # runs of configs the reference does not know: ours only
         ours = [_ours_cell(res.metrics.get(k), None) for k in keys]

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 
+import torch
 from mmengine.config import Config, DictAction
 
 from mmoverlock.analysis.complexity import CONVENTIONS
@@ -43,6 +44,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    torch.manual_seed(0)   # random weights and image: the RPN's proposals (hence RoI-head FLOPs) repeat
     shape = None if args.shape is None else (args.shape * 2)[:2]
     if args.arch:
         model, task = build_model(imagenet_model_cfg(args.arch), task='cls')

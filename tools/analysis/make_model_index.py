@@ -13,7 +13,8 @@ from typing import Dict, List
 
 import yaml
 
-from mmoverlock.analysis.reference import (FLOPS_SHAPE, METRICS, TABLE_METRICS, ModelRecord, records)
+from mmoverlock.analysis.reference import (FLOPS_DIGITS, FLOPS_SHAPE, METRICS, TABLE_METRICS, ModelRecord,
+                                           records)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 PAPER = dict(URL='https://arxiv.org/abs/2502.20087',
@@ -84,7 +85,7 @@ def zoo_table(task: str) -> str:
     for rec in records(task, competitors=False):
         ckpt = f'[model]({rec.weights})' if rec.weights else 'official release'
         cells = [rec.method, rec.backbone, f'[config](../{rec.config})', _cell(rec.measured_params, 2),
-                 _cell(rec.measured_flops, 1)] + [_cell(rec.official.get(k), 1) for k in keys] + [ckpt]
+                 _cell(rec.measured_flops, FLOPS_DIGITS[task])] + [_cell(rec.official.get(k), 1) for k in keys] + [ckpt]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
