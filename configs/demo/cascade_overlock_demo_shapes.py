@@ -61,7 +61,7 @@ max_epochs = 10
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=2)
 # From scratch, AdamW (the recipe's optimizer, made for fine-tuning a pretrained backbone at 1e-4) with a
 # from-scratch lr of 2e-4..1e-3 kills 45-80 % of the units of the RoI heads' shared fc (3136 -> 256, ReLU) within
-# 50 iterations on the demo data (docs/demo.md); SGD, mmdet's from-scratch default, keeps ~90 % of them alive.
+# 50 iterations on the demo data (README, "Demo"); SGD, mmdet's from-scratch default, keeps ~90 % of them alive.
 optim_wrapper = dict(optimizer=dict(_delete_=True, type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4),
                      clip_grad=dict(max_norm=10.))
 param_scheduler = [
