@@ -1,8 +1,10 @@
+import importlib.util
 import os.path as osp
 
 import pytest
 import torch
 
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DATA = osp.join(osp.dirname(__file__), 'data')
 FIXTURE = osp.join(DATA, 'overlock_tiny_fixture.pt')
 LAYOUTS = osp.join(DATA, 'state_dict_layout')
@@ -17,3 +19,27 @@ def fixture():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope='session', autouse=True)
+def single_thread():
+    """One intra-op thread: on a loaded 2-core machine OpenMP's spinning threads slow tiny models 10-60x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def load_tool(name):
+    """Import ``tools/NAME.py`` as a module (its ``main(argv)`` runs a tool in-process)."""
+    spec = importlib.util.spec_from_file_location(f'mmoverlock_tools_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def find(pipeline, type_name):
+    """The one transform of ``type_name`` in a pipeline config."""
+    hits = [t for t in pipeline if t['type'] == type_name]
+    assert len(hits) == 1, f'{type_name} not found once in {[t["type"] for t in pipeline]}'
+    return hits[0]

@@ -1,6 +1,5 @@
 """Classification suite: the shipped ImageNet configs, train / test through tools/ on a tiny ImageFolder set,
 and an official ImageNet checkpoint evaluated in mmpretrain after tools/convert_official.py --task cls."""
-import importlib.util
 import math
 import os
 import os.path as osp
@@ -17,34 +16,13 @@ from PIL import Image
 
 import mmoverlock  # noqa: F401  (registers OverLoCK, OverLoCKClsHead)
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from .conftest import ROOT, find, load_tool
+
 CLS_CONFIGS = {v: osp.join(ROOT, 'configs', 'cls', f'overlock_{v}_in1k.py') for v in ('xt', 't', 's', 'b')}
 CLASSES = ('ant', 'bee')
 TINY_CROP = 32                  # stands in for 224
 MEAN = np.array([123.675, 116.28, 103.53])
 STD = np.array([58.395, 57.12, 57.375])
-
-
-@pytest.fixture(scope='module', autouse=True)
-def single_thread():
-    """One intra-op thread: on a loaded 2-core machine OpenMP's spinning threads slow tiny models 10-60x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'mmoverlock_tools_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def find(pipeline, type_name):
-    hits = [t for t in pipeline if t['type'] == type_name]
-    assert len(hits) == 1, f'{type_name} not found once in {[t["type"] for t in pipeline]}'
-    return hits[0]
 
 
 def rel_err(ours, ref):

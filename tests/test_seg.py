@@ -1,6 +1,5 @@
 """Segmentation suite: the shipped UperNet configs, and train / test through tools/ on a tiny ADE-format set."""
 import glob
-import importlib.util
 import os
 import os.path as osp
 import pickle
@@ -16,34 +15,13 @@ from mmengine.registry import init_default_scope
 
 import mmoverlock  # noqa: F401  (registers OverLoCK)
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from .conftest import ROOT, find, load_tool
+
 SEG_CONFIGS = {v: osp.join(ROOT, 'configs', 'seg', f'upernet_overlock_{v}_160k_ade20k.py') for v in 'tsb'}
 TINY_CROP = (64, 64)
 TINY_SCALE = (128, 64)          # stands in for (2048, 512)
 IMAGE_HW = (80, 96)             # not a multiple of 32: the test resize must change it
 NUM_TRAIN, NUM_VAL = 4, 2
-
-
-@pytest.fixture(scope='module', autouse=True)
-def single_thread():
-    """One intra-op thread: on a loaded 2-core machine OpenMP's spinning threads slow tiny models 10-60x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'mmoverlock_tools_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def find(pipeline, type_name):
-    hits = [t for t in pipeline if t['type'] == type_name]
-    assert len(hits) == 1, f'{type_name} not found once in {[t["type"] for t in pipeline]}'
-    return hits[0]
 
 
 # ---------------------------------------------------------------------------------------------- shipped configs
