@@ -3,7 +3,7 @@
 
     python tools/make_demo_data.py [--out data/demo] [--seed 0] [--num-train 400] [--num-val 60] [--size 160]
 
-Four classes (circle, square, triangle, star) of random colour, size and rotation, 2-6 per image, allowed to
+Four classes (circle, square, triangle, star) of random colour, size and rotation, 1-4 per image, allowed to
 overlap (later shapes occlude earlier ones; each keeps >= half of itself visible), on backgrounds of value
 noise, stripes or checks. One drawing, two annotation styles:
 
@@ -30,6 +30,8 @@ SPLITS = ('training', 'validation')
 SUBPIXEL_BITS = 4                 # cv2.fillPoly shift: polygons are drawn with 1/16 px precision
 MIN_VISIBLE = 0.5                 # every shape keeps at least this fraction of itself visible
 MIN_AREA = 40                     # px; smaller visible parts are not annotated
+SHAPES_PER_IMAGE = (1, 4)         # inclusive range
+RADIUS_RANGE = (0.10, 0.25)       # circumradius as a fraction of the image side: 32-80 px shapes at 160 px
 _SPLIT_SALT = {'training': 1, 'validation': 2}
 
 
@@ -91,10 +93,10 @@ def draw_scene(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, List[di
     """One image and its shapes: uint8 RGB (size, size, 3), [{label, visible: bool (size, size)}]."""
     img = background(rng, size)
     shapes: List[dict] = []
-    for _ in range(int(rng.integers(2, 7))):
+    for _ in range(int(rng.integers(SHAPES_PER_IMAGE[0], SHAPES_PER_IMAGE[1] + 1))):
         for _attempt in range(20):
             label = int(rng.integers(len(CLASSES)))
-            radius = rng.uniform(0.07, 0.22) * size
+            radius = rng.uniform(*RADIUS_RANGE) * size
             cx, cy = rng.uniform(radius * 0.6, size - radius * 0.6, 2)
             vertices = shape_outline(CLASSES[label], cx, cy, radius, rng.uniform(0, 2 * np.pi))
             full = np.zeros((size, size), np.uint8)

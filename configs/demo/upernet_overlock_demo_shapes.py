@@ -1,7 +1,8 @@
 # The demo segmentor: the real UperNet OverLoCK recipe (../seg/upernet_overlock_t_160k_ade20k.py), sized for a
 # CPU and trained from scratch on the ADE-style label maps of tools/make_demo_data.py (0 background, 1-4 shapes).
 # Overridden here: the data, the schedule, the image size, the backbone arch (the demo detector's small arch
-# dict, no pretrained download) and the head widths that follow from it.
+# dict, no pretrained download, raw output maps as in the demo detector: from scratch the output LayerNorms
+# stall learning, see cascade_overlock_demo_shapes.py) and the head widths that follow from it.
 _base_ = ['../seg/upernet_overlock_t_160k_ade20k.py']
 
 # ---------------------------------------------------------------- a CPU-sized OverLoCK (as the demo detector)
@@ -16,7 +17,7 @@ crop_size = (image_size, image_size)
 
 model = dict(
     data_preprocessor=dict(size=crop_size),
-    backbone=dict(arch=dict(_delete_=True, **demo_arch), drop_path_rate=0., init_cfg=None),
+    backbone=dict(arch=dict(_delete_=True, **demo_arch), extra_norm=False, drop_path_rate=0., init_cfg=None),
     decode_head=dict(in_channels=stage_channels, channels=64, num_classes=len(classes)),   # 512 in the recipe
     auxiliary_head=dict(in_channels=stage_channels[2], channels=32, num_classes=len(classes)))
 
