@@ -6,7 +6,7 @@
 1. makes the synthetic shapes data set (tools/make_demo_data.py) unless it is there already;
 2. saves the freshly initialised detector (configs/demo/cascade_overlock_demo_shapes.py) and
    evaluates it: the *untrained* bbox / segm AP;
-3. trains it from those very weights with tools/train.py, validating every epoch;
+3. trains it from those very weights with tools/train.py, validating as the config says (every 2 epochs);
 4. evaluates the trained detector with ``tools/test.py ... --eval bbox segm --show-dir``: the COCO table and
    the prediction overlays (mmdet's DetLocalVisualizer: ground truth left, prediction right);
 5. draws the loss / AP curves and a montage of overlays, and prints untrained vs trained AP50;
