@@ -1,8 +1,15 @@
 import importlib.util
+import os
 import os.path as osp
 
 import pytest
 import torch
+
+# Without a GPU the Triton kernels (tests/test_na2d_triton.py) run under Triton's CPU interpreter, which must be
+# switched on before triton is first imported (torch._dynamo and mmpretrain's imports pull it in): here, before
+# any test module is collected.
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DATA = osp.join(osp.dirname(__file__), 'data')

@@ -48,15 +48,33 @@ def test_all_variants_equal_brute_force(case):
 
 
 def test_paths_are_the_ones_claimed():
-    """TAP_CASE runs the autograd Function, DENSE_CASE the matmul; the traced loop equals both."""
+    """Every case runs the registered op (its autograd node); on CPU its kernel takes the tap loop for
+    TAP_CASE and the dense matmul for DENSE_CASE; the traced (export) loop equals both."""
     for case, dense in ((TAP_CASE, False), (GRADCHECK_TAP_CASE, False), (DENSE_CASE, True)):
         b, g, c, h, w, k = case
-        assert (h * w <= na2d.DENSE_MAX_RATIO * k * k) == dense
+        assert na2d.uses_dense(h, w, k) == dense == (h * w <= na2d.DENSE_MAX_RATIO * k * k)
         attn, value = channels_first(*make(case, requires_grad=False)[:2])
         attn.requires_grad_()
         out = na2d_av_channels_first(attn, value, k)
-        assert ('NA2DAV' in type(out.grad_fn).__name__) != dense
+        assert 'mmoverlock_na2d_av' in type(out.grad_fn).__name__
+        kernel = na2d._dense_aggregate if dense else na2d._forward_taps
+        torch.testing.assert_close(kernel(attn.detach(), value, k), out)
         torch.testing.assert_close(na2d._forward_taps(attn, value, k), out)
+
+
+def test_registered_op_and_its_backward():
+    """torch.ops.mmoverlock.na2d_av with its schema; the backward op computes only what is asked for."""
+    attn, value = channels_first(*make(TAP_CASE)[:2])
+    k = TAP_CASE[-1]
+    assert 'mmoverlock::na2d_av(Tensor attn, Tensor value, SymInt kernel_size) -> Tensor' in str(
+        torch.ops.mmoverlock.na2d_av.default._schema)
+    grad = torch.randn(value.shape, dtype=value.dtype)
+    grad_attn, grad_value = torch.ops.mmoverlock.na2d_av_backward(grad, attn, value, k, True, False)
+    assert grad_attn.shape == attn.shape and grad_value.numel() == 0
+    ref_attn = attn.permute(0, 1, 3, 4, 2).detach().requires_grad_()
+    out = na2d_av_reference(ref_attn, value.permute(0, 1, 3, 4, 2), k)
+    expected = torch.autograd.grad(out, ref_attn, grad.permute(0, 1, 3, 4, 2))[0].permute(0, 1, 4, 2, 3)
+    torch.testing.assert_close(grad_attn, expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize('case', [GRADCHECK_TAP_CASE, DENSE_CASE])
@@ -109,9 +127,11 @@ def test_memory_nothing_of_size_c_k2_hw(case):
     value.requires_grad_()
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-        with LargestTensor() as mode:
-            out = na2d_av_channels_first(attn, value, k)
-            out.backward(torch.ones_like(out))
+        out = na2d_av_channels_first(attn, value, k)     # the op: saves attn and value only
+    out.backward(torch.ones_like(out))
+    with LargestTensor() as mode:                        # its CPU kernels (the op hides their inner tensors)
+        out = na2d._cpu_forward(attn.detach(), value.detach(), k)
+        na2d._cpu_backward(torch.ones_like(out), attn.detach(), value.detach(), k, True, True)
     unfolded = b * g * c * k * k * h * w
     dense = h * w <= na2d.DENSE_MAX_RATIO * k * k
     bound = max(attn.numel(), value.numel()) * (na2d.DENSE_MAX_RATIO if dense else 1)
@@ -149,3 +169,39 @@ def test_cuda_matches_cpu(case):
     torch.testing.assert_close(out.cpu(), ref_out, rtol=1e-4, atol=1e-5)
     for g_gpu, g_ref in zip(grads, ref_grads):
         torch.testing.assert_close(g_gpu.cpu(), g_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_compile_sees_one_node_and_saves_only_the_inputs():
+    """torch.compile (fullgraph) captures the op as one forward node and its backward as one node; the
+    tensors saved between them are attn and value, nothing of size k*k*C*H*W."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    graphs = {}
+
+    def capture(name):
+        def compiler(gm, example_inputs):
+            graphs[name] = gm
+            return make_boxed_func(gm.forward)
+        return compiler
+
+    b, g, c, h, w, k = TAP_CASE
+    attn, value = channels_first(*make(TAP_CASE, dtype=torch.float32)[:2])
+    attn.requires_grad_()
+    value.requires_grad_()
+    grad = torch.randn(value.shape)
+    torch._dynamo.reset()
+    fn = torch.compile(lambda a, v: na2d_av_channels_first(a, v, k), fullgraph=True,
+                       backend=aot_autograd(fw_compiler=capture('forward'), bw_compiler=capture('backward')))
+    out = fn(attn, value)
+    got = torch.autograd.grad(out, (attn, value), grad)
+    expected = torch.autograd.grad(na2d_av_channels_first(attn, value, k), (attn, value), grad)
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e)
+
+    def calls(gm):
+        return [n.target for n in gm.graph.nodes if n.op == 'call_function']
+    assert calls(graphs['forward']).count(torch.ops.mmoverlock.na2d_av.default) == 1
+    assert calls(graphs['backward']).count(torch.ops.mmoverlock.na2d_av_backward.default) == 1
+    outputs = next(n for n in graphs['forward'].graph.nodes if n.op == 'output').args[0]
+    saved = [n.meta['val'].numel() for n in outputs[1:] if hasattr(n, 'meta') and 'val' in n.meta]
+    assert saved and max(saved) <= max(attn.numel(), value.numel()) < b * g * c * k * k * h * w

@@ -4,10 +4,8 @@ The official numbers come from fvcore's jit-trace counter (mmengine's :class:`~m
 is its port: one multiply-add = one FLOP; elementwise ops, GELU, softmax are not counted) with NATTEN's
 handles for ``na2d_av``. Three parts of ContMix need help to be counted that way:
 
-* **aggregation** -- ``na2d_av_channels_first`` is an autograd Function, which the tracer records as one
-  opaque ``prim::PythonOp._NA2DAV`` node (or, in its trace path, as plain slices/pads/muls that count 0).
-  While counting, :func:`flop_counting_mode` routes it through the Function and :func:`na2d_av_flop_jit`
-  charges k*k multiply-adds per output element, NATTEN's ``av_2d_flop`` rule.
+* **aggregation** -- the registered op ``mmoverlock::na2d_av`` is one node of the trace, which
+  :func:`na2d_av_flop_jit` charges k*k multiply-adds per output element, NATTEN's ``av_2d_flop`` rule.
 * **kernel generation** -- the official code forms the affinity ``einsum('bgcn,bgcl->bgnl', query, key)``
   (B, G, H*W, 49) and then applies ``weight_proj`` (1x1 conv, 49 -> K*K + S*S) to it; our
   implementation folds ``weight_proj`` into the keys first (the same result, fewer multiply-adds).
@@ -37,13 +35,12 @@ from mmengine.analysis.jit_handles import get_shape
 from ..models import contmix as contmix_module
 from ..models.contmix import ContMix, relative_position_bias
 from ..models.layers import LayerScale
-from ..ops.na2d import _check_shapes, _NA2DAV
 
 __all__ = ['CONVENTIONS', 'ComplexityReport', 'na2d_av_flop_jit',
            'broadcast_matmul_flop_jit', 'flop_counting_mode', 'analyze_complexity', 'deploy_', 'OP_HANDLES']
 
 CONVENTIONS = ('implemented', 'official')
-NA2D_AV_OP = 'prim::PythonOp._NA2DAV'
+NA2D_AV_OP = 'mmoverlock::na2d_av'
 
 
 def _prod(values: Sequence[int]) -> int:
@@ -93,23 +90,6 @@ def _official_dynamic_kernels(self: ContMix, query_src: torch.Tensor, context: t
     return small, large
 
 
-def _na2d_av_as_op(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """``na2d_av_channels_first`` as one traced node (``prim::PythonOp._NA2DAV``), like NATTEN's op."""
-    _check_shapes(attn, value, kernel_size, 'channels_first')
-    return _NA2DAV.apply(attn, value.to(attn.dtype), kernel_size)
-
-
-def _counted_aggregate(self: ContMix, x: torch.Tensor, small: torch.Tensor, large: torch.Tensor
-                       ) -> torch.Tensor:
-    """:meth:`ContMix.aggregate` with the aggregation traced as one countable node."""
-    b, c, h, w = x.shape
-    g = self.num_heads
-    values = x.view(b, 2, g, c // (2 * g), h, w)
-    x_small = _na2d_av_as_op(small, values[:, 0], self.smk_size)
-    x_large = _na2d_av_as_op(large, values[:, 1], self.kernel_size)
-    return torch.cat([x_small.reshape(b, c // 2, h, w), x_large.reshape(b, c // 2, h, w)], dim=1)
-
-
 def _never_tracing() -> bool:
     return False
 
@@ -121,8 +101,8 @@ def _layer_scale_as_conv(self: LayerScale, x: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def flop_counting_mode(model: nn.Module, convention: str = 'implemented') -> Iterator[nn.Module]:
-    """Within the block, every ContMix of ``model`` traces its aggregation as one countable node and, for
-    ``convention='official'``, generates its kernels in the official operation order; every LayerScale
+    """Within the block, for ``convention='official'`` every ContMix of ``model`` generates its kernels in
+    the official operation order; every LayerScale
     runs as a depthwise 1x1 conv. Outputs are unchanged (up to float rounding); the instances are
     restored on exit."""
     if convention not in CONVENTIONS:
@@ -135,10 +115,8 @@ def flop_counting_mode(model: nn.Module, convention: str = 'implemented') -> Ite
         if eager_tracing is not None:
             contmix_module._is_tracing = _never_tracing
         for m in model.modules():
-            if isinstance(m, ContMix):
-                m.aggregate = types.MethodType(_counted_aggregate, m)
-                if convention == 'official':
-                    m.dynamic_kernels = types.MethodType(_official_dynamic_kernels, m)
+            if isinstance(m, ContMix) and convention == 'official':
+                m.dynamic_kernels = types.MethodType(_official_dynamic_kernels, m)
             elif isinstance(m, LayerScale):
                 m.forward = types.MethodType(_layer_scale_as_conv, m)
             else:

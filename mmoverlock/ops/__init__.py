@@ -1,3 +1,4 @@
-from .na2d import na2d_av, na2d_av_channels_first, na2d_av_reference, na2d_av_unfold
+from .na2d import (na2d_av, na2d_av_channels_first, na2d_av_reference, na2d_av_unfold,  # noqa: F401
+                   triton_na2d_av)
 
-__all__ = ['na2d_av', 'na2d_av_channels_first', 'na2d_av_reference', 'na2d_av_unfold']
+__all__ = ['na2d_av', 'na2d_av_channels_first', 'na2d_av_reference', 'na2d_av_unfold', 'triton_na2d_av']

@@ -10,28 +10,35 @@ Two layouts:
 * :func:`na2d_av_channels_first` -- what the backbone uses: attn (B, G, k*k, H, W),
   value (B, G, C, H, W) -> (B, G, C, H, W); no permutes around the op.
 
-Two lean implementations, chosen by map size (neither materialises anything of size C*k*k*H*W;
-activation memory is O(B*G*H*W*(C + k*k))):
+One op, ``torch.ops.mmoverlock.na2d_av`` (channels-first), registered with ``torch.library``: autograd
+(its backward is the op ``mmoverlock::na2d_av_backward``), a fake implementation for ``torch.compile``
+(one graph node; only attn and value are saved for backward) and a kernel per device:
 
-* the **tap loop** (maps with H*W > ``DENSE_MAX_RATIO`` * k*k): for tap (a, b) the clamped gather is a
-  slice of the valid windows followed by replicate padding (the map of window starts is the valid-window
-  map, replicate-padded); a custom autograd Function whose backward recomputes each shifted value
-  instead of storing it;
-* the **dense operator** (small maps, e.g. stage 3/4 at 224^2 and the small-map path): the kernels are
-  scattered into one (H*W, H*W) aggregation matrix per (batch, group) -- at most ``DENSE_MAX_RATIO``
-  times the size of ``attn`` -- and applied with one batched matmul (BLAS), which is several times faster
-  than looping over k*k taps of a tiny map.
+* **CUDA**: fused Triton kernels (:mod:`mmoverlock.ops.na2d_triton`): one pass over the k*k taps per pixel
+  tile for the forward and grad_attn, an inverse-neighbourhood gather for grad_value;
+* **CPU** (and any device without Triton), chosen by map size; neither materialises anything of size
+  C*k*k*H*W, activation memory is O(B*G*H*W*(C + k*k)):
 
-Tracing (ONNX export, TorchScript) records the tap loop out of place, as standard Slice/Pad/Mul/Add.
+  - the **tap loop** (H*W > ``DENSE_MAX_RATIO`` * k*k): for tap (a, b) the clamped gather is a slice of the
+    valid windows followed by replicate padding (the map of window starts is the valid-window map,
+    replicate-padded); its backward recomputes each shifted value instead of storing it;
+  - the **dense operator** (small maps, e.g. stage 3/4 at 224^2 and the small-map path): the kernels are
+    scattered into one (H*W, H*W) aggregation matrix per (batch, group) -- at most ``DENSE_MAX_RATIO``
+    times the size of ``attn`` -- and applied with one batched matmul (BLAS), several times faster than
+    looping over k*k taps of a tiny map.
+
+TorchScript tracing (e.g. mmengine's FLOP counter) records the op as one node, ``mmoverlock::na2d_av``;
+ONNX export writes it out as the tap loop in standard ops (Slice/Pad/Mul/Add), dynamic sizes kept.
 """
+import warnings
 from functools import lru_cache
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ['na2d_av', 'na2d_av_channels_first', 'na2d_av_reference', 'na2d_av_unfold',
-           'window_starts', 'check_window', 'DENSE_MAX_RATIO']
+__all__ = ['na2d_av', 'na2d_av_channels_first', 'na2d_av_reference', 'na2d_av_unfold', 'triton_na2d_av',
+           'window_starts', 'check_window', 'uses_dense', 'DENSE_MAX_RATIO']
 
 #: maps with H*W <= DENSE_MAX_RATIO * k*k use the dense operator (its matrix is <= this many times ``attn``);
 #: 4 is about where the tap loop becomes faster on CPU (tools/analysis/benchmark_contmix.py).
@@ -71,44 +78,6 @@ def _as_4d(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1, 2)
 
 
-class _NA2DAV(torch.autograd.Function):
-    """Lean tap-loop aggregation; channels-first layout, see the module docstring."""
-
-    @staticmethod
-    def forward(ctx, attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
-        ctx.save_for_backward(attn, value)
-        ctx.kernel_size = kernel_size
-        return _forward_taps(attn, value, kernel_size, inplace=True)
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        attn, value = ctx.saved_tensors
-        k = ctx.kernel_size
-        b, g, c, h, w = value.shape
-        value4 = _as_4d(value)
-        grad_out = grad_out.contiguous()
-        grad_attn = grad_value = None
-        if ctx.needs_input_grad[0]:
-            grad_attn = torch.empty_like(attn, memory_format=torch.contiguous_format)
-        if ctx.needs_input_grad[1]:
-            grad_value = value.new_zeros(value.shape)
-            grad_value4 = _as_4d(grad_value)
-        before, after = _pads(k)
-        for a in range(k):
-            for bb in range(k):
-                t = a * k + bb
-                if grad_attn is not None:
-                    shifted = _shifted(value4, a, bb, k).view(b, g, c, h, w)
-                    grad_attn[:, :, t] = torch.linalg.vecdot(grad_out, shifted, dim=2)
-                if grad_value is not None:
-                    grad_shifted = _as_4d(grad_out * attn[:, :, t:t + 1])
-                    valid = value4[..., a:a + h - k + 1, bb:bb + w - k + 1]
-                    grad_valid = torch.ops.aten.replication_pad2d_backward(
-                        grad_shifted, valid, [before, after, before, after])
-                    grad_value4[..., a:a + h - k + 1, bb:bb + w - k + 1] += grad_valid
-        return grad_attn, grad_value, None
-
-
 def _forward_taps(attn: torch.Tensor, value: torch.Tensor, kernel_size: int,
                   inplace: bool = False) -> torch.Tensor:
     """The tap loop. ``inplace`` accumulates into one buffer (no autograd); otherwise out-of-place ops
@@ -142,17 +111,6 @@ def _dense_index(height: int, width: int, kernel_size: int, device: torch.device
     return (pixel * (height * width) + key).flatten()
 
 
-def _dense_aggregate(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Small maps: scatter the kernels into a (H*W, H*W) matrix per (batch, group), one batched matmul.
-    attn (B, G, k*k, H, W), value (B, G, C, H, W) -> (B, G, C, H, W); autograd does the backward."""
-    b, g, c, h, w = value.shape
-    hw = h * w
-    index = _dense_index(h, w, kernel_size, attn.device)
-    matrix = attn.new_zeros(b * g, hw * hw).index_copy(1, index, attn.reshape(b * g, -1))
-    out = torch.bmm(value.reshape(b * g, c, hw), matrix.view(b * g, hw, hw).transpose(1, 2))
-    return out.view(b, g, c, h, w)
-
-
 def _check_shapes(attn: torch.Tensor, value: torch.Tensor, kernel_size: int, layout: str) -> None:
     if attn.dim() != 5 or value.dim() != 5:
         raise ValueError(f'na2d_av: expected 5-D attn and value ({layout}), '
@@ -169,18 +127,184 @@ def _check_shapes(attn: torch.Tensor, value: torch.Tensor, kernel_size: int, lay
     check_window(vh, vw, kernel_size)
 
 
+def uses_dense(height: int, width: int, kernel_size: int) -> bool:
+    """Whether the CPU kernel takes the dense operator (small maps) rather than the tap loop."""
+    return height * width <= DENSE_MAX_RATIO * kernel_size * kernel_size
+
+
+def _taps_backward(grad_out: torch.Tensor, attn: torch.Tensor, value: torch.Tensor, kernel_size: int,
+                   attn_grad: bool, value_grad: bool) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Backward of the tap loop: recomputes each shifted value instead of storing k*k of them."""
+    k = kernel_size
+    b, g, c, h, w = value.shape
+    value4 = _as_4d(value)
+    grad_out = grad_out.contiguous()
+    grad_attn = torch.empty_like(attn, memory_format=torch.contiguous_format) if attn_grad else None
+    grad_value = value.new_zeros(value.shape) if value_grad else None
+    grad_value4 = _as_4d(grad_value) if value_grad else None
+    before, after = _pads(k)
+    for a in range(k):
+        for bb in range(k):
+            t = a * k + bb
+            if attn_grad:
+                shifted = _shifted(value4, a, bb, k).view(b, g, c, h, w)
+                grad_attn[:, :, t] = torch.linalg.vecdot(grad_out, shifted, dim=2)
+            if value_grad:
+                grad_shifted = _as_4d(grad_out * attn[:, :, t:t + 1])
+                valid = value4[..., a:a + h - k + 1, bb:bb + w - k + 1]
+                grad_valid = torch.ops.aten.replication_pad2d_backward(
+                    grad_shifted, valid, [before, after, before, after])
+                grad_value4[..., a:a + h - k + 1, bb:bb + w - k + 1] += grad_valid
+    return grad_attn, grad_value
+
+
+def _dense_matrix(attn: torch.Tensor, height: int, width: int, kernel_size: int) -> torch.Tensor:
+    """The (B*G, H*W, H*W) aggregation matrices: row p holds pixel p's kernel at its window's keys."""
+    hw = height * width
+    index = _dense_index(height, width, kernel_size, attn.device)
+    matrix = attn.new_zeros(attn.shape[0] * attn.shape[1], hw * hw)
+    return matrix.index_copy(1, index, attn.reshape(matrix.shape[0], -1)).view(-1, hw, hw)
+
+
+def _dense_aggregate(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Small maps: one batched matmul with the aggregation matrices.
+    attn (B, G, k*k, H, W), value (B, G, C, H, W) -> (B, G, C, H, W)."""
+    b, g, c, h, w = value.shape
+    matrix = _dense_matrix(attn, h, w, kernel_size)
+    out = torch.bmm(value.reshape(b * g, c, h * w), matrix.transpose(1, 2))
+    return out.view(b, g, c, h, w)
+
+
+def _dense_backward(grad_out: torch.Tensor, attn: torch.Tensor, value: torch.Tensor, kernel_size: int,
+                    attn_grad: bool, value_grad: bool) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Backward of :func:`_dense_aggregate`: grad_value = grad_out @ M, grad_M = grad_out^T @ value, and
+    grad_attn = grad_M read at the kernel entries."""
+    b, g, c, h, w = value.shape
+    grad_out = grad_out.reshape(b * g, c, h * w)
+    grad_attn = grad_value = None
+    if value_grad:
+        grad_value = torch.bmm(grad_out, _dense_matrix(attn, h, w, kernel_size)).view(b, g, c, h, w)
+    if attn_grad:
+        grad_matrix = torch.bmm(grad_out.transpose(1, 2), value.reshape(b * g, c, h * w))   # (BG, HW, HW)
+        index = _dense_index(h, w, kernel_size, attn.device)
+        grad_attn = grad_matrix.view(b * g, -1).index_select(1, index).view(attn.shape)
+    return grad_attn, grad_value
+
+
+def _cpu_forward(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """The op's kernel on CPU (and on any device without a faster one): dense or tap loop by map size."""
+    h, w = value.shape[-2:]
+    if uses_dense(h, w, kernel_size):
+        return _dense_aggregate(attn, value, kernel_size)
+    return _forward_taps(attn, value, kernel_size, inplace=True)
+
+
+def _cpu_backward(grad_out, attn, value, kernel_size, attn_grad, value_grad):
+    h, w = value.shape[-2:]
+    backward = _dense_backward if uses_dense(h, w, kernel_size) else _taps_backward
+    return backward(grad_out, attn, value, kernel_size, attn_grad, value_grad)
+
+
+@lru_cache(maxsize=1)
+def _triton_kernels():
+    """mmoverlock.ops.na2d_triton, or None where Triton is not installed (CUDA then runs the tap loop)."""
+    try:
+        from . import na2d_triton
+    except ImportError:
+        warnings.warn('mmoverlock: triton is not installed; na2d_av runs its tap loop on CUDA (slow); '
+                      'pip install triton for the fused kernels')
+        return None
+    return na2d_triton
+
+
+def _gradients(grad_attn: Optional[torch.Tensor], grad_value: Optional[torch.Tensor], attn: torch.Tensor,
+               value: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The backward op's outputs: contiguous gradients, and an empty tensor for one that was not asked for
+    (an op cannot return None)."""
+    return (attn.new_empty(0) if grad_attn is None else grad_attn.contiguous(),
+            value.new_empty(0) if grad_value is None else grad_value.contiguous())
+
+
+@torch.library.custom_op('mmoverlock::na2d_av', mutates_args=())
+def _na2d_av_op(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """attn (B, G, k*k, H, W), value (B, G, C, H, W), one dtype -> (B, G, C, H, W), contiguous."""
+    _check_shapes(attn, value, kernel_size, 'channels_first')
+    return _cpu_forward(attn, value, kernel_size)
+
+
+@_na2d_av_op.register_kernel('cuda')
+def _na2d_av_cuda(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    _check_shapes(attn, value, kernel_size, 'channels_first')
+    kernels = _triton_kernels()
+    if kernels is None:
+        return _cpu_forward(attn, value, kernel_size)
+    return kernels.na2d_av_forward(attn, value, kernel_size)
+
+
+@_na2d_av_op.register_fake
+def _na2d_av_fake(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    _check_shapes(attn, value, kernel_size, 'channels_first')
+    return value.new_empty(value.shape)
+
+
+@torch.library.custom_op('mmoverlock::na2d_av_backward', mutates_args=())
+def _na2d_av_backward_op(grad_out: torch.Tensor, attn: torch.Tensor, value: torch.Tensor, kernel_size: int,
+                         attn_grad: bool, value_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(grad_attn, grad_value) of ``mmoverlock::na2d_av``; an empty tensor for one not asked for."""
+    return _gradients(*_cpu_backward(grad_out, attn, value, kernel_size, attn_grad, value_grad), attn, value)
+
+
+@_na2d_av_backward_op.register_kernel('cuda')
+def _na2d_av_backward_cuda(grad_out, attn, value, kernel_size, attn_grad, value_grad):
+    kernels = _triton_kernels()
+    backward = _cpu_backward if kernels is None else kernels.na2d_av_backward
+    return _gradients(*backward(grad_out, attn, value, kernel_size, attn_grad, value_grad), attn, value)
+
+
+@_na2d_av_backward_op.register_fake
+def _na2d_av_backward_fake(grad_out, attn, value, kernel_size, attn_grad, value_grad):
+    return (attn.new_empty(attn.shape if attn_grad else 0), value.new_empty(value.shape if value_grad else 0))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    attn, value, kernel_size = inputs
+    ctx.save_for_backward(attn, value)      # nothing of size k*k*C*H*W: the backward recomputes
+    ctx.kernel_size = kernel_size
+
+
+def _backward(ctx, grad_out: torch.Tensor):
+    attn, value = ctx.saved_tensors
+    attn_grad, value_grad = ctx.needs_input_grad[:2]
+    grad_attn, grad_value = torch.ops.mmoverlock.na2d_av_backward(
+        grad_out, attn, value, ctx.kernel_size, attn_grad, value_grad)
+    return (grad_attn if attn_grad else None), (grad_value if value_grad else None), None
+
+
+_na2d_av_op.register_autograd(_backward, setup_context=_setup_context)
+
+
 def na2d_av_channels_first(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """attn (B, G, k*k, H, W), value (B, G, C, H, W) -> (B, G, C, H, W)."""
+    """attn (B, G, k*k, H, W), value (B, G, C, H, W) -> (B, G, C, H, W): ``torch.ops.mmoverlock.na2d_av``
+    after checking shapes and promoting both inputs to one dtype. Under ONNX export the op is written out
+    as its standard-op tap loop (Slice/Pad/Mul/Add)."""
     _check_shapes(attn, value, kernel_size, 'channels_first')
     if attn.dtype != value.dtype:
         dtype = torch.promote_types(attn.dtype, value.dtype)
         attn, value = attn.to(dtype), value.to(dtype)
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if torch.onnx.is_in_onnx_export():
         return _forward_taps(attn, value, kernel_size)
-    h, w = value.shape[-2:]
-    if h * w <= DENSE_MAX_RATIO * kernel_size * kernel_size:
-        return _dense_aggregate(attn, value, kernel_size)
-    return _NA2DAV.apply(attn, value, kernel_size)
+    return torch.ops.mmoverlock.na2d_av(attn, value, kernel_size)
+
+
+def triton_na2d_av(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """The fused Triton kernels, called directly (tests, benchmarks): attn (B, G, k*k, H, W), value
+    (B, G, C, H, W) of one dtype -> (B, G, C, H, W), differentiable. CUDA tensors, or CPU tensors under
+    Triton's interpreter (``TRITON_INTERPRET=1`` set before mmoverlock is imported)."""
+    _check_shapes(attn, value, kernel_size, 'channels_first')
+    kernels = _triton_kernels()
+    if kernels is None:
+        raise RuntimeError('triton_na2d_av: triton is not installed (pip install triton)')
+    return kernels.triton_na2d_av(attn, value, kernel_size)
 
 
 def na2d_av(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:

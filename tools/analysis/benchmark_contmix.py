@@ -4,8 +4,8 @@ Shapes are the large-kernel half of OverLoCK-T / -S Focus-Net blocks: stage 3 (s
 (stride 32, K=7), at 224x224 and 800x1333 inputs, batch 1 and 2; attn (B, G, K*K, H, W), value
 (B, G, C, H, W) with G = 2 * sub_num_heads and C = dim / (2 * G).
 
-How it measures: every (case, implementation) runs in its **own subprocess** (python -c ... with only torch
-and ``mmoverlock/ops/na2d.py`` loaded). The inputs are built first, then the peak-RSS counter is reset
+How it measures: every (case, implementation) runs in its **own subprocess** (python -c ... importing
+``mmoverlock.ops``; 'ours' is the registered op ``torch.ops.mmoverlock.na2d_av``). The inputs are built first, then the peak-RSS counter is reset
 (``/proc/self/clear_refs``) and the peak RSS growth over the baseline (VmHWM - VmRSS before the first run)
 is the CPU memory figure; on CUDA it is ``torch.cuda.max_memory_allocated`` growth. Time: one warm-up run
 excluded, then the median of ``--repeats`` runs; on CPU both wall-clock and process CPU time are taken,
@@ -24,7 +24,6 @@ import subprocess
 import sys
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-NA2D_FILE = osp.join(ROOT, 'mmoverlock', 'ops', 'na2d.py')
 
 #: model -> stage -> (dim, groups, kernel, stride) from the official arch table (OVERLOCK_SPEC.md)
 SHAPES = {
@@ -33,14 +32,14 @@ SHAPES = {
 }
 INPUTS = {'224x224': (224, 224), '800x1333': (800, 1333)}
 
-# The child: loads na2d.py alone (no mmcv/mmengine import cost), builds inputs, measures, prints JSON.
+# The child: imports mmoverlock.ops, builds inputs, measures, prints JSON.
 CHILD = r'''
-import importlib.util, json, statistics, sys, time
+import json, statistics, sys, time
 import torch
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args['threads'])
-spec = importlib.util.spec_from_file_location('na2d', args['na2d_file'])
-na2d = importlib.util.module_from_spec(spec); spec.loader.exec_module(na2d)
+sys.path.insert(0, args['root'])
+from mmoverlock.ops import na2d
 b, g, c, h, w, k = args['shape']
 dev = torch.device(args['device'])
 cuda = dev.type == 'cuda'
@@ -111,7 +110,7 @@ def stage_shape(model: str, stage: int, size, batch: int):
 
 def run_case(impl, mode, shape, args):
     payload = dict(impl=impl, mode=mode, shape=shape, device=args.device, threads=args.threads,
-                   repeats=args.repeats, na2d_file=NA2D_FILE)
+                   repeats=args.repeats, root=ROOT)
     try:
         proc = subprocess.run([sys.executable, '-c', CHILD, json.dumps(payload)], capture_output=True,
                               text=True, timeout=args.timeout)
