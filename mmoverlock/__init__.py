@@ -1,11 +1,22 @@
-"""mmoverlock: the OverLoCK backbone (CVPR 2025) for OpenMMLab 2.x (mmdet 3, mmseg 1, mmpretrain 1)."""
+"""mmoverlock: the OverLoCK backbone (CVPR 2025) for OpenMMLab 2.x (mmdet 3, mmseg 1, mmpretrain 1).
+
+``import mmoverlock`` -- what a config's ``custom_imports=dict(imports=['mmoverlock'])`` does -- registers the
+models in mmoverlock's own registries (scope ``mmoverlock``: configs say ``type='mmoverlock.OverLoCK'``) and
+allow-lists the few non-tensor types of mmengine checkpoints with torch's
+``torch.serialization.add_safe_globals``. It changes nothing else. The hooks (``mmoverlock.engine``) are
+imported by mmengine's registry when a config first names one; the mmpretrain head
+(``mmoverlock.models.heads``) and the mmdet TTA model (``mmoverlock.models.det_tta``) by the configs that use
+them, so a segmentation user never imports mmdet or mmpretrain.
+"""
+import torch
+
+from . import ops  # noqa: F401  (registers the op torch.ops.mmoverlock.na2d_av)
+from .models import ContMix, ContMixBlock, OverLoCK
+from .registry import HOOKS, MODELS
+from .utils.safe_load import SAFE_GLOBALS
+
 __version__ = '0.1.0'
 
-from . import engine, ops  # noqa: E402,F401
-from .models import ContMix, ContMixBlock, OverLoCK, OverLoCKClsHead  # noqa: E402,F401
-from .registry import MODELS  # noqa: E402,F401
-from .utils.safe_load import install_safe_globals  # noqa: E402
+torch.serialization.add_safe_globals(SAFE_GLOBALS)
 
-install_safe_globals()
-
-__all__ = ['OverLoCK', 'ContMix', 'ContMixBlock', 'OverLoCKClsHead', 'MODELS', '__version__']
+__all__ = ['OverLoCK', 'ContMix', 'ContMixBlock', 'MODELS', 'HOOKS', '__version__']

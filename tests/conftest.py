@@ -19,7 +19,7 @@ LAYOUTS = osp.join(DATA, 'state_dict_layout')
 
 @pytest.fixture(scope='session')
 def fixture():
-    """The official tiny model: arch, inputs, state dicts and outputs (../shared/reference)."""
+    """The golden fixture: an official tiny model's arch, inputs, state dicts and outputs (made with the release's code)."""
     return torch.load(FIXTURE, weights_only=True)
 
 

@@ -1,21 +1,28 @@
-"""Complexity analysis (hand-counted params / FLOPs) and the results tables (synthetic work_dirs)."""
+"""Complexity analysis (hand-counted params / FLOPs), the model zoo (metafiles -> generated files) and the
+results tables (synthetic work_dirs). The analysis package is tools/analysis/overlock_analysis, not mmoverlock's."""
 import importlib.util
 import json
 import os
 import os.path as osp
+import shutil
+import sys
 
 import pytest
 import torch
 import torch.nn as nn
 from mmengine.analysis import FlopAnalyzer
 
-from mmoverlock.analysis import reference
-from mmoverlock.analysis.complexity import analyze_complexity, deploy_
-from mmoverlock.analysis.models import build_model, imagenet_model_cfg, measure
-from mmoverlock.analysis.results import merge, read_work_dir, table, tables
-from mmoverlock.models.contmix import ContMix
+from mmoverlock.models.contmix import ContMix, ContMixBlock
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
+
+from overlock_analysis import reference  # noqa: E402
+from overlock_analysis.complexity import analyze_complexity, deploy_  # noqa: E402
+from overlock_analysis.models import build_model, imagenet_model_cfg, measure  # noqa: E402
+from overlock_analysis.results import merge, read_work_dir, table, tables  # noqa: E402
+
+RELEASE = 'https://github.com/LMMMEng/OverLoCK/releases/download/v1/'
 TINY = dict(depth=[1, 1, 1, 1], sub_depth=[1, 1], embed_dim=[8, 16, 32, 32], kernel_size=[5, 5, 5, 5],
             mlp_ratio=2, sub_num_heads=[2, 2], sub_mlp_ratio=2)
 S = 5            # small dynamic kernel
@@ -141,20 +148,32 @@ def test_contmix_aggregation_and_kernel_generation_hand_count():
     assert plain.unsupported_ops()['mmoverlock::na2d_av'] == 2     # the small and the large kernels
 
 
-def test_counting_mode_keeps_outputs_and_restores_the_modules():
-    from mmoverlock.analysis.complexity import flop_counting_mode
-    mixer = ContMix(16, 8, kernel_size=7, smk_size=S, num_groups=2).eval()
-    nn.init.normal_(mixer.rpb2)
-    x, context = torch.randn(2, 16, 9, 11), torch.randn(2, 8, 9, 11)
+def _state(model):
+    """Everything of every module's ``vars`` (hook dicts and parameter dicts copied, so that a change shows)."""
+    return {name: {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(m).items()}
+            for name, m in model.named_modules()}
+
+
+def test_counting_leaves_the_model_untouched():
+    """Nothing is patched while counting: the same outputs, the same module state and flags before and after."""
+    block = ContMixBlock(16, 8, kernel_size=7, smk_size=S, num_groups=2).eval()
+    nn.init.normal_(block.rpb2)
+    x, h = torch.randn(2, 16, 9, 11), torch.randn(2, 8, 9, 11)
     with torch.no_grad():
-        expected = mixer(x, context)
-        for convention in ('implemented', 'official'):
-            with flop_counting_mode(mixer, convention):
-                torch.testing.assert_close(mixer(x, context), expected, rtol=1e-5, atol=1e-5)
-    assert 'aggregate' not in mixer.__dict__ and 'dynamic_kernels' not in mixer.__dict__
+        expected = block(x, h)
+    before = _state(block)
+    for convention in ('implemented', 'official'):
+        report = analyze_complexity(block, (x, h), parts=('ls1', 'dyconv_proj'), convention=convention)
+        assert report.parts['ls1'][0] == x.shape[0] * (16 + 8) * 9 * 11     # LayerScale: one per element
+    assert _state(block) == before
+    with torch.no_grad():
+        for got, want in zip(block(x, h), expected):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    block.train()
+    analyze_complexity(block, (x, h), parts=())
+    assert all(m.training for m in block.modules())                       # training flags restored
     with pytest.raises(ValueError, match="convention='paper'"):
-        with flop_counting_mode(mixer, 'paper'):
-            pass
+        analyze_complexity(block, (x, h), convention='paper')
 
 
 def test_tiny_imagenet_model_equals_hand_count():
@@ -306,15 +325,21 @@ def test_reference_table_covers_the_issue_numbers():
     top1 = {r.arch: r.official['top1'] for r in reference.records('cls')}
     assert top1 == {'xt': 82.7, 't': 84.2, 's': 84.8, 'b': 85.1}
     assert sum(1 for r in reference.records('det', competitors=False)) == 9
-    assert all(r.weights is None for r in reference.records('det') + reference.records('seg'))
+    # verified release downloads only: Mask R-CNN and UperNet, none for Cascade Mask R-CNN or the competitors
+    weights = {r.name: r.weights for r in reference.records('det') + reference.records('seg')}
+    assert weights['mask_rcnn_overlock_s_3x_coco'] == RELEASE + 'maskrcnn3x_overlock_small_coco.pth'
+    assert weights['upernet_overlock_b_160k_ade20k'] == RELEASE + 'upernet_overlock_base_ade20k.pth'
+    assert [n for n, w in weights.items() if w is None] == [
+        'cascade_overlock_t_3x_coco', 'cascade_overlock_s_3x_coco', 'cascade_overlock_b_3x_coco',
+        'cascade_unireplknet_t_3x', 'cascade_moganet_b_3x', 'upernet_unireplknet_t_160k', 'upernet_moganet_b_160k']
     text = table('seg', {})
     assert '0.0' not in text.replace('1050.4', '')
 
 
-def test_metafiles_model_index_and_zoo_are_generated_from_the_reference():
+def test_model_index_zoo_and_readmes_are_generated_from_the_metafiles():
     import yaml
     make_model_index = _tool('make_model_index')
-    assert make_model_index.main(['--check']) == []          # committed files == generated files
+    assert make_model_index.main(['--check']) == []          # committed files == generated from the metafiles
     with open(osp.join(ROOT, 'model-index.yml')) as f:
         imports = yaml.safe_load(f)['Import']
     models = {}
@@ -330,28 +355,105 @@ def test_metafiles_model_index_and_zoo_are_generated_from_the_reference():
     assert t['Metadata']['Parameters'] == 33467000
     mask = models['mask_rcnn_overlock_b_3x_coco']['Results']
     assert [r['Metrics'] for r in mask] == [{'box AP': 51.4}, {'mask AP': 45.3}]
-    assert 'Weights' not in models['mask_rcnn_overlock_b_3x_coco']
+    assert models['mask_rcnn_overlock_b_3x_coco']['Weights'] == RELEASE + 'maskrcnn3x_overlock_base_coco.pth'
+    assert 'Weights' not in models['cascade_overlock_b_3x_coco']
+    # the deploy form: the release's re-parameterised weights, the same metrics and inference params / FLOPs
+    for arch in ('xt', 't', 's', 'b'):
+        train, deploy = models[f'overlock_{arch}_in1k'], models[f'overlock_{arch}_in1k_reparam']
+        assert deploy['Config'] == f'configs/cls/overlock_{arch}_in1k_reparam.py'
+        assert deploy['Weights'] == RELEASE + f'overlock_{arch}_in1k_224_reparam.pth'
+        assert deploy['Results'] == train['Results'] and deploy['Metadata'] == train['Metadata']
+    assert t['Metadata']['Paper Parameters'] == 33470000 and t['Metadata']['Paper FLOPs'] == 5500000000
+    zoo = open(osp.join(ROOT, 'docs', 'model_zoo.md')).read()
+    assert RELEASE + 'upernet_overlock_tiny_ade20k.pth' in zoo and '--task seg' in zoo and '--task det' in zoo
+    assert '[config](../configs/cls/overlock_b_in1k_reparam.py)' in zoo
+
+
+def _zoo_copy(tmp_path):
+    """The metafiles and generated files in a scratch repository root."""
+    for rel in ['model-index.yml', 'docs/model_zoo.md'] + [f'configs/{t}/{f}' for t in ('cls', 'det', 'seg')
+                                                          for f in ('metafile.yml', 'README.md')]:
+        os.makedirs(osp.dirname(tmp_path / rel), exist_ok=True)
+        shutil.copy(osp.join(ROOT, rel), tmp_path / rel)
+    return tmp_path
+
+
+def test_make_model_index_writes_only_between_the_markers(tmp_path, monkeypatch, capsys):
+    make_model_index = _tool('make_model_index')
+    root = _zoo_copy(tmp_path)
+    monkeypatch.setattr(make_model_index, 'ROOT', str(root))
+    readme = root / 'configs' / 'seg' / 'README.md'
+    marked = readme.read_text()
+    begin = marked.index(make_model_index.RESULTS_BEGIN)
+    end = marked.index(make_model_index.RESULTS_END)
+    edited = ('# Title kept\n\nProse before | 0.0\n\n' + marked[begin:end].replace('50.3', '99.9')
+              + marked[end:] + '\nProse after.\n')
+    readme.write_text(edited)
+    (root / 'docs' / 'model_zoo.md').write_text('stale\n')
+    with pytest.raises(SystemExit) as failed:
+        make_model_index.main(['--check'])
+    assert failed.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and 'docs/model_zoo.md' in err[0] and 'configs/seg/README.md' in err[1]
+    assert readme.read_text() == edited                                   # --check writes nothing
+    assert make_model_index.main([]) == ['docs/model_zoo.md', 'configs/seg/README.md']
+    assert readme.read_text() == '# Title kept\n\nProse before | 0.0\n\n' + marked[begin:] + '\nProse after.\n'
+    assert make_model_index.main(['--check']) == []
+    (root / 'configs' / 'cls' / 'README.md').unlink()                     # a missing README: title and markers
+    make_model_index.main([])
+    created = (root / 'configs' / 'cls' / 'README.md').read_text()
+    assert created.startswith('# ') and make_model_index.RESULTS_BEGIN in created
+    metafile = root / 'configs' / 'det' / 'metafile.yml'                 # the metafiles are the source
+    metafile.write_text(metafile.read_text().replace('box AP: 48.3', 'box AP: 48.4'))
+    with pytest.raises(SystemExit):
+        make_model_index.main(['--check'])
+    assert capsys.readouterr().err.count('out of date') == 2               # the zoo and configs/det/README.md
+    readme.write_text('# no markers\n')
+    with pytest.raises(SystemExit, match='needs the line'):
+        make_model_index.main(['--check'])
+
+
+def test_metafile_errors_are_one_line(tmp_path):
+    root = _zoo_copy(tmp_path)
+    metafile = root / 'configs' / 'det' / 'metafile.yml'
+    metafile.write_text(metafile.read_text().replace('box AP: 48.3', 'box mAP: 48.3'))
+    with pytest.raises(ValueError, match="mask_rcnn_overlock_t_1x_coco: metric 'box mAP' is not one of"):
+        reference.read_metafiles(str(root))
+    metafile.write_text(metafile.read_text().replace('Name: mask_rcnn_overlock_t_1x_coco', 'Name: maskrcnn_t'))
+    with pytest.raises(ValueError, match="model name 'maskrcnn_t' does not read as"):
+        reference.read_metafiles(str(root))
 
 
 def test_cascade_mask_heads_see_the_first_100_rois():
-    from mmoverlock.analysis.models import cascade_mask_rois
+    from overlock_analysis.models import cascade_mask_rois
 
-    class FakeCascadeRoIHead(nn.Module):
-        num_stages, with_mask = 3, True
-
+    class FakeMaskHead(nn.Module):
         def __init__(self):
             super().__init__()
             self.seen = []
 
+        def forward(self, mask_feats):
+            self.seen.append(mask_feats.shape[0])
+            return mask_feats[:, :1] * 0 + torch.arange(mask_feats.shape[0], dtype=torch.float).view(-1, 1, 1, 1)
+
+    class FakeCascadeRoIHead(nn.Module):
+        """mmdet 3's CascadeRoIHead._mask_forward: RoI features of every RoI -> the stage's mask head."""
+        num_stages, with_mask = 3, True
+
+        def __init__(self):
+            super().__init__()
+            self.mask_head = nn.ModuleList(FakeMaskHead() for _ in range(self.num_stages))
+
         def _mask_forward(self, stage, x, rois):
-            self.seen.append(rois.shape[0])
-            return dict(mask_preds=torch.arange(rois.shape[0], dtype=torch.float).view(-1, 1, 1, 1))
+            return dict(mask_preds=self.mask_head[stage](torch.zeros(rois.shape[0], 4, 7, 7)))
 
     model = nn.Module()
     model.roi_head = FakeCascadeRoIHead()
+    before = _state(model)
     rois = torch.zeros(1000, 5)
     with cascade_mask_rois(model):
         preds = model.roi_head._mask_forward(0, (), rois)['mask_preds']
-    assert model.roi_head.seen == [100] and preds.shape[0] == 1000       # tiled back to one per RoI
-    assert preds[250].item() == 50.
-    assert '_mask_forward' not in model.roi_head.__dict__                 # restored
+    assert model.roi_head.mask_head[0].seen == [100] and preds.shape == (1000, 1, 7, 7)   # tiled back
+    assert preds[250, 0, 0, 0].item() == 50.
+    assert _state(model) == before                                        # hooks removed, nothing left
+    assert model.roi_head._mask_forward(1, (), rois)['mask_preds'].shape[0] == 1000

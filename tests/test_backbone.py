@@ -9,10 +9,11 @@ import torch
 from mmengine.logging import MMLogger
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmoverlock import OverLoCK, OverLoCKClsHead
+from mmoverlock import OverLoCK
+from mmoverlock.models.heads import OverLoCKClsHead
 from mmoverlock.models.backbones.overlock import arch_settings
-from mmoverlock.utils import load_overlock_checkpoint
-from mmoverlock.utils.convert import official_cls_to_mmpretrain
+from mmoverlock.models.backbones import load_overlock_checkpoint
+from mmoverlock.models.backbones.convert import official_cls_to_mmpretrain
 
 from .conftest import LAYOUTS
 
@@ -29,11 +30,11 @@ def official_model(task, arch, num_classes=1000, projection=1024):
     """Our model arranged with the official names (cls: backbone + head as mmpretrain has them)."""
     if task == 'cls':
         model = torch.nn.Module()
-        model.backbone = OverLoCK(arch, out_indices=(3, 4), extra_norm=False, fuse_overview=False)
+        model.backbone = OverLoCK(arch, out_indices=(3, 4), layout='classification')
         e3 = model.backbone.arch['embed_dim'][3]
         model.head = OverLoCKClsHead(num_classes, e3 + e3 // 4, e3, projection=projection)
         return model
-    return OverLoCK(arch, fuse_overview=(task == 'det'))
+    return OverLoCK(arch, layout='detection' if task == 'det' else 'segmentation')
 
 
 def test_all_official_layouts_are_listed():
@@ -108,13 +109,35 @@ def test_pretrained_with_prefix_reproduces_fixture(fixture, tmp_path):
 def test_train_form_checkpoint_loads_into_deploy_model(fixture, tmp_path):
     path = str(tmp_path / 'seg.pth')
     torch.save(fixture['seg_state_dict'], path)
-    model = OverLoCK(fixture['arch'], fuse_overview=False, deploy=True).eval()
+    model = OverLoCK(fixture['arch'], layout='segmentation', deploy=True).eval()
     result = load_overlock_checkpoint(model, path)
     assert result == dict(missing=[], unexpected=[])
     x, refs = fixture['inputs'][0], fixture['seg_features'][0]
     with torch.no_grad():
         for ours, ref in zip(model(x), refs):
             torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('task,layout', [('det', 'detection'), ('seg', 'segmentation')])
+def test_deploy_form_checkpoint_initialises_a_deploy_backbone(fixture, tmp_path, task, layout):
+    """A deploy-form backbone file (e.g. from the release's *_reparam.pth ImageNet weights) initialises a dense
+    backbone built with deploy=True through init_cfg, and gives the train-form model's features; a train-form
+    model refuses it in one line."""
+    from mmoverlock.models.backbones import reparam_state_dict
+    deploy_form = reparam_state_dict(fixture[f'{task}_state_dict'])
+    path = str(tmp_path / 'deploy_form.pth')
+    torch.save(deploy_form, path)
+    model = OverLoCK(fixture['arch'], layout=layout, deploy=True,
+                     init_cfg=dict(type='Pretrained', checkpoint=path))
+    model.init_weights()
+    state = model.state_dict()
+    assert set(state) == set(deploy_form) and all(torch.equal(state[k], v) for k, v in deploy_form.items())
+    with torch.no_grad():
+        for ours, ref in zip(model.eval()(fixture['inputs'][2]), fixture[f'{task}_features'][2]):
+            torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    train_form = OverLoCK(fixture['arch'], layout=layout, init_cfg=dict(type='Pretrained', checkpoint=path))
+    with pytest.raises(ValueError, match=r"is re-parameterised \(deploy form\); build the model with deploy=True"):
+        train_form.init_weights()
 
 
 def test_other_arch_checkpoint_lists_mismatches(fixture, tmp_path):
@@ -195,7 +218,7 @@ def test_with_cp_same_output_and_gradients(fixture):
 
 
 def test_switch_to_deploy_same_output(fixture):
-    model = OverLoCK(tiny_arch(fixture), fuse_overview=True)
+    model = OverLoCK(tiny_arch(fixture), layout='detection')
     model.load_state_dict(fixture['det_state_dict'])  # random weights with perturbed BN statistics
     model.eval()
     x = torch.randn(1, 3, 80, 112)
@@ -230,7 +253,7 @@ def test_bad_arch_lists_valid_ones():
 @pytest.mark.parametrize('kwargs,match', [
     (dict(out_indices=(0, 5)), r'out_indices=\(0, 5\) out of range'),
     (dict(frozen_stages=5), 'frozen_stages=5 out of range'),
-    (dict(extra_norm=False, fuse_overview=True), 'fuse_overview=True needs extra_norm=True'),
+    (dict(layout='imagenet'), r"layout='imagenet' is not one of \['classification', 'detection', 'segmentation'\]"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -238,9 +261,12 @@ def test_bad_arguments(kwargs, match):
 
 
 @pytest.mark.parametrize('package', ['mmdet', 'mmseg', 'mmpretrain'])
-@pytest.mark.parametrize('name', ['OverLoCK', 'mmoverlock.OverLoCK'])
-def test_registry_resolves_in_downstream_packages(fixture, package, name):
+def test_registry_resolves_in_downstream_packages(fixture, package):
+    """``mmoverlock.OverLoCK`` builds from each downstream registry (scoped name, as mmdet configs name
+    ``mmpretrain.ConvNeXt``); the plain name is not written into mmengine's root registry."""
     import importlib
     registry = importlib.import_module(f'{package}.registry').MODELS
-    model = registry.build(dict(type=name, arch=fixture['arch'], out_indices=(3, )))
+    model = registry.build(dict(type='mmoverlock.OverLoCK', arch=fixture['arch'], out_indices=(3, )))
     assert isinstance(model, OverLoCK) and model.out_channels == [120]
+    with pytest.raises(KeyError, match='OverLoCK is not in the'):
+        registry.build(dict(type='OverLoCK', arch=fixture['arch']))

@@ -14,7 +14,7 @@ from mmengine.dataset import Compose
 from mmengine.registry import init_default_scope
 from PIL import Image
 
-import mmoverlock  # noqa: F401  (registers OverLoCK, OverLoCKClsHead)
+import mmoverlock.models.heads  # noqa: F401  (registers OverLoCK and the mmpretrain adapter)
 
 from .conftest import ROOT, find, load_tool
 
@@ -35,10 +35,10 @@ def rel_err(ours, ref):
 def test_config_builds_with_official_values(variant, e3, dpr, crop_pct):
     from mmpretrain.registry import MODELS
     cfg = Config.fromfile(CLS_CONFIGS[variant])
-    assert cfg.custom_imports.imports == ['mmoverlock']
+    assert cfg.custom_imports.imports == ['mmoverlock', 'mmoverlock.models.heads']
     backbone, head = cfg.model.backbone, cfg.model.head
     assert backbone.arch == variant and backbone.drop_path_rate == dpr
-    assert tuple(backbone.out_indices) == (3, 4) and not backbone.extra_norm and not backbone.fuse_overview
+    assert tuple(backbone.out_indices) == (3, 4) and backbone.layout == 'classification'
     assert (head.type, head.num_classes, head.projection, head.aux_loss_weight) == (
         'mmoverlock.OverLoCKClsHead', 1000, 1024, 0.4)
     assert head.loss == dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original')
@@ -231,6 +231,59 @@ def test_official_imagenet_checkpoint_gives_official_logits(fixture, data_root, 
         with torch.no_grad():
             ref = model(preprocess_by_hand(sample['img_path'], short, TINY_CROP), mode='tensor').softmax(1)[0]
         assert rel_err(sample['pred_score'], ref) <= 1e-4
+
+
+def test_release_checkpoints_load_as_they_are_and_deploy_form_gives_reparam_logits(fixture, data_root, tmp_path,
+                                                                                  capsys):
+    """The release's files, train form and deploy form (``*_reparam.pth``): the model of the classification
+    config reads them without conversion (OverLoCKClassifier: mmpretrain.get_model, load_state_dict), and
+    tools/convert_official.py recognises the deploy form and checks it against the deploy-form config, whose
+    model gives the fixture's re-parameterised logits, also through tools/test.py."""
+    from mmoverlock.models.backbones.checkpoint import reparam_state_dict
+    from mmpretrain.registry import MODELS
+    official = fixture['cls_state_dict']
+    num_classes, projection = official['head.4.bias'].numel(), official['head.0.weight'].shape[0]
+    deploy_form = reparam_state_dict(official)            # the release's *_reparam.pth: the same keys, merged
+    assert not any('origin_bn' in k or 'dil_conv' in k for k in deploy_form)
+    init_default_scope('mmpretrain')
+    for state, config, expected in ((official, CLS_CONFIGS['t'], fixture['cls_logits']),
+                                    (deploy_form, CLS_CONFIGS['t'].replace('.py', '_reparam.py'),
+                                     fixture['cls_logits_reparam'])):
+        cfg = tiny_cfg(fixture, Config.fromfile(config), data_root, num_classes, projection)
+        model = MODELS.build(cfg.model).eval()
+        model.load_state_dict(state, strict=True)         # the release's layout, read as it is
+        with torch.no_grad():
+            for x, ref in zip(fixture['inputs'], expected):
+                assert rel_err(model(x, mode='tensor'), ref) <= 1e-4
+    cfg_path = str(tmp_path / 'tiny_reparam.py')
+    cfg.dump(cfg_path)
+    src, dst = str(tmp_path / 'overlock_tiny_in1k_224_reparam.pth'), str(tmp_path / 'converted.pth')
+    torch.save(deploy_form, src)
+    load_tool('convert_official').main([src, dst, '--task', 'cls', '--config', cfg_path])
+    assert 'deploy form (re-parameterised' in capsys.readouterr().out
+    converted = torch.load(dst, weights_only=True)
+    assert converted['meta']['deploy'] is True
+    model.load_state_dict(converted['state_dict'], strict=True)
+    with torch.no_grad():
+        for x, ref in zip(fixture['inputs'], fixture['cls_logits_reparam']):
+            assert rel_err(model(x, mode='tensor'), ref) <= 1e-4
+    # tools/test.py evaluates the converted file with the deploy-form config (the shipped hooks check it first;
+    # mmpretrain's EMAHook needs the converter's {'state_dict': ...} wrapping)
+    metrics = load_tool('test').main([cfg_path, dst, '--eval', 'accuracy', '--work-dir', str(tmp_path / 'test')])
+    assert 0 <= metrics['accuracy/top1'] <= 100
+
+
+def test_deploy_form_official_default_config(tmp_path, capsys):
+    """A full-size deploy-form ImageNet file: the converter picks configs/cls/overlock_t_in1k_reparam.py."""
+    from mmoverlock.models.backbones.checkpoint import reparam_state_dict
+    layout = {}
+    for line in open(osp.join(ROOT, 'tests', 'data', 'state_dict_layout', 'cls_t.tsv')):
+        key, shape = line.rstrip('\n').split('\t')
+        layout[key] = torch.rand(eval(shape)) + 0.5     # positive running_var for the BN fusion
+    src = str(tmp_path / 'overlock_t_in1k_224_reparam.pth')
+    torch.save(reparam_state_dict(layout), src)
+    info = load_tool('convert_official').convert(src, str(tmp_path / 'out.pth'), 'cls')
+    assert osp.basename(info['config']) == 'overlock_t_in1k_reparam.py' and info['form'].startswith('deploy form')
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU fallback applies only without CUDA')

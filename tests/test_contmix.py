@@ -45,7 +45,7 @@ def test_contmix_block_shapes_and_modes():
 
 
 def test_registry_builds_both():
-    mixer = MODELS.build(dict(type='ContMix', dim=8, ctx_dim=8, kernel_size=5, smk_size=3, num_groups=2))
+    mixer = MODELS.build(dict(type='mmoverlock.ContMix', dim=8, ctx_dim=8, kernel_size=5, smk_size=3, num_groups=2))
     block = MODELS.build(dict(type='mmoverlock.ContMixBlock', dim=8, ctx_dim=4, kernel_size=5, smk_size=3,
                               num_groups=2, self_context=True))
     assert isinstance(mixer, ContMix) and isinstance(block, ContMixBlock)

@@ -1,4 +1,4 @@
-"""tools/convert_official.py and mmoverlock.utils.convert: official cls / det / seg checkpoints -> the
+"""tools/convert_official.py and mmoverlock.models.backbones.convert: official cls / det / seg checkpoints -> the
 OpenMMLab 2.x layouts, checked against the model a config builds."""
 import importlib.util
 import os.path as osp
@@ -7,7 +7,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmoverlock.utils.convert import (check_state_dict, convert_state_dict, infer_arch, official_cls_to_mmpretrain)
+from mmoverlock.models.backbones.convert import (check_state_dict, convert_state_dict, infer_arch, official_cls_to_mmpretrain)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 LAYOUTS = osp.join(ROOT, 'tests', 'data', 'state_dict_layout')

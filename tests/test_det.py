@@ -28,7 +28,7 @@ import mmoverlock  # noqa: F401  (allow-lists mmengine's checkpoint types)
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'det', '*.py')))
 URL = 'https://github.com/LMMMEng/OverLoCK/releases/download/v1/overlock_{}_in1k_224.pth'
-# OFFICIAL_RECIPES.md, COCO
+# the release's COCO recipe (detection/configs/maskrcnn_overlock)
 DROP_PATH = {'t': 0.2, 's': 0.4, 'b': 0.6}
 FPN_IN = {'t': [64, 128, 384, 640], 's': [64, 128, 448, 640], 'b': [80, 160, 528, 720]}
 SCHEDULE = {'1x': dict(lr=2e-4, epochs=12, milestones=[8, 11]), '3x': dict(lr=1e-4, epochs=36, milestones=[27, 33])}
@@ -198,7 +198,7 @@ def test_shipped_config_builds_with_the_official_recipe(config):
     cfg = Config.fromfile(config)
     assert cfg.custom_imports.imports[0] == 'mmoverlock'
     backbone = cfg.model.backbone
-    assert (backbone.type, backbone.arch, backbone.fuse_overview) == ('mmoverlock.OverLoCK', variant, True)
+    assert (backbone.type, backbone.arch, backbone.layout) == ('mmoverlock.OverLoCK', variant, 'detection')
     assert backbone.drop_path_rate == DROP_PATH[variant]
     assert backbone.init_cfg == dict(type='Pretrained', checkpoint=URL.format(variant))
     optim = cfg.optim_wrapper

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from mmoverlock import OverLoCK, OverLoCKClsHead
-from mmoverlock.utils.convert import official_cls_to_mmpretrain
+from mmoverlock import OverLoCK
+from mmoverlock.models.heads import OverLoCKClsHead
+from mmoverlock.models.backbones.convert import official_cls_to_mmpretrain
 
 TOL = 1e-4
 
@@ -17,7 +18,7 @@ class TinyClassifier(torch.nn.Module):
 
     def __init__(self, arch):
         super().__init__()
-        self.backbone = OverLoCK(arch, out_indices=(3, 4), extra_norm=False, fuse_overview=False)
+        self.backbone = OverLoCK(arch, out_indices=(3, 4), layout='classification')
         e3 = arch['embed_dim'][3]
         self.head = OverLoCKClsHead(num_classes=10, in_channels=e3 + e3 // 4, overview_channels=e3,
                                     projection=64)
@@ -49,9 +50,9 @@ def test_cls_logits_after_reparam(classifier, fixture):
             assert rel_err(model(x), ref) <= TOL
 
 
-@pytest.mark.parametrize('task,fuse', [('det', True), ('seg', False)])
-def test_dense_features(fixture, task, fuse):
-    model = OverLoCK(fixture['arch'], fuse_overview=fuse).eval()
+@pytest.mark.parametrize('task,layout', [('det', 'detection'), ('seg', 'segmentation')])
+def test_dense_features(fixture, task, layout):
+    model = OverLoCK(fixture['arch'], layout=layout).eval()
     model.load_state_dict(fixture[f'{task}_state_dict'], strict=True)
     with torch.no_grad():
         for x, refs in zip(fixture['inputs'], fixture[f'{task}_features']):

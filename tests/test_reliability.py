@@ -21,13 +21,12 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
-import mmoverlock  # noqa: F401  (registers the models, the hooks and the safe loaders)
+import mmoverlock  # noqa: F401  (registers the models; allow-lists mmengine's checkpoint types)
 from mmoverlock import OverLoCK
-from mmoverlock.engine import (AtomicCheckpointHook, AtomicLocalBackend, ChannelCheckHook, CheckpointCheckHook,
-                               add_reliability_hooks, atomic_write, check_channels, remove_partial_files)
+from mmoverlock.engine import (AtomicCheckpointHook, ChannelCheckHook, CheckpointCheckHook, atomic_write,
+                               check_channels, remove_partial_files)
+from mmoverlock.models.backbones.checkpoint import load_overlock_checkpoint, read_checkpoint
 from mmoverlock.models.layers import GRN
-from mmoverlock.utils.checkpoint import load_overlock_checkpoint, read_checkpoint
-from mmoverlock.utils.safe_load import safe_load_url
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = osp.join(ROOT, 'configs')
@@ -106,18 +105,24 @@ def test_classifier_head_mismatch_names_the_right_values():
         check_channels(model)
 
 
-def test_channel_check_runs_as_a_hook_and_is_added_by_the_tools():
-    cfg = Config(dict(default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, max_keep_ckpts=1)),
-                      custom_hooks=[dict(type='EMAHook')]))
-    add_reliability_hooks(cfg)
-    assert cfg.default_hooks.checkpoint == dict(type='mmoverlock.AtomicCheckpointHook', interval=2,
-                                                max_keep_ckpts=1)
-    assert [h['type'] for h in cfg.custom_hooks] == ['EMAHook', 'mmoverlock.ChannelCheckHook',
-                                                     'mmoverlock.CheckpointCheckHook']
-    add_reliability_hooks(cfg)                                     # idempotent
-    assert len(cfg.custom_hooks) == 3
-    off = add_reliability_hooks(Config(dict(default_hooks=dict(checkpoint=None))))
-    assert off.default_hooks.checkpoint is None                    # checkpointing switched off stays off
+@pytest.mark.parametrize('config', ['det/cascade_overlock_s_3x_coco.py', 'det/mask_rcnn_overlock_t_1x_coco.py',
+                                    'seg/upernet_overlock_t_160k_ade20k.py', 'cls/overlock_t_in1k.py',
+                                    'demo/cascade_overlock_demo_shapes.py'])
+def test_shipped_configs_declare_the_reliability_hooks(config):
+    """The configs themselves ask for atomic checkpoints and the two checks (mmdet's, mmseg's and mmpretrain's
+    own tools/train.py then run them too); the hooks build from the downstream registries by scoped name."""
+    cfg = Config.fromfile(osp.join(CONFIGS, config))
+    assert cfg.default_hooks.checkpoint.type == 'mmoverlock.AtomicCheckpointHook'
+    assert [h['type'] for h in cfg.custom_hooks if h['type'].startswith('mmoverlock.')] == [
+        'mmoverlock.ChannelCheckHook', 'mmoverlock.CheckpointCheckHook']
+    scope = cfg.default_scope
+    registry = __import__(f'{scope}.registry', fromlist=['HOOKS']).HOOKS
+    for hook in [cfg.default_hooks.checkpoint] + list(cfg.custom_hooks):
+        if hook['type'].startswith('mmoverlock.'):
+            assert type(registry.build(dict(hook))).__name__ == hook['type'].split('.')[1]
+
+
+def test_channel_check_runs_as_a_hook():
 
     detector = nn.Module()
     detector.backbone = OverLoCK(TINY)
@@ -186,7 +191,7 @@ def test_load_from_checked_before_the_run(tmp_path):
         with pytest.raises(ValueError, match=match) as err:
             hook.before_run(FakeRunner)
         one_line(err)
-    FakeRunner._load_from = 'https://example.com/x.pth'   # URLs are left to the (safe) loader
+    FakeRunner._load_from = 's3://bucket/x.pth'   # schemes other than files and http(s): left to mmengine
     hook.before_run(FakeRunner)
 
 
@@ -239,16 +244,20 @@ def test_pickle_with_arbitrary_class_is_refused_from_urls(http_folder, tmp_path)
     _, marker = malicious_checkpoint(served)
     with pytest.raises(ValueError, match='outside the allow-list'):
         read_checkpoint(f'{url}/evil.pth')
-    # mmengine's http loader calls torch.hub with its default weights_only=False; mmoverlock swaps in a safe one
-    from mmengine.runner import CheckpointLoader
-    for scheme_url in (f'{url}/evil.pth', ):
-        with pytest.raises(pickle.UnpicklingError, match='Weights only load failed'):
-            CheckpointLoader.load_checkpoint(scheme_url)
+    # mmengine's http loader calls torch.hub with its default weights_only=False; the configs' CheckpointCheckHook
+    # reads a load_from URL with weights_only before mmengine loads it (mmengine itself is left as it is)
+    class FakeRunner:
+        model = OverLoCK(TINY)
+        cfg = Config(dict(resume=False))
+        _load_from = f'{url}/evil.pth'
+        _train_loop = None
+    with pytest.raises(ValueError, match=r"evil\.pth' holds objects outside the allow-list") as err:
+        CheckpointCheckHook().before_run(FakeRunner)
+    one_line(err)
     assert not marker.exists()
-    with pytest.raises(ValueError, match='refusing to load .* with weights_only=False'):
-        safe_load_url(f'{url}/evil.pth', weights_only=False)
     # a real checkpoint from a URL still loads, with mmengine's types (numpy, HistoryBuffer) in it
     from mmengine.logging import HistoryBuffer
+    from mmengine.runner import CheckpointLoader
     good = {'state_dict': OverLoCK(TINY).state_dict(),
             'meta': {'seed': np.int64(3), 'epoch': 1}, 'hub': HistoryBuffer([1., 2.], [1, 1])}
     torch.save(good, served / 'good.pth')
@@ -343,13 +352,15 @@ def test_atomic_checkpoint_hook_keeps_a_resumable_checkpoint_when_a_save_fails(t
     assert read_checkpoint(last)['meta']['iter'] == 2
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith('.pth')) == ['iter_2.pth']
 
-    # a normal run writes every checkpoint through the atomic backend and keeps max_keep_ckpts of them
+    # a normal run moves every checkpoint into place from a temporary file and keeps max_keep_ckpts of them
     written = []
-    put = AtomicLocalBackend.put
-    monkeypatch.setattr(AtomicLocalBackend, 'put', lambda self, obj, path: written.append(path) or put(self, obj, path))
+    replace = os.replace
+    monkeypatch.setattr(os, 'replace', lambda src, dst: written.append((src, dst)) or replace(src, dst))
     work = tmp_path / 'ok'
     toy_runner(work, AtomicCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=2), max_iters=4).train()
-    assert [osp.basename(p) for p in written] == [f'iter_{i}.pth' for i in range(1, 5)]
+    checkpoints = [(src, dst) for src, dst in written if dst.endswith('.pth')]
+    assert [osp.basename(dst) for _, dst in checkpoints] == [f'iter_{i}.pth' for i in range(1, 5)]
+    assert all(osp.basename(src).startswith(f'.{osp.basename(dst)}.') for src, dst in checkpoints)
     assert sorted(f for f in os.listdir(work) if '.pth' in f) == ['iter_3.pth', 'iter_4.pth']
     assert (work / 'last_checkpoint').read_text() == str(work / 'iter_4.pth')
 

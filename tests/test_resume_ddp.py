@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmoverlock.utils.checkpoint import read_checkpoint
+from mmoverlock.models.backbones.checkpoint import read_checkpoint
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(ROOT, 'tools')
@@ -54,8 +54,8 @@ CONFIG = textwrap.dedent('''
     model = dict(
         type='ImageClassifier',
         data_preprocessor=dict(type='ClsDataPreprocessor', num_classes=2, mean=[127.5] * 3, std=[127.5] * 3),
-        backbone=dict(type='mmoverlock.OverLoCK', arch=tiny, out_indices=(3, ), extra_norm=False,
-                      fuse_overview=False, norm_eval=True),
+        backbone=dict(type='mmoverlock.OverLoCK', arch=tiny, out_indices=(3, ), layout='classification',
+                      norm_eval=True),
         neck=dict(type='GlobalAveragePooling'),
         head=dict(type='LinearClsHead', num_classes=2, in_channels=120, loss=dict(type='CrossEntropyLoss'),
                   topk=(1, )))
@@ -69,10 +69,12 @@ CONFIG = textwrap.dedent('''
     test_cfg = dict()
     train_cfg = dict(by_epoch=False, max_iters={max_iters})
     optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.05, momentum=0.9))
+    # mmoverlock's hooks, declared as the shipped configs declare them
     default_hooks = dict(
-        checkpoint=dict(type='CheckpointHook', by_epoch=False, interval={interval}),
+        checkpoint=dict(type='mmoverlock.AtomicCheckpointHook', by_epoch=False, interval={interval}),
         logger=dict(type='LoggerHook', interval=1))
-    custom_hooks = [dict(type='RecordLossHook')]
+    custom_hooks = [dict(type='RecordLossHook'), dict(type='mmoverlock.ChannelCheckHook'),
+                    dict(type='mmoverlock.CheckpointCheckHook')]
     log_processor = dict(by_epoch=False, window_size=1)
     randomness = dict(seed=0)
     env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),

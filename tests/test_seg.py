@@ -33,7 +33,7 @@ def test_config_builds_with_official_values(variant, dpr, channels):
     assert cfg.custom_imports.imports == ['mmoverlock']
     backbone = cfg.model.backbone
     assert backbone.type == 'mmoverlock.OverLoCK' and backbone.arch == variant
-    assert backbone.fuse_overview is False and backbone.drop_path_rate == dpr
+    assert backbone.layout == 'segmentation' and backbone.drop_path_rate == dpr
     assert backbone.init_cfg.checkpoint.endswith(f'/v1/overlock_{variant}_in1k_224.pth')
     assert cfg.model.decode_head.channels == 512 and cfg.model.decode_head.num_classes == 150
     assert cfg.model.auxiliary_head.in_index == 2

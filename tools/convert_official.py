@@ -6,6 +6,12 @@
 cls: the release's ImageNet model -> mmpretrain ImageClassifier; det: mmdet 2.28 Mask R-CNN -> mmdet 3;
 seg: mmseg 0.30 UperNet -> mmseg 1. The result must fit the model of CONFIG key for key and shape for shape
 (default: the shipped config of the variant the backbone shows, e.g. configs/det/mask_rcnn_overlock_t_1x_coco.py).
+A deploy-form (re-parameterised) ImageNet checkpoint, the release's ``overlock_*_in1k_224_reparam.pth``, is
+recognised and checked against the deploy-form config (``configs/cls/overlock_*_in1k_reparam.py``:
+``model.backbone.deploy=True``); the tool says which form it found.
+
+(The classification configs also load the release's ImageNet files directly: this tool writes a checkpoint in
+mmpretrain's layout, checked, with the form and the config recorded in its meta.)
 """
 import argparse
 import os
@@ -17,12 +23,17 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 from mmengine.utils import import_modules_from_strings
 
-from mmoverlock.utils.checkpoint import extract_state_dict, read_checkpoint
-from mmoverlock.utils.convert import TASKS, check_state_dict, convert_state_dict, infer_arch
+from mmoverlock.models.backbones.checkpoint import extract_state_dict, read_checkpoint
+from mmoverlock.models.backbones.convert import (TASKS, check_state_dict, convert_state_dict, infer_arch,
+                                                 is_deploy_form)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEFAULT_CONFIGS = {'cls': 'configs/cls/overlock_{}_in1k.py', 'det': 'configs/det/mask_rcnn_overlock_{}_1x_coco.py',
                    'seg': 'configs/seg/upernet_overlock_{}_160k_ade20k.py'}
+#: deploy-form (re-parameterised) checkpoints: the release has them for ImageNet only
+DEPLOY_CONFIGS = {'cls': 'configs/cls/overlock_{}_in1k_reparam.py'}
+FORMS = {False: 'train form (dilated re-parameterisable branches)',
+         True: 'deploy form (re-parameterised: one large kernel per block)'}
 #: mmdet-2 / mmseg-0 meta keys -> mmengine dataset_meta keys
 META_KEYS = {'CLASSES': 'classes', 'PALETTE': 'palette'}
 
@@ -36,11 +47,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def default_config(task: str, state: dict) -> str:
+def default_config(task: str, state: dict, deploy: bool = False) -> str:
     arch = infer_arch(state, 'backbone.')
     if arch is None:
         raise ValueError('the backbone is none of the official variants (xt, t, s, b); pass --config')
-    path = osp.join(ROOT, DEFAULT_CONFIGS[task].format(arch))
+    if deploy and task not in DEPLOY_CONFIGS:
+        raise ValueError(f'a deploy-form {task} checkpoint: no shipped config builds that model; pass --config '
+                         f'with model.backbone.deploy=True')
+    path = osp.join(ROOT, (DEPLOY_CONFIGS if deploy else DEFAULT_CONFIGS)[task].format(arch))
     if not osp.isfile(path):
         raise ValueError(f'no shipped {task} config for OverLoCK-{arch.upper()} ({path}); pass --config')
     return path
@@ -64,14 +78,15 @@ def dataset_meta(checkpoint: dict) -> dict:
 def convert(src: str, dst: str, task: str, config: str = None) -> dict:
     checkpoint = read_checkpoint(src)
     state = convert_state_dict(extract_state_dict(checkpoint), task)
-    config = config or default_config(task, state)
+    deploy = is_deploy_form(state)
+    config = config or default_config(task, state, deploy)
     check_state_dict(state, target_state_dict(config), f"the model of '{config}'")
-    meta = dict(converted_from=osp.basename(src), task=task, config=osp.basename(config))
+    meta = dict(converted_from=osp.basename(src), task=task, config=osp.basename(config), deploy=deploy)
     if dataset_meta(checkpoint):
         meta['dataset_meta'] = dataset_meta(checkpoint)
     os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
     torch.save(dict(meta=meta, state_dict=state), dst)
-    return dict(tensors=len(state), config=config)
+    return dict(tensors=len(state), config=config, form=FORMS[deploy])
 
 
 def main(argv=None):
@@ -80,6 +95,7 @@ def main(argv=None):
         info = convert(args.src, args.dst, args.task, args.config)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f'tools/convert_official.py: error: {err}')
+    print(f"{args.src}: {info['form']}")
     print(f"{args.src} -> {args.dst}: {info['tensors']} tensors, fit the model of {info['config']}")
 
 

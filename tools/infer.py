@@ -18,7 +18,7 @@ import torch
 from mmengine.config import Config
 
 import mmoverlock  # noqa: F401  (registers OverLoCK; installs the checkpoint allow-list)
-from mmoverlock.utils.checkpoint import read_checkpoint
+from mmoverlock.models.backbones.checkpoint import read_checkpoint
 from mmoverlock.utils.runtime import sync_bn_to_bn, task_of
 
 

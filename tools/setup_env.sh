@@ -26,7 +26,7 @@ if [ ! -f "$venv/.core-complete" ]; then
     vpip install "$(pin torch)" "$(pin wheel)" "$(pin numpy)"
     # mmcv 2.1.0 ships only sources: compile its C++ ops against the torch above, with an old setuptools
     # (pip notes that torch wants a newer one; the run-time setuptools is restored right after).
-    vpip install "setuptools==$(pin setuptools-for-mmcv-build | cut -d= -f3)" 2>&1 \
+    vpip install "$(sed -n 's/^# mmcv-build: //p' requirements/core.txt)" 2>&1 \
         | grep -v "dependency conflicts\|requires setuptools" || true
     MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
         vpip install --no-build-isolation "$(pin mmcv)" "$(pin mmengine)" "$(pin opencv-python)" "$(pin numpy)"

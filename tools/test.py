@@ -4,7 +4,9 @@
     python tools/test.py CONFIG CHECKPOINT [--eval bbox segm | mIoU | accuracy] [--out results.pkl]
                          [--show-dir DIR] [--tta] [--work-dir DIR] [--cfg-options k=v ...] [--launcher ...]
 
-``--eval`` takes the mmdet-2 / mmseg-0 names and maps them onto the config's test evaluator.
+``--eval`` takes the mmdet-2 / mmseg-0 names and maps them onto the config's test evaluator; ``--out``,
+``--show-dir`` and ``--tta`` are the options of mmdet's / mmseg's own tools/test.py. Everything else is the
+config's. Without CUDA, SyncBN -> BN (printed in one line).
 """
 import argparse
 import os.path as osp
@@ -12,7 +14,6 @@ import os.path as osp
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from mmoverlock.engine import add_reliability_hooks
 from mmoverlock.utils.runtime import (EVAL_METRICS, apply_eval, apply_out, apply_show_dir, apply_tta,
                                       check_checkpoint, prepare_for_device, set_launcher_env, task_of)
 
@@ -47,8 +48,9 @@ def build_cfg(args) -> Config:
     apply_show_dir(cfg, args.show_dir, task)
     if args.tta:
         apply_tta(cfg)
-    add_reliability_hooks(cfg)   # atomic checkpoints; neck/head channels checked before the run
-    prepare_for_device(cfg, args.launcher)
+    adapted = prepare_for_device(cfg, args.launcher)
+    if adapted:
+        print(f'tools/test.py: {adapted}', flush=True)
     return cfg
 
 

@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """Train a det / seg / cls config with mmengine's Runner (the task follows the config's default_scope).
 
+The run is the config's: mmdet's, mmseg's and mmpretrain's own tools/train.py give the same one. On a machine
+without CUDA the GPU recipe is adapted (SyncBN -> BN, DDP over gloo), and that is printed in one line.
+
     python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [auto|CKPT]] [--auto-scale-lr]
                                  [--cfg-options k=v ...] [--launcher none|pytorch|slurm]
 """
@@ -11,7 +14,6 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from mmoverlock.engine import add_reliability_hooks
 from mmoverlock.utils.runtime import check_checkpoint, prepare_for_device, set_launcher_env, task_of
 
 
@@ -56,8 +58,9 @@ def build_cfg(args) -> Config:
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, check_checkpoint(args.resume, '--resume')
-    add_reliability_hooks(cfg)   # atomic checkpoints; neck/head channels checked before the run
-    prepare_for_device(cfg, args.launcher)
+    adapted = prepare_for_device(cfg, args.launcher)
+    if adapted:
+        print(f'tools/train.py: {adapted}', flush=True)
     return cfg
 
 

@@ -1,17 +1,12 @@
 # OverLoCK-S (Small) on ImageNet-1K, 224 px, 300 epochs, 8 GPUs x 256 images.
 # Official result (release README): 84.8 top-1.
-_base_ = ['./_base_/overlock_in1k.py']
+_base_ = ['../_base_/variants/overlock_s.py', './_base_/overlock_in1k.py']
 
-model = dict(
-    backbone=dict(arch='s', drop_path_rate=0.4),   # scripts/train_s_model.sh --drop-path 0.4
-    head=dict(in_channels=640, overview_channels=512))   # e3 + e3 // 4 and e3
-
-crop_pct = 0.95   # the release's default_cfg for overlock_s
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='ResizeEdge', scale=int(224 / crop_pct), edge='short', backend='pillow', interpolation='bicubic'),
-    dict(type='CenterCrop', crop_size=224),
-    dict(type='PackInputs'),
-]
+variant = _base_.overlock_variant
+model = dict(backbone=dict(arch=variant.arch, drop_path_rate=variant.drop_path.cls),
+             head=dict(in_channels=variant.channels[3], overview_channels=variant.overview_channels))
+test_pipeline = [dict(t, scale=int(224 / variant.crop_pct)) if t.type == 'ResizeEdge' else t
+                 for t in _base_.test_pipeline]
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
+del variant

@@ -18,7 +18,7 @@ crop_size = (image_size, image_size)
 
 model = dict(
     data_preprocessor=dict(size=crop_size),
-    backbone=dict(arch=dict(_delete_=True, **demo_arch), extra_norm=False, drop_path_rate=0., init_cfg=None),
+    backbone=dict(arch=dict(_delete_=True, **demo_arch), layout='classification', drop_path_rate=0., init_cfg=None),
     decode_head=dict(in_channels=stage_channels, channels=64, num_classes=len(classes)),   # 512 in the recipe
     auxiliary_head=dict(in_channels=stage_channels[2], channels=32, num_classes=len(classes)))
 

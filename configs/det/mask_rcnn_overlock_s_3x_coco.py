@@ -1,8 +1,9 @@
 # OverLoCK-S + Mask R-CNN, 3x (36 epochs, multi-scale + DETR-style crop, lr 1e-4).
-_base_ = ['./_base_/mask_rcnn_overlock_fpn.py', './_base_/overlock_coco_3x.py']
+_base_ = ['../_base_/variants/overlock_s.py', './_base_/mask_rcnn_overlock_fpn.py',
+          './_base_/overlock_coco_3x.py']
 
-model = dict(
-    backbone=dict(arch='s', drop_path_rate=0.4,   # drop path S: 0.4 (release)
-                  init_cfg=dict(checkpoint='https://github.com/LMMMEng/OverLoCK/releases/download/v1/'
-                                           'overlock_s_in1k_224.pth')),
-    neck=dict(in_channels=[64, 128, 448, 640]))
+variant = _base_.overlock_variant
+model = dict(backbone=dict(arch=variant.arch, drop_path_rate=variant.drop_path.det,
+                           init_cfg=dict(checkpoint=variant.checkpoint)),
+             neck=dict(in_channels=variant.channels))
+del variant

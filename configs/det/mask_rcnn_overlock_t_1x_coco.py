@@ -1,8 +1,9 @@
 # OverLoCK-T + Mask R-CNN, 1x (12 epochs, single-scale (1333, 800) + flip, lr 2e-4).
-_base_ = ['./_base_/mask_rcnn_overlock_fpn.py', './_base_/overlock_coco_1x.py']
+_base_ = ['../_base_/variants/overlock_t.py', './_base_/mask_rcnn_overlock_fpn.py',
+          './_base_/overlock_coco_1x.py']
 
-model = dict(
-    backbone=dict(arch='t', drop_path_rate=0.2,   # drop path T: 0.2 (release)
-                  init_cfg=dict(checkpoint='https://github.com/LMMMEng/OverLoCK/releases/download/v1/'
-                                           'overlock_t_in1k_224.pth')),
-    neck=dict(in_channels=[64, 128, 384, 640]))
+variant = _base_.overlock_variant
+model = dict(backbone=dict(arch=variant.arch, drop_path_rate=variant.drop_path.det,
+                           init_cfg=dict(checkpoint=variant.checkpoint)),
+             neck=dict(in_channels=variant.channels))
+del variant

@@ -1,15 +1,16 @@
 """Checkpoints that are never half-written, and a resume pointer that never points at a missing file.
 
-mmengine 0.10's ``LocalBackend.put`` opens the final path and writes into it, and its ``CheckpointHook``
-deletes the oldest checkpoint *before* writing the new one and writes ``last_checkpoint`` in place. A job
+mmengine 0.10's ``CheckpointHook`` writes a checkpoint straight to its final path, writes ``last_checkpoint``
+in place, and, with ``max_keep_ckpts``, deletes the oldest checkpoint *before* writing the new one. A job
 killed (SIGKILL, pre-emption, out of memory) in one of those windows leaves a truncated ``.pth``, or a
-``last_checkpoint`` that is empty or names a deleted file, and ``--resume`` then fails or silently
-restarts from scratch.
+``last_checkpoint`` that is empty or names a deleted file, and ``--resume`` then fails or silently restarts
+from scratch.
 
-Here every file goes to a hidden temporary file in the same folder, is flushed and fsync'ed, and is
-moved over the final name with ``os.replace`` (atomic on POSIX and Windows): a reader sees the old file
-or the complete new one. :class:`AtomicCheckpointHook` also reorders the hook's steps: write the new
-checkpoint, then ``last_checkpoint``, and only then delete what ``max_keep_ckpts`` drops.
+:class:`AtomicCheckpointHook` saves through mmengine's public API only (``Runner.save_checkpoint`` and the
+hook's public ``after_train_epoch`` / ``after_train_iter``): each checkpoint is written to a hidden temporary
+file in the same folder, fsync'ed and moved over its final name with ``os.replace`` (atomic on POSIX and
+Windows), then ``last_checkpoint`` is replaced the same way, and only then are the checkpoints that
+``max_keep_ckpts`` drops deleted. A reader sees the old files or the complete new ones.
 """
 import glob
 import os
@@ -19,38 +20,19 @@ from pathlib import Path
 from typing import Union
 
 from mmengine.dist import is_main_process
-from mmengine.fileio import LocalBackend, register_backend
+from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 
-from ..registry import register_hook
+from ..registry import HOOKS
 
-#: name of the mmengine file backend (``backend_args=dict(backend=ATOMIC_BACKEND)``)
-ATOMIC_BACKEND = 'atomic_local'
 PARTIAL_SUFFIX = '.partial'
-
-
-def atomic_write(filepath: Union[str, Path], data: bytes) -> None:
-    """Write ``data`` to ``filepath`` so that no reader, and no crash, ever sees it half-written."""
-    filepath = str(filepath)
-    folder = osp.dirname(osp.abspath(filepath))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{osp.basename(filepath)}.', suffix=PARTIAL_SUFFIX)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, filepath)
-    except BaseException:
-        if osp.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
+#: message-hub key of the kept checkpoints' steps (mmengine's own name, so a resumed run keeps counting)
+KEEP_KEY = 'keep_ckpt_ids'
 
 
 def _fsync_dir(folder: str) -> None:
-    """Persist the rename itself (POSIX); a no-op where folders cannot be opened."""
+    """Persist a rename in ``folder`` (POSIX); a no-op where folders cannot be opened."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -63,8 +45,38 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+def _partial_name(filepath: str) -> str:
+    folder = osp.dirname(osp.abspath(filepath))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{osp.basename(filepath)}.', suffix=PARTIAL_SUFFIX)
+    os.close(fd)
+    return tmp
+
+
+def replace_atomically(tmp: str, filepath: str) -> None:
+    """fsync ``tmp`` and move it over ``filepath`` in one step."""
+    with open(tmp, 'rb+') as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, filepath)
+    _fsync_dir(osp.dirname(osp.abspath(filepath)))
+
+
+def atomic_write(filepath: Union[str, Path], data: bytes) -> None:
+    """Write ``data`` to ``filepath`` so that no reader, and no crash, ever sees it half-written."""
+    filepath = str(filepath)
+    os.makedirs(osp.dirname(osp.abspath(filepath)), exist_ok=True)
+    tmp = _partial_name(filepath)
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+        replace_atomically(tmp, filepath)
+    except BaseException:
+        if osp.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def remove_partial_files(folder: str) -> list:
-    """Delete temporaries that a killed :func:`atomic_write` left in ``folder``; returns their paths."""
+    """Delete temporaries that a killed write left in ``folder``; returns their paths."""
     leftovers = glob.glob(osp.join(glob.escape(folder), f'.*{PARTIAL_SUFFIX}'))
     for path in leftovers:
         os.unlink(path)
@@ -72,7 +84,11 @@ def remove_partial_files(folder: str) -> list:
 
 
 class AtomicLocalBackend(LocalBackend):
-    """mmengine's local file backend with :func:`atomic_write` for ``put`` and ``put_text``."""
+    """mmengine's local file backend with :func:`atomic_write` for ``put`` and ``put_text``.
+
+    Not registered by mmoverlock; to make other mmengine writes atomic too, register it under a name of
+    your own with ``mmengine.fileio.register_backend`` and pass ``backend_args=dict(backend=NAME)``.
+    """
 
     def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
         atomic_write(filepath, obj)
@@ -81,57 +97,76 @@ class AtomicLocalBackend(LocalBackend):
         atomic_write(filepath, obj.encode(encoding))
 
 
-register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
-
-
-@register_hook
+@HOOKS.register_module()
 class AtomicCheckpointHook(CheckpointHook):
     """``CheckpointHook`` (same arguments) whose checkpoints survive a kill at any moment.
 
-    * every checkpoint and ``last_checkpoint`` is written atomically (temp file + fsync + ``os.replace``);
-    * the checkpoint dropped by ``max_keep_ckpts`` is deleted only after the new one and the pointer to it
+    * every checkpoint and ``last_checkpoint`` is written to a temporary file and moved into place;
+    * the checkpoints dropped by ``max_keep_ckpts`` are deleted only after the new one and the pointer to it
       are on disk, so ``--resume`` always finds a complete checkpoint;
     * temporaries left by a killed run are removed when training starts.
 
-    Remote storage (``backend_args`` naming another backend) is passed through unchanged.
+    Remote storage (``backend_args`` naming another backend, or ``file_client_args``) is written as
+    mmengine writes it, with the same deletion order. ``save_best`` is mmengine's.
     """
+
+    def __init__(self, *args, max_keep_ckpts: int = -1, **kwargs):
+        # the parent never deletes periodic checkpoints: this hook does, after the new one is written
+        super().__init__(*args, max_keep_ckpts=-1, **kwargs)
+        self.keep_count = max_keep_ckpts
+        self.kept_steps: list = []
 
     def before_train(self, runner) -> None:
         super().before_train(runner)
-        if self.file_client_args is None and type(self.file_backend) is LocalBackend:
-            self.backend_args = dict(backend=ATOMIC_BACKEND)
-            self.file_backend = AtomicLocalBackend()
-        if is_main_process() and isinstance(self.file_backend, AtomicLocalBackend):
+        self.kept_steps = list(runner.message_hub.get_info(KEEP_KEY) or [])
+        if is_main_process() and self._local():
             for folder in {self.out_dir, runner.work_dir}:
                 for path in remove_partial_files(folder):
-                    print_log(f'removed {path}, a checkpoint left half-written by a killed run',
-                              logger='current')
+                    print_log(f'removed {path}, a checkpoint left half-written by a killed run', logger='current')
 
-    def _save_checkpoint_with_step(self, runner, step, meta) -> None:
+    def after_train_epoch(self, runner) -> None:
+        if self.by_epoch and (self.every_n_epochs(runner, self.interval, self.save_begin)
+                              or (self.save_last and self.is_last_train_epoch(runner))):
+            runner.logger.info(f'Saving checkpoint at {runner.epoch + 1} epochs')
+            self.save(runner, runner.epoch + 1, dict(epoch=runner.epoch + 1, iter=runner.iter))
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if not self.by_epoch and (self.every_n_train_iters(runner, self.interval, self.save_begin)
+                                  or (self.save_last and self.is_last_train_iter(runner))):
+            runner.logger.info(f'Saving checkpoint at {runner.iter + 1} iterations')
+            self.save(runner, runner.iter + 1, dict(epoch=runner.epoch, iter=runner.iter + 1))
+
+    def _local(self) -> bool:
+        return self.file_client_args is None and type(self.file_backend) is LocalBackend
+
+    def save(self, runner, step: int, meta: dict) -> None:
+        """Write the checkpoint of ``step``, then ``last_checkpoint``, then delete what is no longer kept."""
+        filename = self.filename_tmpl.format(step)
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
         dropped = []
-        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
-            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
-                dropped.append(self.keep_ckpt_ids.popleft())
-            self.keep_ckpt_ids.append(step)
-            runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
-
-        ckpt_filename = self.filename_tmpl.format(step)
-        self.last_ckpt = self.file_backend.join_path(self.out_dir, ckpt_filename)
-        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+        if self.keep_count > 0 and step not in self.kept_steps:
+            self.kept_steps.append(step)
+            dropped, self.kept_steps = self.kept_steps[:-self.keep_count], self.kept_steps[-self.keep_count:]
+        runner.message_hub.update_info('last_ckpt', self.last_ckpt)   # stored in the checkpoint (resume)
+        runner.message_hub.update_info(KEEP_KEY, list(self.kept_steps))
+        local = self._local() and is_main_process()
+        target = _partial_name(self.last_ckpt) if local else filename
         runner.save_checkpoint(
-            self.out_dir, ckpt_filename, self.file_client_args, save_optimizer=self.save_optimizer,
-            save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch,
-            backend_args=self.backend_args, **self.args)
+            self.out_dir, osp.basename(target) if local else target, self.file_client_args,
+            save_optimizer=self.save_optimizer, save_param_scheduler=self.save_param_scheduler, meta=meta,
+            by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
         if not is_main_process():
             return
+        if local:
+            replace_atomically(target, self.last_ckpt)
         atomic_write(osp.join(runner.work_dir, 'last_checkpoint'), str(self.last_ckpt).encode())
-        for old_step in dropped:
-            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old_step))
+        for old in dropped:
+            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
             if self.file_backend.isfile(path):
                 self.file_backend.remove(path)
             elif self.file_backend.isdir(path):   # deepspeed writes folders
                 self.file_backend.rmtree(path)
 
 
-__all__ = ['atomic_write', 'remove_partial_files', 'AtomicLocalBackend', 'AtomicCheckpointHook',
-           'ATOMIC_BACKEND']
+__all__ = ['atomic_write', 'remove_partial_files', 'replace_atomically', 'AtomicLocalBackend',
+           'AtomicCheckpointHook']

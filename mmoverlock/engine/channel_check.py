@@ -6,12 +6,12 @@ which list to fix. :func:`check_channels` compares ``backbone.out_channels`` (Ov
 exposing it) with the first consumer -- the neck (mmdet, mmseg), else the decode and auxiliary heads
 (mmseg) or the classification head (mmpretrain) -- and raises one line with the right value.
 """
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch.nn as nn
 from mmengine.hooks import Hook
 
-from ..registry import HOOKS, register_hook
+from ..registry import HOOKS
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -48,13 +48,10 @@ def _select(out: List[int], index: Any, where: str) -> Any:
 
 
 def _head_expectations(head: nn.Module, out: List[int], where: str) -> List[Tuple[str, Any, Any]]:
-    """(attribute path, declared, expected) for a head fed by the backbone directly (or through GAP)."""
-    from ..models.heads import OverLoCKClsHead
-    if isinstance(head, OverLoCKClsHead):   # consumes (last map, Overview-Net map)
-        if len(out) < 2:
-            return []
-        return [(f'{where}.in_channels', head.main_head[0].in_channels, out[-2]),
-                (f'{where}.overview_channels', head.aux_head[0].num_features, out[-1])]
+    """(attribute path, declared, expected) for a head fed by the backbone directly (or through GAP). A head
+    that consumes several maps describes itself with ``channel_expectations(out_channels, where)``."""
+    if hasattr(head, 'channel_expectations'):
+        return head.channel_expectations(out, where)
     if not hasattr(head, 'in_channels'):
         return []
     declared = _as_list(head.in_channels)
@@ -104,7 +101,7 @@ def check_channels(model: nn.Module) -> None:
                              f'{_backbone_channels(model)}; set {where}={expected}')
 
 
-@register_hook
+@HOOKS.register_module()
 class ChannelCheckHook(Hook):
     """Run :func:`check_channels` on the runner's model before training or testing starts."""
 
@@ -114,4 +111,4 @@ class ChannelCheckHook(Hook):
         check_channels(runner.model)
 
 
-__all__ = ['check_channels', 'channel_expectations', 'unwrap_model', 'ChannelCheckHook', 'HOOKS']
+__all__ = ['check_channels', 'channel_expectations', 'unwrap_model', 'ChannelCheckHook']

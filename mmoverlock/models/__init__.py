@@ -1,5 +1,6 @@
+"""The models: the backbone and its blocks. Downstream adapters live beside them and are imported only by
+the configs that need them: ``heads`` (mmpretrain) and ``det_tta`` (mmdet)."""
 from .backbones import OverLoCK, RepConvBlock, arch_settings
 from .contmix import ContMix, ContMixBlock
-from .heads import OverLoCKClsHead
 
-__all__ = ['OverLoCK', 'RepConvBlock', 'arch_settings', 'ContMix', 'ContMixBlock', 'OverLoCKClsHead']
+__all__ = ['OverLoCK', 'RepConvBlock', 'arch_settings', 'ContMix', 'ContMixBlock']

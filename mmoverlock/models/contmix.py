@@ -1,16 +1,23 @@
-"""ContMix: context-mixing dynamic kernels, and the block built on it (the official ``DynamicConvBlock``)."""
+"""ContMix: context-mixing dynamic kernels, and the block built on it (the official ``DynamicConvBlock``).
+
+One formulation serves eager runs, ONNX export and FLOP counting: the two shape-dependent steps (fitting a
+map smaller than the kernel, pooling the context to region centres) are the helpers :func:`fit_to_kernel`
+and :func:`pool_regions`, which take their branch-free, dynamic-size form while exporting
+(:func:`mmoverlock.ops.is_exporting`), and the aggregation is the registered op ``mmoverlock::na2d_av``.
+"""
 from functools import lru_cache
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
-from ..ops.na2d import na2d_av_channels_first, window_starts
-from ..registry import register_public
-from .layers import GRN, DilatedReparamBlock, LayerNorm2d, LayerScale, PointwiseConv2d, ResDWConv, SEModule
+from ..ops import is_exporting, is_tracing, na2d_av_channels_first
+from ..ops.na2d import window_starts
+from ..registry import MODELS
+from .layers import (GRN, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale, PointwiseConv2d, ResDWConv,
+                     SEModule)
 
 NUM_REGIONS = 7  # default: the context is pooled to 7 x 7 = 49 region centres (official)
 
@@ -49,21 +56,9 @@ def _rpb_index(height: int, width: int, kernel_size: int, device: torch.device):
 def relative_position_bias(rpb: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Gather a (G, 2k-1, 2k-1) table into the bias of every clamped window: (G, k*k, H, W)."""
     kernel_size = (rpb.shape[-1] + 1) // 2
-    index = _rpb_index.__wrapped__ if _is_tracing() else _rpb_index   # traced sizes: recorded, not cached
+    index = _rpb_index.__wrapped__ if is_tracing() else _rpb_index   # traced sizes: recorded, not cached
     rows, cols = index(height, width, kernel_size, rpb.device)
     return rpb[:, rows, cols].flatten(1, 2)
-
-
-def _is_tracing() -> bool:
-    """TorchScript tracing or ONNX export: sizes are traced values."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
-def _is_onnx_export() -> bool:
-    """ONNX export: the shape-dependent Python branches of eager mode (and nn.AdaptiveAvgPool2d) are
-    replaced by branch-free formulations with the same results, so the graph takes dynamic H, W. Plain
-    tracing (e.g. mmengine's FLOP counter) keeps the eager formulation."""
-    return torch.onnx.is_in_onnx_export()
 
 
 def _pool_matrix(in_size, out_size, like: torch.Tensor) -> torch.Tensor:
@@ -109,34 +104,61 @@ def small_map_size(height: int, width: int, kernel_size: int) -> Optional[Tuple[
     return int(kernel_size / width * height), kernel_size
 
 
-@register_public
-class ContMix(BaseModule):
-    """The bare ContMix mixer: dynamic kernels from the affinity of each pixel to R x R context regions.
+def fit_to_kernel(maps, kernel_size: int):
+    """Resize (bilinear) maps smaller than the kernel to :func:`small_map_size`; the size to pool the result
+    back to, or None when they fit. While exporting, always resize (an identity when the map fits) to the
+    size :func:`fit_size_traceable` computes, so one graph is right for every input size.
+    maps: list of (B, C_i, H, W) -> (list of resized maps, (H, W) or None)."""
+    h, w = maps[0].shape[-2:]
+    size = fit_size_traceable(h, w, kernel_size) if is_exporting() else small_map_size(h, w, kernel_size)
+    if size is None:
+        return maps, None
+    resized = F.interpolate(torch.cat(maps, 1), size=size, mode='bilinear', align_corners=False)
+    return list(resized.split([m.shape[1] for m in maps], dim=1)), (h, w)
+
+
+def pool_back(x: torch.Tensor, size) -> torch.Tensor:
+    """Undo :func:`fit_to_kernel` by adaptive average pooling to ``size`` (a no-op for None)."""
+    if size is None:
+        return x
+    return adaptive_avg_pool2d_traceable(x, size) if is_exporting() else F.adaptive_avg_pool2d(x, size)
+
+
+def pool_regions(context: torch.Tensor, num_regions: int) -> torch.Tensor:
+    """Average-pool a context map to R x R region centres: (B, C, H, W) -> (B, C, R, R). (ONNX opset 17 has
+    no adaptive pooling of a dynamic map: exported as two averaging matmuls.)"""
+    size = (num_regions, num_regions)
+    return adaptive_avg_pool2d_traceable(context, size) if is_exporting() else F.adaptive_avg_pool2d(context, size)
+
+
+class _ContMixBase(BaseModule):
+    """Kernel generation and aggregation, shared by :class:`ContMix` and :class:`ContMixBlock`.
 
     Two kernels per group: a small one (``smk_size``) for the first half of the channels and a large one
-    (``kernel_size``) for the second half; each is softmax-normalised with a relative position bias and
-    aggregates a clamped window (NATTEN semantics).
+    (``kernel_size``) for the second half; each is softmax-normalised over its taps with a relative position
+    bias and aggregates a clamped window (NATTEN semantics). Submodule names are the official ones
+    (checkpoint keys):
 
-    Args:
-        dim: channels of the aggregated features (and of the query source).
-        ctx_dim: channels of the context the keys come from.
-        kernel_size: large dynamic kernel size K. smk_size: small dynamic kernel size S.
-        num_groups: G; ``dim`` must be divisible by 2 * G.
-        num_regions: R; the context is average-pooled to R x R region centres (official: 7).
-
-    Plug-in use: ``forward(x, context=None)`` (see :meth:`forward`).
+    ================  ==========================================================================
+    ``rpb1``          relative position bias table of the small kernels, (G, 2S-1, 2S-1)
+    ``rpb2``          relative position bias table of the large kernels, (G, 2K-1, 2K-1)
+    ``weight_query``  1x1 conv + BN: queries (dim // 2 channels) from the query source
+    ``weight_key``    R x R average pool + 1x1 conv + BN: keys (dim // 2) from the context's regions
+    ``weight_proj``   1x1 conv from the R*R region affinities to the K*K + S*S kernel taps
+    ================  ==========================================================================
     """
 
-    def __init__(self, dim: int, ctx_dim: int, kernel_size: int = 7, smk_size: int = 5,
-                 num_groups: int = 4, init_cfg=None, num_regions: int = NUM_REGIONS):
+    def __init__(self, dim: int, ctx_dim: int, kernel_size: int, smk_size: int, num_groups: int,
+                 num_regions: int, init_cfg=None):
         super().__init__(init_cfg)
         _check_contmix_args(dim, ctx_dim, kernel_size, smk_size, num_groups, num_regions, type(self).__name__)
         self.dim, self.ctx_dim, self.num_regions = dim, ctx_dim, num_regions
-        self.kernel_size, self.smk_size, self.num_heads = kernel_size, smk_size, num_groups
+        self.kernel_size, self.smk_size, self.num_groups = kernel_size, smk_size, num_groups
         self.scale = (dim // num_groups) ** -0.5
         self.rpb1 = nn.Parameter(torch.zeros(num_groups, 2 * smk_size - 1, 2 * smk_size - 1))
         self.rpb2 = nn.Parameter(torch.zeros(num_groups, 2 * kernel_size - 1, 2 * kernel_size - 1))
         self.weight_query = nn.Sequential(PointwiseConv2d(dim, dim // 2, bias=False), nn.BatchNorm2d(dim // 2))
+        # the pool is a placeholder for the checkpoint layout: keys pool with pool_regions (export-safe)
         self.weight_key = nn.Sequential(nn.AdaptiveAvgPool2d(num_regions),
                                         nn.Conv2d(ctx_dim, dim // 2, 1, bias=False),
                                         nn.BatchNorm2d(dim // 2))
@@ -147,16 +169,13 @@ class ContMix(BaseModule):
         """query_src (B, dim, H, W), context (B, ctx_dim, H, W) ->
         small (B, G, S*S, H, W) and large (B, G, K*K, H, W) kernels, softmax-normalised over taps."""
         b, _, h, w = query_src.shape
-        g = self.num_heads
+        g = self.num_groups
         query = self.weight_query(query_src)
         dtype = query.dtype
         acc = torch.promote_types(dtype, torch.float32)   # fp32 under autocast; fp64 stays fp64
         query = (query.to(acc) * self.scale).reshape(b, g, -1, h * w)                  # (B, G, d, HW)
-        if _is_onnx_export():   # nn.AdaptiveAvgPool2d of a dynamic map has no ONNX (opset 17) equivalent
-            key = self.weight_key[1:](adaptive_avg_pool2d_traceable(context, (self.num_regions, ) * 2))
-        else:
-            key = self.weight_key(context)
-        key = key.to(acc).reshape(b, g, -1, self.num_regions ** 2)  # (B, G, d, R*R)
+        key = self.weight_key[1:](pool_regions(context, self.num_regions))
+        key = key.to(acc).reshape(b, g, -1, self.num_regions ** 2)                     # (B, G, d, R*R)
         # The affinity (a sum of d products) overflows fp16 for activations of a few hundred, so it and
         # the softmax below run in fp32 whatever the autocast dtype; the matmuls are small (T x d x HW).
         # weight_proj (a 1x1 conv over the R*R region channels) folded into the keys:
@@ -175,7 +194,7 @@ class ContMix(BaseModule):
     def aggregate(self, x: torch.Tensor, small: torch.Tensor, large: torch.Tensor) -> torch.Tensor:
         """x (B, dim, H, W): first half aggregated with the small kernels, second half with the large."""
         b, c, h, w = x.shape
-        g = self.num_heads
+        g = self.num_groups
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         values = x.contiguous().view(b, 2, g, c // (2 * g), h, w)
         x_small = na2d_av_channels_first(small.to(x.dtype), values[:, 0], self.smk_size)
@@ -185,38 +204,37 @@ class ContMix(BaseModule):
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
     def mix(self, x: torch.Tensor, query_src: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Dynamic-kernel aggregation of x, with the small-map path (maps under K are resized to fit
-        and pooled back). x, query_src (B, dim, H, W); context (B, ctx_dim, H, W) -> (B, dim, H, W)."""
-        if _is_onnx_export():
-            return self._mix_traceable(x, query_src, context)
-        h, w = x.shape[-2:]
-        size = small_map_size(h, w, self.kernel_size)
-        if size is not None:
-            x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
-            both = F.interpolate(torch.cat([query_src, context], 1), size=size, mode='bilinear',
-                                 align_corners=False)
-            query_src, context = both.split([query_src.shape[1], context.shape[1]], dim=1)
+        """Dynamic-kernel aggregation of x; maps under K are resized to fit and pooled back.
+        x, query_src (B, dim, H, W); context (B, ctx_dim, H, W) -> (B, dim, H, W)."""
+        (x, query_src, context), size = fit_to_kernel([x, query_src, context], self.kernel_size)
         small, large = self.dynamic_kernels(query_src, context)
-        x = self.aggregate(x, small, large)
-        if size is not None:
-            x = F.adaptive_avg_pool2d(x, (h, w))
-        return x
+        return pool_back(self.aggregate(x, small, large), size)
 
-    def _mix_traceable(self, x: torch.Tensor, query_src: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """:meth:`mix` for export with dynamic H, W: always resize to :func:`fit_size_traceable` and pool
-        back (both exact identities when the map fits), so one graph is right for small and large maps."""
-        h, w = x.shape[-2:]
-        size = fit_size_traceable(h, w, self.kernel_size)
-        x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
-        both = F.interpolate(torch.cat([query_src, context], 1), size=size, mode='bilinear', align_corners=False)
-        query_src, context = both.split([query_src.shape[1], context.shape[1]], dim=1)
-        small, large = self.dynamic_kernels(query_src, context)
-        return adaptive_avg_pool2d_traceable(self.aggregate(x, small, large), (h, w))
+
+@MODELS.register_module()
+class ContMix(_ContMixBase):
+    """The bare ContMix mixer: dynamic kernels from the affinity of each pixel to R x R context regions.
+
+    Args:
+        dim: channels of the aggregated features (and of the query source).
+        ctx_dim: channels of the context the keys come from.
+        kernel_size: large dynamic kernel size K.
+        smk_size: small dynamic kernel size S (<= K).
+        num_groups: G; ``dim`` must be divisible by 2 * G.
+        init_cfg: mmengine init config.
+        num_regions: R; the context is average-pooled to R x R region centres (official: 7).
+
+    Plug-in use: ``forward(x, context=None)`` (see :meth:`forward`).
+    """
+
+    def __init__(self, dim: int, ctx_dim: int, kernel_size: int = 7, smk_size: int = 5,
+                 num_groups: int = 4, init_cfg=None, num_regions: int = NUM_REGIONS):
+        super().__init__(dim, ctx_dim, kernel_size, smk_size, num_groups, num_regions, init_cfg)
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Plug-in use: x (B, dim, H, W) is both value and query source; context (B, ctx_dim, h', w')
-        from anywhere is resized to x's size (bilinear). Without a context, x itself is the context
-        (self-context; needs ``ctx_dim == dim``). -> (B, dim, H, W)."""
+        """x (B, dim, H, W) is both value and query source; context (B, ctx_dim, h', w') from anywhere is
+        resized to x's size (bilinear). Without a context, x itself is the context (self-context; needs
+        ``ctx_dim == dim``). -> (B, dim, H, W)."""
         _check_input('x', x, self.dim, type(self).__name__)
         if context is None:
             if self.ctx_dim != self.dim:
@@ -242,8 +260,8 @@ def _resize_context(context: torch.Tensor, x: torch.Tensor, channels: int, owner
     return context
 
 
-@register_public
-class ContMixBlock(ContMix):
+@MODELS.register_module()
+class ContMixBlock(_ContMixBase):
     """The Focus-Net block (official ``DynamicConvBlock``): fuses features x (dim channels) with a context
     h (ctx_dim channels) and returns both updated, or the whole ``dim + ctx_dim`` map if ``is_last``.
 
@@ -257,15 +275,26 @@ class ContMixBlock(ContMix):
     channels (ContMix pools it to R x R region centres for the keys). ``context_proj`` exists only with
     ``self_context=True``, so the default state-dict layout is exactly the official one.
 
-    Args beyond :class:`ContMix`: mlp_ratio (hidden = int(dim * mlp_ratio)); ls_init_value (ls1/ls2);
-    drop_path; is_first (no x_scale/h_scale: the first Focus-Net block); is_last; deploy; self_context.
+    Args beyond :class:`ContMix`'s:
+        mlp_ratio: hidden width of the MLP, ``int(dim * mlp_ratio)``.
+        ls_init_value: initial LayerScale of ``ls1`` / ``ls2``.
+        drop_path: stochastic depth rate of both residual branches.
+        is_first: the first Focus-Net block (no ``x_scale`` / ``h_scale``: nothing to mix h_r into).
+        is_last: return the whole ``dim + ctx_dim`` map instead of (x, h).
+        deploy: build ``lepe``'s DilatedReparamBlock re-parameterised.
+        self_context: without ``h``, take the context from ``context_proj(x)``.
+
+    Official submodule names beyond those of the mixer (checkpoint keys): ``dwconv1`` / ``dwconv2``
+    (residual 3x3 depthwise convs), ``norm1`` / ``norm2``, ``fusion`` (x and h fused to dim channels),
+    ``dyconv_proj`` (after the aggregation), ``lepe`` (the large-kernel static branch), ``se_layer``,
+    ``gate``, ``proj``, ``mlp``, ``ls1`` / ``ls2``, ``x_scale`` / ``h_scale`` (context mixing).
     """
 
     def __init__(self, dim: int, ctx_dim: int, kernel_size: int = 7, smk_size: int = 5, num_groups: int = 4,
                  mlp_ratio: float = 3., ls_init_value: float = 1., drop_path: float = 0.,
                  is_first: bool = False, is_last: bool = False, deploy: bool = False, init_cfg=None,
                  num_regions: int = NUM_REGIONS, self_context: bool = False):
-        super().__init__(dim, ctx_dim, kernel_size, smk_size, num_groups, init_cfg, num_regions=num_regions)
+        super().__init__(dim, ctx_dim, kernel_size, smk_size, num_groups, num_regions, init_cfg)
         if not (isinstance(mlp_ratio, (int, float)) and mlp_ratio > 0):
             raise ValueError(f'ContMixBlock: mlp_ratio={mlp_ratio!r} must be a positive number')
         out_dim = dim + ctx_dim
@@ -297,6 +326,8 @@ class ContMixBlock(ContMix):
 
     def forward(self, x: torch.Tensor, h: Optional[torch.Tensor] = None, h_r: Optional[torch.Tensor] = None
                 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """x (B, dim, H, W), h (B, ctx_dim, H', W') or None, h_r (B, ctx_dim, H'', W'') or None ->
+        (x (B, dim, H, W), h (B, ctx_dim, H, W)), or (B, dim + ctx_dim, H, W) when ``is_last``."""
         owner = type(self).__name__
         _check_input('x', x, self.dim, owner)
         if h is None:

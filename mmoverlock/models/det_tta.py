@@ -12,7 +12,7 @@ from mmdet.structures.bbox import bbox_flip
 from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 
-from ..registry import register_public
+from ..registry import MODELS
 
 _MASK_FLIP_DIMS = {'horizontal': (-1, ), 'vertical': (-2, ), 'diagonal': (-2, -1)}
 
@@ -24,7 +24,7 @@ def unflip_masks(masks: torch.Tensor, direction: str) -> torch.Tensor:
     return masks.flip(_MASK_FLIP_DIMS[direction])
 
 
-@register_public
+@MODELS.register_module()
 class DetTTAModelWithMasks(DetTTAModel):
     """mmdet's ``DetTTAModel`` (boxes of all views merged by class-wise NMS) extended to instance masks:
     each kept box keeps the mask predicted in its own view, flipped back to the image's orientation.

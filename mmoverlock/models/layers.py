@@ -5,6 +5,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops import is_tracing
+from ..ops.depthwise import depthwise_conv2d
+
 # UniRepLKNet's dilated re-parameterisation table: large kernel K -> (branch kernels, dilations).
 DILATED_BRANCHES: Dict[int, Tuple[List[int], List[int]]] = {
     17: ([5, 7, 9, 3, 3, 3], [1, 1, 2, 4, 5, 7]),
@@ -15,6 +18,28 @@ DILATED_BRANCHES: Dict[int, Tuple[List[int], List[int]]] = {
     7: ([5, 3, 3, 3], [1, 1, 2, 3]),
     5: ([3, 3], [1, 2]),
 }
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: while training, drop a sample's whole residual branch with probability
+    ``drop_prob`` and scale the kept ones by 1 / (1 - drop_prob). (B, ...) -> same shape.
+
+    (The same draw as mmcv's and timm's ``DropPath``: one uniform number per sample.)
+    """
+
+    def __init__(self, drop_prob: float = 0.):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0. or not self.training:
+            return x
+        keep = 1. - self.drop_prob
+        draw = torch.rand((x.shape[0], ) + (1, ) * (x.ndim - 1), dtype=x.dtype, device=x.device)
+        return x.div(keep) * (keep + draw).floor()
+
+    def extra_repr(self) -> str:
+        return f'drop_prob={self.drop_prob}'
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -112,12 +137,25 @@ class PointwiseConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # exported graphs keep the Conv (ONNX Runtime's MatMul+BN fusion breaks on the 4-d MatMul)
-        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-        if (x.dim() == 4 and not exporting and not x.is_contiguous()
+        if (x.dim() == 4 and not is_tracing() and not x.is_contiguous()
                 and x.is_contiguous(memory_format=torch.channels_last)):
             out = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
             return out.permute(0, 3, 1, 2)
         return super().forward(x)
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A stride-1 depthwise ``nn.Conv2d`` with 'same' padding (same parameters) computed by
+    :func:`mmoverlock.ops.depthwise.depthwise_conv2d`: on CPU the large-kernel weight gradient by FFT and the
+    dilated kernels on their polyphase sub-grids (several times faster, equal up to rounding); elsewhere
+    PyTorch's own conv. (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int = 1, bias: bool = False):
+        super().__init__(channels, channels, kernel_size, padding=dilation * (kernel_size - 1) // 2,
+                         dilation=dilation, groups=channels, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return depthwise_conv2d(x, self.weight, self.bias, self.dilation[0])
 
 
 def fuse_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -152,14 +190,11 @@ class DilatedReparamBlock(nn.Module):
                              f'expected one of {sorted(DILATED_BRANCHES)}')
         self.kernel_size = kernel_size
         self.kernel_sizes, self.dilates = DILATED_BRANCHES[kernel_size]
-        self.lk_origin = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2,
-                                   groups=channels, bias=deploy)
+        self.lk_origin = DepthwiseConv2d(channels, kernel_size, bias=deploy)
         if not deploy:
             self.origin_bn = nn.BatchNorm2d(channels)
             for k, r in zip(self.kernel_sizes, self.dilates):
-                self.add_module(f'dil_conv_k{k}_{r}', nn.Conv2d(
-                    channels, channels, k, padding=(r * (k - 1) + 1) // 2, dilation=r,
-                    groups=channels, bias=False))
+                self.add_module(f'dil_conv_k{k}_{r}', DepthwiseConv2d(channels, k, dilation=r))
                 self.add_module(f'dil_bn_k{k}_{r}', nn.BatchNorm2d(channels))
 
     @property
@@ -189,8 +224,7 @@ class DilatedReparamBlock(nn.Module):
             pad = (self.kernel_size - dense.shape[-1]) // 2
             kernel = kernel + F.pad(dense, [pad] * 4)
             bias = bias + branch_b
-        conv = nn.Conv2d(kernel.shape[0], kernel.shape[0], self.kernel_size, padding=self.kernel_size // 2,
-                         groups=kernel.shape[0], bias=True).to(kernel.device, kernel.dtype)
+        conv = DepthwiseConv2d(kernel.shape[0], self.kernel_size, bias=True).to(kernel.device, kernel.dtype)
         conv.weight.copy_(kernel)
         conv.bias.copy_(bias)
         self.lk_origin = conv

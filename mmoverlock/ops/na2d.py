@@ -37,6 +37,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .tracing import is_exporting
+
 __all__ = ['na2d_av', 'na2d_av_channels_first', 'na2d_av_reference', 'na2d_av_unfold', 'triton_na2d_av',
            'window_starts', 'check_window', 'uses_dense', 'DENSE_MAX_RATIO']
 
@@ -291,7 +293,7 @@ def na2d_av_channels_first(attn: torch.Tensor, value: torch.Tensor, kernel_size:
     if attn.dtype != value.dtype:
         dtype = torch.promote_types(attn.dtype, value.dtype)
         attn, value = attn.to(dtype), value.to(dtype)
-    if torch.onnx.is_in_onnx_export():
+    if is_exporting():
         return _forward_taps(attn, value, kernel_size)
     return torch.ops.mmoverlock.na2d_av(attn, value, kernel_size)
 

@@ -1,4 +1,2 @@
-from .checkpoint import (extract_state_dict, load_overlock_checkpoint, read_checkpoint,
-                         reparam_state_dict)
-
-__all__ = ['extract_state_dict', 'load_overlock_checkpoint', 'read_checkpoint', 'reparam_state_dict']
+"""Helpers outside the model: the checkpoint allow-list (``safe_load``) and what mmoverlock's tools share
+(``runtime``: config task, device adaptation, ``--eval`` mapping)."""

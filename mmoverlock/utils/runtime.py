@@ -82,12 +82,15 @@ def init_cpu_distributed(launcher: str, dist_cfg: Optional[dict] = None) -> None
         init_dist(launcher, **kwargs)
 
 
-def prepare_for_device(cfg: Config, launcher: str = 'none') -> None:
-    """Make a GPU recipe run where there is no CUDA: BN for SyncBN, gloo, DDP without device ids."""
+def prepare_for_device(cfg: Config, launcher: str = 'none') -> Optional[str]:
+    """Make a GPU recipe run where there is no CUDA: BN for SyncBN, gloo, DDP without device ids.
+
+    Returns a one-line description of what was changed (None with CUDA, where nothing is)."""
     if torch.cuda.is_available():
-        return
-    sync_bn_to_bn(cfg)
+        return None
+    changes = [f'SyncBN -> BN ({count} places)'] if (count := sync_bn_to_bn(cfg)) else []
     if launcher != 'none':
+        changes.append('DDP over gloo')
         cfg.setdefault('env_cfg', ConfigDict())
         cfg.env_cfg.setdefault('dist_cfg', ConfigDict())
         cfg.env_cfg.dist_cfg['backend'] = 'gloo'
@@ -97,6 +100,7 @@ def prepare_for_device(cfg: Config, launcher: str = 'none') -> None:
         wrapper['device_ids'] = None   # a CPU module takes no device ids
         cfg.model_wrapper_cfg = wrapper
         init_cpu_distributed(launcher, cfg.env_cfg.dist_cfg)
+    return 'no CUDA device: ' + ', '.join(changes) if changes else None
 
 
 def eval_metrics(names: List[str], task: str) -> List[str]:

@@ -6,6 +6,10 @@ mmengine's ``HistoryBuffer`` (the message hub's log buffers), ``collections.Coun
 milestones in the scheduler state) and ``ConfigDict``. A ``HistoryBuffer`` pickles its statistics methods as
 ``getattr(HistoryBuffer, 'mean')``; ``builtins.getattr`` is therefore served by :func:`history_buffer_getattr`,
 which resolves exactly those attributes and refuses everything else.
+
+``import mmoverlock`` adds the list with torch's public ``torch.serialization.add_safe_globals`` (its only
+process-wide effect besides registering its modules), so mmengine's own loader reads mmoverlock's
+checkpoints with ``weights_only=True``.
 """
 import pickle
 from collections import Counter
@@ -43,30 +47,3 @@ SAFE_GLOBALS = [
     HistoryBuffer, ConfigDict, Counter,
     (history_buffer_getattr, 'builtins.getattr'),
 ]
-
-
-def safe_load_url(url: str, model_dir=None, map_location=None, progress: bool = True, check_hash: bool = False,
-                  file_name=None, weights_only: bool = True):
-    """``torch.hub.load_state_dict_from_url`` that never unpickles arbitrary objects.
-
-    torch.hub's own default is ``weights_only=False``, and mmengine 0.10's ``http(s)://``,
-    ``torchvision://``, ``open-mmlab://`` and ``mmcls://`` loaders call it with the default: a downloaded
-    checkpoint could run code. Asking for ``weights_only=False`` here is refused.
-    """
-    import torch
-    if not weights_only:
-        raise ValueError(f"refusing to load '{url}' with weights_only=False; mmoverlock only unpickles "
-                         f"tensors, containers and the allow-list in mmoverlock.utils.safe_load")
-    return torch.hub.load_state_dict_from_url(url, model_dir=model_dir, map_location=map_location,
-                                              progress=progress, check_hash=check_hash, file_name=file_name,
-                                              weights_only=True)
-
-
-def install_safe_globals() -> None:
-    """Allow-list SAFE_GLOBALS for every ``torch.load(weights_only=True)`` in the process (mmengine's
-    checkpoint loader included), so our own checkpoints load under torch >= 2.6 with weights_only on;
-    and make mmengine's URL loaders use :func:`safe_load_url` (weights_only on for URLs too)."""
-    import mmengine.runner.checkpoint as mmengine_checkpoint
-    import torch
-    torch.serialization.add_safe_globals(SAFE_GLOBALS)
-    mmengine_checkpoint.load_url = safe_load_url

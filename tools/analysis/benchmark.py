@@ -39,7 +39,7 @@ def build_models(names, device, memory_format):
     from mmoverlock import OverLoCK
 
     def overlock(arch):
-        return lambda: OverLoCK(arch, out_indices=(3, ), extra_norm=False, fuse_overview=False)
+        return lambda: OverLoCK(arch, out_indices=(3, ), layout='classification')
 
     factories = {
         'OverLoCK-XT': overlock('xt'),

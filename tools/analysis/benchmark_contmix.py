@@ -25,7 +25,7 @@ import sys
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-#: model -> stage -> (dim, groups, kernel, stride) from the official arch table (OVERLOCK_SPEC.md)
+#: model -> stage -> (dim, groups, kernel, stride) from the official arch table (mmoverlock arch_settings)
 SHAPES = {
     'OverLoCK-T': {3: (256, 8, 13, 16), 4: (512, 16, 7, 32)},
     'OverLoCK-S': {3: (320, 16, 13, 16), 4: (512, 32, 7, 32)},

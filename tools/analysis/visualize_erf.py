@@ -27,7 +27,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))   # tools/: 
 import mmoverlock  # noqa: E402,F401
 from mmoverlock.models.backbones.overlock import NUM_OUTPUTS  # noqa: E402
 from mmoverlock.registry import MODELS  # noqa: E402
-from mmoverlock.utils.checkpoint import extract_state_dict, load_overlock_checkpoint, read_checkpoint  # noqa
+from mmoverlock.models.backbones.checkpoint import extract_state_dict, load_overlock_checkpoint, read_checkpoint  # noqa
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -48,7 +48,7 @@ def build_backbone(config: str, checkpoint: Optional[str] = None) -> nn.Module:
     if 'OverLoCK' not in str(backbone_cfg.get('type')):
         raise ValueError(f"config '{config}' has backbone type {backbone_cfg.get('type')}; "
                          f"expected OverLoCK (or mmoverlock.OverLoCK)")
-    backbone_cfg['type'] = 'OverLoCK'
+    backbone_cfg['type'] = 'mmoverlock.OverLoCK'   # scoped: resolves whatever the default scope is
     backbone_cfg['init_cfg'] = None   # never download: weights come from --checkpoint or the random init
     backbone_cfg['drop_path_rate'] = 0.
     backbone_cfg['with_cp'] = False

@@ -1,25 +1,23 @@
-# OverLoCK on ImageNet-1K: the official recipe (the release's timm-style train.py and scripts/train_*_model.sh;
-# see OFFICIAL_RECIPES.md) written for mmpretrain 1.x over its packaged bases. The variant files set the arch,
-# the head widths, drop path and the test crop_pct.
+# OverLoCK on ImageNet-1K: the official recipe (the release's timm-style train.py and scripts/train_*_model.sh)
+# written for mmpretrain 1.x over its packaged bases. The leaves set the variant (arch, head widths, drop path,
+# test crop_pct) from configs/_base_/variants/.
 _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
     'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
     'mmpretrain::_base_/default_runtime.py',
 ]
-custom_imports = dict(imports=['mmoverlock'], allow_failed_imports=False)
+# mmoverlock.models.heads (the mmpretrain adapter): the ImageNet head with its Overview-Net auxiliary head
+custom_imports = dict(imports=['mmoverlock', 'mmoverlock.models.heads'], allow_failed_imports=False)
 
 # ---------------------------------------------------------------------------------------------- model
 model = dict(
-    type='ImageClassifier',
+    type='mmoverlock.OverLoCKClassifier',   # mmpretrain's ImageClassifier that also reads the release's weights
     # ImageNet layout: raw stage-4 map (e3 + e3 // 4 channels) and the Overview-Net map (e3) for the aux head
-    backbone=dict(type='mmoverlock.OverLoCK', arch='t', out_indices=(3, 4), extra_norm=False,
-                  fuse_overview=False, drop_path_rate=0.15),
+    backbone=dict(type='mmoverlock.OverLoCK', out_indices=(3, 4), layout='classification'),
     neck=None,
     head=dict(
         type='mmoverlock.OverLoCKClsHead',
         num_classes=1000,
-        in_channels=640,            # e3 + e3 // 4
-        overview_channels=512,      # e3
         projection=1024,            # the release's head width
         aux_loss_weight=0.4,        # --aux-loss-ratio 0.4: main + 0.4 x Overview-Net head
         # timm's Mixup smooths the (mixed) targets by 0.1 and trains with SoftTargetCrossEntropy; LabelSmoothLoss
@@ -56,10 +54,10 @@ train_pipeline = [
     dict(type='PackInputs'),
 ]
 # timm eval transform: resize the shorter side to floor(224 / crop_pct) (bicubic, PIL), centre crop 224.
-# crop_pct is per variant (the release's model default_cfg); this is OverLoCK-T's 0.95.
+# crop_pct is per variant (the release's model default_cfg): the leaves set the ResizeEdge scale.
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='ResizeEdge', scale=int(224 / 0.95), edge='short', backend='pillow', interpolation='bicubic'),
+    dict(type='ResizeEdge', scale=256, edge='short', backend='pillow', interpolation='bicubic'),
     dict(type='CenterCrop', crop_size=224),
     dict(type='PackInputs'),
 ]
@@ -83,7 +81,7 @@ optim_wrapper = dict(
 # cosine keeps its phase from epoch 0: no warmup_prefix). The overlapping chainable schedulers below follow
 # that curve within 0.05 % (mmengine schedulers reach their end value at step end - 1: warm-up end = 5 + 1).
 # The release's timm also runs 10 cool-down epochs at 1e-5 after epoch 300 (its --cooldown-epochs default);
-# OFFICIAL_RECIPES.md says 300 epochs: add --cfg-options train_cfg.max_epochs=310 for that tail.
+# the release's scripts say 300 epochs: add --cfg-options train_cfg.max_epochs=310 for that tail.
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6 / 2e-3, by_epoch=True, begin=0, end=6),
     dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=0, end=300),
@@ -94,5 +92,10 @@ auto_scale_lr = dict(base_batch_size=2048)
 
 # --model-ema --model-ema-decay 0.9999 (timm ModelEmaV2: every step, buffers included). mmengine's momentum is
 # 1 - decay. Validation and test use the EMA weights, and checkpoints store them as the model's state_dict.
-custom_hooks = [dict(type='EMAHook', momentum=1e-4, update_buffers=True, priority='ABOVE_NORMAL')]
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=1, save_best='auto'))
+# mmoverlock's hooks: atomic checkpoints (the old one deleted only after the new one is on disk), and one-line
+# errors before the run for head in_channels that do not match the backbone and for a load_from checkpoint
+# that does not fit the model.
+custom_hooks = [dict(type='EMAHook', momentum=1e-4, update_buffers=True, priority='ABOVE_NORMAL'),
+                dict(type='mmoverlock.ChannelCheckHook'), dict(type='mmoverlock.CheckpointCheckHook')]
+default_hooks = dict(checkpoint=dict(type='mmoverlock.AtomicCheckpointHook', interval=1, max_keep_ckpts=1,
+                                     save_best='auto'))

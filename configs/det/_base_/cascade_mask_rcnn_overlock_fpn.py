@@ -1,7 +1,8 @@
 # Cascade Mask R-CNN + FPN on OverLoCK (detection layout) with the heads of mmdet's ConvNeXt cascade configs
 # (configs/convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py): three
 # stages of 4conv1fc shared bbox heads with SyncBN, decoded-box GIoU loss weight 10. The release has no
-# cascade config; this is the protocol under which ConvNeXt, UniRepLKNet and MogaNet report.
+# cascade config; this is the protocol under which ConvNeXt, UniRepLKNet and MogaNet report. The leaves set
+# the variant from configs/_base_/variants/.
 _base_ = ['mmdet::_base_/models/cascade-mask-rcnn_r50_fpn.py']
 
 
@@ -19,14 +20,9 @@ model = dict(
     backbone=dict(
         _delete_=True,
         type='mmoverlock.OverLoCK',
-        arch='t',
         out_indices=(0, 1, 2, 3),
-        fuse_overview=True,    # detection layout: last map + h_proj(norm(Overview-Net map))
-        extra_norm=True,
-        drop_path_rate=0.2,
-        init_cfg=dict(type='Pretrained',
-                      checkpoint='https://github.com/LMMMEng/OverLoCK/releases/download/v1/overlock_t_in1k_224.pth')),
-    neck=dict(in_channels=[64, 128, 384, 640]),   # e0, e1, e2 + e3/4, e3 + e3/4
+        layout='detection',    # LN2d'd outputs, the last one + h_proj(norm(Overview-Net map))
+        init_cfg=dict(type='Pretrained')),
     roi_head=dict(bbox_head=[giou_4conv1fc_head([0.1, 0.1, 0.2, 0.2]),       # per-stage stds as mmdet's
                              giou_4conv1fc_head([0.05, 0.05, 0.1, 0.1]),
                              giou_4conv1fc_head([0.033, 0.033, 0.067, 0.067])]))

@@ -1,11 +1,12 @@
 # The official OverLoCK COCO 1x recipe (mmdet 2.28 release), in mmdet 3 spelling: data, schedule, optimizer,
-# hooks. Model-free, so Mask R-CNN and Cascade Mask R-CNN share it. Values: OFFICIAL_RECIPES.md, "COCO".
+# hooks. Model-free, so Mask R-CNN and Cascade Mask R-CNN share it. Values: the release's
+# detection/configs/maskrcnn_overlock/*_1x_coco.py.
 _base_ = [
     'mmdet::_base_/datasets/coco_instance.py',   # (1333, 800) keep-ratio resize + flip 0.5; test (1333, 800)
     'mmdet::_base_/schedules/schedule_1x.py',    # 12 epochs, steps 8/11, linear warm-up 500 iters from 0.001
     'mmdet::_base_/default_runtime.py',
 ]
-# mmoverlock.models.det_tta: test-time augmentation that also merges masks (`tools/test.py --tta`)
+# mmoverlock.models.det_tta (the mmdet adapter): test-time augmentation that also merges masks (--tta)
 custom_imports = dict(imports=['mmoverlock', 'mmoverlock.models.det_tta'], allow_failed_imports=False)
 
 # AdamW lr 2e-4, wd 0.05; no decay for parameters whose *name* contains 'norm' (the release's custom_keys
@@ -15,8 +16,13 @@ optim_wrapper = dict(
     optimizer=dict(_delete_=True, type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.)}))
 
-# The release keeps one checkpoint per epoch plus the best (first metric: coco/bbox_mAP).
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=1, save_best='auto'))
+# The release keeps one checkpoint per epoch plus the best (first metric: coco/bbox_mAP). mmoverlock's
+# CheckpointHook writes each checkpoint atomically and deletes the old one only after the new one is on disk;
+# the two checks fail the run early, in one line, on a neck/head whose in_channels do not match the backbone
+# and on a load_from checkpoint that does not fit the model (or holds more than tensors).
+default_hooks = dict(checkpoint=dict(type='mmoverlock.AtomicCheckpointHook', interval=1, max_keep_ckpts=1,
+                                     save_best='auto'))
+custom_hooks = [dict(type='mmoverlock.ChannelCheckHook'), dict(type='mmoverlock.CheckpointCheckHook')]
 
 # lr above is for 16 images = 8 GPUs x 2; `tools/train.py --auto-scale-lr` rescales it to the real batch.
 train_dataloader = dict(batch_size=2)

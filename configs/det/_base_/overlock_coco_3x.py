@@ -1,5 +1,5 @@
 # The official OverLoCK COCO 3x recipe: the 1x recipe with lr 1e-4, 36 epochs (steps 27/33) and
-# multi-scale training with the DETR-style crop branch (OFFICIAL_RECIPES.md, "COCO").
+# multi-scale training with the DETR-style crop branch (the release's *_3x_coco.py).
 _base_ = ['./overlock_coco_1x.py']
 
 optim_wrapper = dict(optimizer=dict(lr=1e-4))

@@ -1,7 +1,7 @@
 # UperNet + OverLoCK on ADE20K, 160k iterations: the official recipe (OverLoCK release,
-# segmentation/configs/overlock/upernet_overlock_*_ade20k_8xb2.py, mmseg 0.30; see OFFICIAL_RECIPES.md)
-# written for mmseg 1.x over its packaged bases. The variant files set only the arch, drop path, decode-head
-# in_channels and the ImageNet checkpoint.
+# segmentation/configs/overlock/upernet_overlock_*_ade20k_8xb2.py, mmseg 0.30) written for mmseg 1.x over
+# its packaged bases. The leaves set the variant (arch, drop path, head in_channels, ImageNet checkpoint)
+# from configs/_base_/variants/.
 _base_ = [
     'mmseg::_base_/models/upernet_r50.py',           # UperNet (channels 512) + FCN aux head (index 2, loss 0.4)
     'mmseg::_base_/datasets/ade20k.py',
@@ -11,7 +11,7 @@ _base_ = [
 custom_imports = dict(imports=['mmoverlock'], allow_failed_imports=False)
 
 crop_size = (512, 512)
-norm_cfg = dict(type='SyncBN', requires_grad=True)   # SyncBN in the heads (tools/ turn it into BN without CUDA)
+norm_cfg = dict(type='SyncBN', requires_grad=True)   # SyncBN in the heads (tools/ use BN where there is no CUDA)
 # The official train pipeline ends with Pad(size=crop_size, pad_val=0, seg_pad_val=255); in mmseg 1 the data
 # preprocessor pads (pad_val=0, seg_pad_val=255 come from the packaged base).
 data_preprocessor = dict(size=crop_size)
@@ -22,16 +22,11 @@ model = dict(
     backbone=dict(
         _delete_=True,
         type='mmoverlock.OverLoCK',
-        arch='t',
         out_indices=(0, 1, 2, 3),
-        fuse_overview=False,     # segmentation layout: no Overview-Net fusion into the last map
-        extra_norm=True,         # LN2d on every output (the dense layouts)
-        drop_path_rate=0.2,
-        init_cfg=dict(type='Pretrained',
-                      checkpoint='https://github.com/LMMMEng/OverLoCK/releases/download/v1/overlock_t_in1k_224.pth')),
-    decode_head=dict(in_channels=[64, 128, 384, 640], in_index=[0, 1, 2, 3], channels=512, num_classes=150,
-                     norm_cfg=norm_cfg),
-    auxiliary_head=dict(in_channels=384, in_index=2, num_classes=150, norm_cfg=norm_cfg,
+        layout='segmentation',   # LN2d'd outputs, no Overview-Net fusion into the last map
+        init_cfg=dict(type='Pretrained')),
+    decode_head=dict(in_index=[0, 1, 2, 3], channels=512, num_classes=150, norm_cfg=norm_cfg),
+    auxiliary_head=dict(in_index=2, num_classes=150, norm_cfg=norm_cfg,
                         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
     test_cfg=dict(mode='whole'))   # whole-image inference, as the release
 
@@ -102,6 +97,10 @@ auto_scale_lr = dict(enable=False, base_batch_size=16)
 # 160k iterations; validate every 16k and keep the checkpoint with the best mIoU (the release validated every 8k
 # with save_best='mIoU'; pass --cfg-options train_cfg.val_interval=8000 to match it exactly).
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=160000, val_interval=16000)
+# mmoverlock's CheckpointHook writes atomically and deletes the old checkpoint only after the new one is on
+# disk; the checks fail the run early, in one line, on head in_channels that do not match the backbone and on a
+# load_from checkpoint that does not fit the model.
 default_hooks = dict(
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=16000, max_keep_ckpts=1,
+    checkpoint=dict(type='mmoverlock.AtomicCheckpointHook', by_epoch=False, interval=16000, max_keep_ckpts=1,
                     save_best='mIoU', rule='greater'))
+custom_hooks = [dict(type='mmoverlock.ChannelCheckHook'), dict(type='mmoverlock.CheckpointCheckHook')]

@@ -1,14 +1,16 @@
 """OverLoCK backbone (CVPR 2025): Base-Net, Overview-Net and Focus-Net in one module.
 
-One implementation serves the three official layouts; they differ by flags only:
+One implementation serves the three official layouts (``layout``); they differ in their output heads only:
 
-=============  ===============  ==================  =====================================================
-layout         ``extra_norm``   ``fuse_overview``   outputs
-=============  ===============  ==================  =====================================================
-ImageNet       False            False               raw maps (index 4 = Overview-Net map for the aux head)
-detection      True             True                LN2d-normed maps; last one + h_proj(norm(overview))
-segmentation   True             False               LN2d-normed maps
-=============  ===============  ==================  =====================================================
+================  ===================================================================================
+layout            outputs
+================  ===================================================================================
+classification    raw maps (index 4 = the Overview-Net map, for the auxiliary head)
+detection         LN2d-normed maps (``extra_norm``); the last one plus ``h_proj(extra_norm[4](overview))``
+segmentation      LN2d-normed maps
+================  ===================================================================================
+
+In the dense layouts the *normed* stage-2 map also feeds stage 3 (as the release computes it).
 """
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -16,19 +18,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmcv.cnn.bricks import DropPath
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...registry import register_public
+from ...registry import MODELS
 from ..contmix import ContMixBlock
-from ..layers import GRN, DilatedReparamBlock, LayerNorm2d, LayerScale, ResDWConv, SEModule
+from ..layers import GRN, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale, ResDWConv, SEModule
+from .checkpoint import load_overlock_checkpoint
 
 ARCH_KEYS = ('depth', 'sub_depth', 'embed_dim', 'kernel_size', 'mlp_ratio', 'sub_num_heads', 'sub_mlp_ratio')
 
-#: The official variants (OVERLOCK_SPEC.md, "Variants").
+#: The official variants (the release's ``overlock_{xt,t,s,b}`` model definitions).
 arch_settings: Dict[str, dict] = {
     'xt': dict(depth=[2, 2, 3, 2], sub_depth=[6, 2], embed_dim=[56, 112, 256, 336], kernel_size=[17, 15, 13, 7],
                mlp_ratio=4, sub_num_heads=[4, 6], sub_mlp_ratio=3),
@@ -42,6 +44,12 @@ arch_settings: Dict[str, dict] = {
 for _name, _full in (('x-tiny', 'xt'), ('tiny', 't'), ('small', 's'), ('base', 'b')):
     arch_settings[_name] = arch_settings[_full]
 
+#: layout -> (LN2d on the outputs, Overview-Net fusion into the last map); see the module docstring
+LAYOUTS: Dict[str, tuple] = {
+    'classification': (False, False),
+    'detection': (True, True),
+    'segmentation': (True, False),
+}
 SMK_SIZE = 5                       # small dynamic kernel
 LS_INIT = (None, None, 1., 1.)     # LayerScale init of the Base/Overview-Net blocks, per stage
 NUM_OUTPUTS = 5                    # out indices 0-3: stages; 4: the Overview-Net map
@@ -119,19 +127,34 @@ def downsample(in_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_dim, out_dim, 3, 2, 1, bias=False), nn.BatchNorm2d(out_dim))
 
 
-@register_public
+@MODELS.register_module()
 class OverLoCK(BaseModule):
     """OverLoCK backbone.
+
+    Submodules keep the official names (checkpoint keys):
+
+    ========================  =======================================================================
+    ``patch_embed1``          stem: four 3x3 convs to stride 4
+    ``patch_embed2/3/4``      3x3 stride-2 downsamplers into stages 2, 3 and 4 (Overview-Net)
+    ``blocks1..3``            Base-Net blocks (:class:`RepConvBlock`), stages 1-3
+    ``blocks4``               Overview-Net blocks, stride 32
+    ``high_level_proj``       1x1 conv: Overview-Net map -> the context (e3 // 4 channels)
+    ``sub_blocks3/4``         Focus-Net blocks (:class:`ContMixBlock`) at strides 16 and 32
+    ``patch_embedx.x_proj``   downsampler of the Focus-Net features between sub_blocks3 and 4
+    ``patch_embedx.h_proj``   downsampler of the Focus-Net context between sub_blocks3 and 4
+    ``extra_norm.0..3``       LN2d on the four outputs (dense layouts)
+    ``extra_norm.4``          LN2d on the Overview-Net map before its fusion (detection layout)
+    ``h_proj``                Overview-Net fusion: 1x1 conv + LayerScale, added to the last output
+                              (detection layout; not ``patch_embedx.h_proj``)
+    ========================  =======================================================================
 
     Args:
         arch: 'xt' | 't' | 's' | 'b' (or 'x-tiny', 'tiny', 'small', 'base'), or a dict with
             ``depth, sub_depth, embed_dim, kernel_size, mlp_ratio, sub_num_heads, sub_mlp_ratio``.
         out_indices: which maps to return: 0-3 the four stages (strides 4, 8, 16, 32; channels
             ``e0, e1, e2 + c, e3 + c`` with c = e3 // 4), 4 the Overview-Net map (stride 32, e3 channels).
-        fuse_overview: add ``h_proj(extra_norm[4](overview))`` to the last map (official detection layout);
-            False is the segmentation layout.
-        extra_norm: LN2d on every output and a normed stage-2 map into stage 3 (the dense layouts).
-            False is the ImageNet layout (no output norms; requires ``fuse_overview=False``).
+        layout: 'classification' | 'detection' | 'segmentation' (module docstring): which output heads
+            the model has. The released ImageNet checkpoints are 'classification'.
         drop_path_rate: stochastic depth, linear over all blocks (stages 1-4, then Focus-Net 3, 4).
         frozen_stages: -1 none; 0 the stem; i in 1..4 the stem and stages 1..i (stage 3 = Base-Net and
             Focus-Net stage 3; stage 4 = Overview-Net, Focus-Net stage 4 and the output heads).
@@ -140,11 +163,11 @@ class OverLoCK(BaseModule):
         deploy: build the re-parameterised (inference) form directly.
         in_channels: image channels.
         init_cfg: e.g. ``dict(type='Pretrained', checkpoint=FILE_OR_URL, prefix='backbone.')``; official
-            ImageNet checkpoints load without a key map (see :mod:`mmoverlock.utils.checkpoint`).
+            ImageNet checkpoints load without a key map (see :mod:`.checkpoint`).
     """
 
     def __init__(self, arch: Union[str, dict] = 't', out_indices: Sequence[int] = (0, 1, 2, 3),
-                 fuse_overview: bool = True, extra_norm: bool = True, drop_path_rate: float = 0.,
+                 layout: str = 'detection', drop_path_rate: float = 0.,
                  frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False, deploy: bool = False,
                  in_channels: int = 3, init_cfg: Optional[dict] = None):
         super().__init__(init_cfg)
@@ -158,11 +181,11 @@ class OverLoCK(BaseModule):
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f'OverLoCK: frozen_stages={frozen_stages} out of range; expected -1 (none), '
                              f'0 (stem) or 1..4')
-        if fuse_overview and not extra_norm:
-            raise ValueError('OverLoCK: fuse_overview=True needs extra_norm=True (detection layout); '
-                             'the ImageNet layout is extra_norm=False, fuse_overview=False')
+        if layout not in LAYOUTS:
+            raise ValueError(f"OverLoCK: layout='{layout}' is not one of {list(LAYOUTS)}")
         self.out_indices = tuple(int(i) for i in out_indices)
-        self.fuse_overview, self.use_extra_norm = fuse_overview, extra_norm
+        self.layout = layout
+        self.normed_outputs, self.fuses_overview = LAYOUTS[layout]
         self.frozen_stages, self.norm_eval, self.with_cp = frozen_stages, norm_eval, with_cp
 
         e = arch['embed_dim']
@@ -198,9 +221,9 @@ class OverLoCK(BaseModule):
         self.out_channels: List[int] = [
             [e[0], e[1], e[2] + ctx_dim, e[3] + ctx_dim, e[3]][i] for i in self.out_indices]
         all_channels = [e[0], e[1], e[2] + ctx_dim, e[3] + ctx_dim]
-        if extra_norm:
+        if self.normed_outputs:
             self.extra_norm = nn.ModuleList(LayerNorm2d(c) for c in all_channels)
-            if fuse_overview:
+            if self.fuses_overview:
                 self.extra_norm.append(LayerNorm2d(e[3]))
                 self.h_proj = nn.Sequential(nn.Conv2d(e[3], e[3] + ctx_dim, 1), LayerScale(e[3] + ctx_dim, 1e-5))
         self._freeze_stages()
@@ -209,7 +232,6 @@ class OverLoCK(BaseModule):
     def init_weights(self) -> None:
         """The official init (trunc-normal 0.02 convs, zero biases), then a Pretrained ``init_cfg`` through
         :func:`load_overlock_checkpoint` (or any other mmengine ``init_cfg``)."""
-        from ...utils.checkpoint import load_overlock_checkpoint
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 trunc_normal_(m.weight, std=.02)
@@ -266,7 +288,7 @@ class OverLoCK(BaseModule):
         return block(*args)
 
     def _norm(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        return self.extra_norm[i](x) if self.use_extra_norm else x
+        return self.extra_norm[i](x) if self.normed_outputs else x
 
     def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
         """(B, 3, H, W) -> the five maps [s1, s2, s3, s4, overview], outputs norms applied."""
@@ -300,7 +322,7 @@ class OverLoCK(BaseModule):
             out = self._run(blk, x, h, ctx_ori)
             x, h = out if isinstance(out, tuple) else (out, None)
         out4 = self._norm(3, x)
-        if self.fuse_overview:
+        if self.fuses_overview:
             out4 = out4 + self.h_proj(self.extra_norm[4](ctx))
         return [out1, out2, out3, out4, ctx]
 

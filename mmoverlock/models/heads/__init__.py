@@ -1,3 +1,10 @@
+"""The mmpretrain adapter, imported by the classification configs (``custom_imports``), not by
+``import mmoverlock``: the ImageNet head with its Overview-Net auxiliary head, the classifier that also reads
+the release's checkpoints, and OverLoCK's ImageNet models in mmpretrain's model hub."""
+from .model_hub import register_model_hub
+from .overlock_classifier import OverLoCKClassifier
 from .overlock_cls_head import OverLoCKClsHead
 
-__all__ = ['OverLoCKClsHead']
+register_model_hub()
+
+__all__ = ['OverLoCKClassifier', 'OverLoCKClsHead', 'register_model_hub']

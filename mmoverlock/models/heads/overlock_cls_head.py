@@ -1,14 +1,17 @@
-"""The ImageNet head of OverLoCK with its deep-supervision (Overview-Net) head, for mmpretrain."""
-from typing import List, Sequence, Tuple
+"""The ImageNet head of OverLoCK with its deep-supervision (Overview-Net) head, for mmpretrain.
+
+Imported by the classification configs (``custom_imports``), not by ``import mmoverlock``: it needs mmpretrain.
+"""
+from typing import List, Tuple
 
 import torch
 import torch.nn as nn
 from mmpretrain.models.heads import ClsHead
 
-from ...registry import register_public
+from ...registry import MODELS
 
 
-@register_public
+@MODELS.register_module()
 class OverLoCKClsHead(ClsHead):
     """Main head on the last map and an auxiliary head on the Overview-Net map.
 
@@ -20,8 +23,13 @@ class OverLoCKClsHead(ClsHead):
       weighted ``aux_loss_weight`` (0.4 in the official recipe). Prediction uses the main logits.
 
     Args:
-        num_classes: classes. in_channels: channels of the last map (e3 + e3 // 4).
-        overview_channels: channels of the Overview-Net map (e3). projection: hidden width (1024).
+        num_classes: classes.
+        in_channels: channels of the last map (e3 + e3 // 4).
+        overview_channels: channels of the Overview-Net map (e3).
+        projection: hidden width of the main head (1024 in the release).
+        aux_loss_weight: weight of the auxiliary head's loss.
+        init_cfg: mmengine init config.
+        **kwargs: mmpretrain ``ClsHead`` arguments (``loss``, ``topk``, ...).
     """
 
     def __init__(self, num_classes: int, in_channels: int, overview_channels: int, projection: int = 1024,
@@ -37,6 +45,14 @@ class OverLoCKClsHead(ClsHead):
         self.aux_head = nn.Sequential(
             nn.BatchNorm2d(overview_channels), nn.AdaptiveAvgPool2d(1),
             nn.Conv2d(overview_channels, num_classes, 1))
+
+    def channel_expectations(self, out_channels: List[int], where: str) -> List[Tuple[str, int, int]]:
+        """(config path, declared, expected) of the two maps this head reads, for mmoverlock's
+        ``ChannelCheckHook``: the last output and the Overview-Net map."""
+        if len(out_channels) < 2:
+            return []
+        return [(f'{where}.in_channels', self.main_head[0].in_channels, out_channels[-2]),
+                (f'{where}.overview_channels', self.aux_head[0].num_features, out_channels[-1])]
 
     def _split(self, feats: Tuple[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         if len(feats) < 2:

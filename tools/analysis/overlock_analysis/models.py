@@ -1,7 +1,6 @@
 """Build OverLoCK models for complexity analysis (no checkpoint is loaded) and give them dummy inputs."""
 import copy
 from contextlib import contextmanager
-from functools import partial
 from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import torch
@@ -11,8 +10,9 @@ from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import init_default_scope
 from mmengine.utils import import_modules_from_strings
 
-from ..models.backbones.overlock import resolve_arch
-from ..utils.runtime import task_of
+from mmoverlock.models.backbones.overlock import resolve_arch
+from mmoverlock.utils.runtime import task_of
+
 from .complexity import ComplexityReport, analyze_complexity, deploy_
 from .reference import FLOPS_SHAPE
 
@@ -29,8 +29,7 @@ def imagenet_model_cfg(arch: Union[str, dict], num_classes: int = 1000, projecti
     e3 = resolve_arch(arch)['embed_dim'][3]
     return dict(
         type='ImageClassifier',
-        backbone=dict(type='mmoverlock.OverLoCK', arch=arch, out_indices=(3, 4), extra_norm=False,
-                      fuse_overview=False),
+        backbone=dict(type='mmoverlock.OverLoCK', arch=arch, out_indices=(3, 4), layout='classification'),
         head=dict(type='mmoverlock.OverLoCKClsHead', num_classes=num_classes, in_channels=e3 + e3 // 4,
                   overview_channels=e3, projection=projection))
 
@@ -72,7 +71,9 @@ def build_model(cfg: Union[Config, dict], task: Optional[str] = None) -> Tuple[n
             raise ValueError(f"build_model: task='{task}' must be one of {sorted(TRAIN_ONLY)} for a model dict")
         model_cfg = ConfigDict(copy.deepcopy(cfg))
     init_default_scope({'det': 'mmdet', 'seg': 'mmseg', 'cls': 'mmpretrain'}[task])
-    import mmoverlock  # noqa: F401  (registers OverLoCK, its head)
+    import mmoverlock  # noqa: F401  (registers OverLoCK)
+    if task == 'cls':
+        import mmoverlock.models.heads  # noqa: F401  (registers OverLoCKClsHead)
     model = _registry(task).build(_strip_pretrained(model_cfg))
     return revert_sync_batchnorm(model).eval(), task
 
@@ -92,17 +93,6 @@ def dummy_inputs(task: str, shape: Tuple[int, int]) -> Tuple[torch.Tensor, Optio
     return image, None
 
 
-@contextmanager
-def tensor_forward(model: nn.Module, data_samples: Optional[list]) -> Iterator[nn.Module]:
-    """``model(image)`` runs ``model.forward(image, data_samples, mode='tensor')`` (as mmdet's and mmseg's
-    get_flops tools do), inside the block."""
-    model.forward = partial(model.forward, data_samples=data_samples, mode='tensor')
-    try:
-        yield model
-    finally:
-        del model.forward
-
-
 #: Mask-head RoIs of the detection FLOPs: mmdet's convention (mmdet 2 ``forward_dummy``, mmdet 3
 #: ``StandardRoIHead.forward``: the first 100 of the 1000 proposals; at test time the mask head sees the
 #: <= 100 final detections).
@@ -113,25 +103,33 @@ MASK_ROIS = 100
 def cascade_mask_rois(model: nn.Module, limit: int = MASK_ROIS) -> Iterator[nn.Module]:
     """Inside the block a cascade RoI head runs its mask heads on the first ``limit`` RoIs, as mmdet's
     Mask R-CNN tensor forward does (mmdet 3's cascade one feeds all 1000 proposals to the three mask heads,
-    ~7x the FLOPs any published table counts). The predictions are tiled back to one per RoI."""
+    ~7x the FLOPs any published table counts). Done with hooks on each stage's ``mask_head`` (removed on
+    exit): its input RoI features (N, C, h, w) are cut to the first ``limit``, its predictions tiled back
+    to N, one per RoI."""
     roi_head = getattr(model, 'roi_head', None)
     if roi_head is None or not getattr(roi_head, 'with_mask', False) or not hasattr(roi_head, 'num_stages'):
         yield model
         return
-    original = roi_head._mask_forward
 
-    def limited(stage: int, x: tuple, rois: torch.Tensor) -> dict:
-        out = original(stage, x, rois[:limit])
-        preds = out['mask_preds']
-        repeats = -(-rois.shape[0] // max(preds.shape[0], 1))
-        out['mask_preds'] = preds.repeat(repeats, 1, 1, 1)[:rois.shape[0]]
-        return out
+    num_rois: Dict[nn.Module, int] = {}   # mask head -> RoIs it was given in the running forward
 
-    roi_head._mask_forward = limited
+    def first_rois(mask_head: nn.Module, args: tuple) -> tuple:
+        num_rois[mask_head] = args[0].shape[0]
+        return (args[0][:limit], ) + tuple(args[1:])
+
+    def tile_back(mask_head: nn.Module, args: tuple, preds: torch.Tensor) -> torch.Tensor:
+        repeats = -(-num_rois[mask_head] // max(preds.shape[0], 1))
+        return preds.repeat(repeats, *([1] * (preds.dim() - 1)))[:num_rois[mask_head]]
+
+    handles = []
     try:
+        for mask_head in roi_head.mask_head:
+            handles.append(mask_head.register_forward_pre_hook(first_rois))
+            handles.append(mask_head.register_forward_hook(tile_back))
         yield model
     finally:
-        del roi_head._mask_forward
+        for handle in handles:
+            handle.remove()
 
 
 def measure(model: nn.Module, task: str, shape: Optional[Tuple[int, int]] = None, deploy: bool = True,
@@ -144,9 +142,10 @@ def measure(model: nn.Module, task: str, shape: Optional[Tuple[int, int]] = None
     if deploy:
         deploy_(model)
     image, data_samples = dummy_inputs(task, shape)
-    with tensor_forward(model, data_samples), cascade_mask_rois(model):
+    with cascade_mask_rois(model):   # model(image, data_samples, mode='tensor'), as mmdet's / mmseg's get_flops
         return analyze_complexity(model, (image, ), parts=PARTS, exclude_params=TRAIN_ONLY[task],
-                                  convention=convention)
+                                  convention=convention,
+                                  forward_kwargs=dict(data_samples=data_samples, mode='tensor'))
 
 
 def summary(report: ComplexityReport) -> Dict[str, Tuple[float, float]]:

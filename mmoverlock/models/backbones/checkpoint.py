@@ -1,4 +1,4 @@
-"""Reading checkpoints safely and loading official OverLoCK weights without a key map."""
+"""Reading checkpoints safely and loading official OverLoCK weights into the backbone without a key map."""
 import os
 import pickle
 import zipfile
@@ -10,15 +10,10 @@ import torch
 import torch.nn as nn
 from mmengine.logging import MMLogger, print_log
 
-from ..models.layers import DilatedReparamBlock
+from ...utils.safe_load import SAFE_GLOBALS
+from ..layers import DilatedReparamBlock
 
 NESTING_KEYS = ('state_dict', 'model', 'state_dict_ema')
-
-
-def safe_globals() -> list:
-    """Types that may be unpickled from a checkpoint besides tensors and containers (weights_only stays on)."""
-    from .safe_load import SAFE_GLOBALS
-    return list(SAFE_GLOBALS)
 
 
 def read_checkpoint(source: str, map_location='cpu') -> dict:
@@ -26,9 +21,9 @@ def read_checkpoint(source: str, map_location='cpu') -> dict:
 
     Raises a one-line error for a missing, truncated or non-checkpoint file.
     """
-    # Process-wide and idempotent. (A ``torch.serialization.safe_globals`` context would *remove* these
-    # entries on exit, un-installing the allow-list that mmoverlock's import set up for mmengine's loader.)
-    torch.serialization.add_safe_globals(safe_globals())
+    # Process-wide and idempotent (``import mmoverlock`` adds the same list). A
+    # ``torch.serialization.safe_globals`` context would *remove* the entries on exit.
+    torch.serialization.add_safe_globals(SAFE_GLOBALS)
     is_url = isinstance(source, str) and source.startswith(('http://', 'https://'))
     if not is_url and not os.path.isfile(source):
         raise FileNotFoundError(f"checkpoint '{source}' does not exist; expected a .pth file or an http(s) URL")

@@ -1,0 +1,13 @@
+# OverLoCK-S: the facts every task's config takes from here (the official release's values).
+overlock_variant = dict(
+    arch='s',
+    # the release's ImageNet-1K weights (the dense tasks start from them)
+    checkpoint='https://github.com/LMMMEng/OverLoCK/releases/download/v1/overlock_s_in1k_224.pth',
+    # the same weights re-parameterised (deploy form: backbone built with deploy=True)
+    reparam_checkpoint='https://github.com/LMMMEng/OverLoCK/releases/download/v1/overlock_s_in1k_224_reparam.pth',
+    # out_channels of stages 1-4 in the dense layouts: e0, e1, e2 + e3 // 4, e3 + e3 // 4
+    channels=[64, 128, 448, 640],
+    overview_channels=512,   # the Overview-Net map (e3), read by the ImageNet auxiliary head
+    # stochastic depth per task: the release's train scripts and configs
+    drop_path=dict(cls=0.4, det=0.4, seg=0.3),
+    crop_pct=0.95)  # ImageNet test crop (the release's default_cfg)

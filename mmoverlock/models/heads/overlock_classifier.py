@@ -1,0 +1,39 @@
+"""mmpretrain's ImageClassifier that also reads the release's ImageNet checkpoints as they are."""
+from typing import Dict
+
+import torch
+from mmpretrain.models.classifiers import ImageClassifier
+
+from ...registry import MODELS
+from ..backbones.convert import is_official_cls_layout, official_cls_to_mmpretrain
+
+
+@MODELS.register_module()
+class OverLoCKClassifier(ImageClassifier):
+    """``ImageClassifier`` (same arguments) whose ``load_state_dict`` -- and so mmengine's ``load_from``,
+    ``tools/test.py`` and ``mmpretrain.get_model(..., pretrained=...)`` -- accepts both layouts:
+
+    * mmpretrain's (``backbone.*``, ``head.main_head.*``, ``head.aux_head.*``), e.g. from a training run or
+      ``tools/convert_official.py``;
+    * the release's timm-style model (backbone keys at the top level, ``head.*``, ``aux_head.*``), converted
+      on the way by :func:`official_cls_to_mmpretrain`; train-form and deploy-form (``*_reparam.pth``, with
+      ``backbone.deploy=True``) alike.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._register_load_state_dict_pre_hook(self._read_official_layout)
+
+    @staticmethod
+    def to_model_layout(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """A state dict in this classifier's key layout (the release's layout converted, others as they are)."""
+        return official_cls_to_mmpretrain(state) if is_official_cls_layout(state) else state
+
+    def _read_official_layout(self, state_dict, prefix, *args) -> None:
+        """load_state_dict pre-hook: rename the release's keys in place before any submodule reads them."""
+        if prefix:
+            return
+        renamed = self.to_model_layout({k: v for k, v in state_dict.items()})
+        if renamed is not state_dict and set(renamed) != set(state_dict):
+            state_dict.clear()
+            state_dict.update(renamed)

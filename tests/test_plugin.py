@@ -1,0 +1,125 @@
+"""The plugin behaves like one: ``import mmoverlock`` registers its modules in scope ``mmoverlock`` and changes
+nothing else (mmengine's functions and root registries, other libraries); the package's import graph has no
+cycle, not even through a function-level import."""
+import ast
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+PACKAGE = osp.join(ROOT, 'mmoverlock')
+
+# Run in a fresh interpreter: records mmengine's state, imports mmoverlock, records it again.
+SNAPSHOT = r'''
+import importlib, inspect, json, sys
+import mmengine.fileio.backends.registry_utils as backends
+import mmengine.registry as registries
+import mmengine.runner.checkpoint as checkpoint
+import mmengine.hooks, mmengine.runner
+
+def root_registries():
+    return {name: reg for name, reg in vars(registries).items() if isinstance(reg, registries.Registry)}
+
+def state():
+    functions = {}
+    for module in (checkpoint, mmengine.runner, mmengine.hooks, mmengine.fileio):
+        for name, obj in vars(module).items():
+            if callable(obj):
+                functions[f'{module.__name__}.{name}'] = id(obj)
+    for cls in (checkpoint.CheckpointLoader, mmengine.hooks.CheckpointHook):
+        for name, obj in vars(cls).items():
+            functions[f'{cls.__name__}.{name}'] = id(obj)
+    return dict(functions=functions,
+                backends=sorted(backends.backends), prefix_backends=sorted(backends.prefix_to_backends),
+                loaders=sorted(checkpoint.CheckpointLoader._schemes),
+                modules={n: sorted(r.module_dict) for n, r in root_registries().items()},
+                children={n: sorted(r.children) for n, r in root_registries().items()})
+
+before = state()
+import mmoverlock
+after = state()
+json.dump(dict(before=before, after=after, loaded=sorted(sys.modules)), sys.stdout)
+'''
+
+
+def _snapshot():
+    out = subprocess.run([sys.executable, '-c', SNAPSHOT], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+def test_import_changes_nothing_but_its_own_scope():
+    snap = _snapshot()
+    before, after = snap['before'], snap['after']
+    changed = sorted(k for k in before['functions'] if after['functions'].get(k) != before['functions'][k])
+    assert changed == [], f'import mmoverlock rebound {changed}'
+    assert after['backends'] == before['backends'] and after['prefix_backends'] == before['prefix_backends']
+    assert after['loaders'] == before['loaders']
+    assert after['modules'] == before['modules'], 'import mmoverlock wrote into mmengine\'s root registries'
+    for name, children in after['children'].items():
+        added = set(children) - set(before['children'][name])
+        assert added <= {'mmoverlock'}, (name, added)
+    assert 'mmoverlock' in after['children']['MODELS'] and 'mmoverlock' in after['children']['HOOKS']
+
+
+def test_import_pulls_in_no_downstream_library():
+    loaded = set(_snapshot()['loaded'])
+    for name in ('mmdet', 'mmseg', 'mmpretrain', 'mmcv', 'torchvision', 'triton'):
+        assert name not in loaded, f'import mmoverlock imported {name}'
+
+
+def _imports(path: str, module: str):
+    """Every mmoverlock module that ``module`` (file ``path``) imports, at any depth of its code."""
+    package = module if osp.basename(path) == '__init__.py' else module.rpartition('.')[0]
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ''
+            if node.level:
+                parent = package.rsplit('.', node.level - 1)[0] if node.level > 1 else package
+                base = f'{parent}.{base}' if base else parent
+            names = [base] + [f'{base}.{a.name}' for a in node.names]
+        else:
+            continue
+        found.update(n for n in names if n == 'mmoverlock' or n.startswith('mmoverlock.'))
+    return found
+
+
+def _modules():
+    modules = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for f in files:
+            if f.endswith('.py'):
+                path = osp.join(folder, f)
+                rel = osp.relpath(path, ROOT)[:-3].replace(os.sep, '.')
+                modules[rel[:-len('.__init__')] if rel.endswith('.__init__') else rel] = path
+    return modules
+
+
+def test_import_graph_has_no_cycle():
+    modules = _modules()
+    graph = {}
+    for name, path in modules.items():
+        # an import of a.b.c runs a/__init__ and a/b/__init__ too; an imported name may be a module
+        targets = set()
+        for target in _imports(path, name):
+            while target and target not in modules:
+                target = target.rpartition('.')[0]
+            if target and target != name:
+                targets.add(target)
+        graph[name] = targets
+
+    def reaches(start, goal, seen):
+        for nxt in graph[start]:
+            if nxt == goal or (nxt not in seen and not seen.add(nxt) and reaches(nxt, goal, seen)):
+                return True
+        return False
+
+    # a package's __init__ importing its own submodules is the package's interface, not a cycle
+    cycles = [(a, b) for a in graph for b in graph[a]
+              if not b.startswith(a + '.') and not a.startswith(b + '.') and reaches(b, a, set())]
+    assert cycles == [], f'modules importing each other back: {cycles}'
