@@ -5,10 +5,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmoverlock.ops import na2d, na2d_av, na2d_av_channels_first, na2d_av_reference, na2d_av_unfold
 
-# (B, G, C, H, W, k): the tap loop (H*W > 4k^2), the dense operator (small maps), a map of exactly k.
+# (B, G, C, H, W, k): the tap loop (H*W > 4k^2), the dense operator (small maps), the per-window matmuls
+# (at most 4 distinct windows: a map of exactly k, one of k + 1).
 TAP_CASE = (2, 2, 3, 9, 11, 3)
 DENSE_CASE = (1, 2, 3, 6, 7, 5)
 EXACT_CASE = (1, 1, 2, 5, 5, 5)
+WINDOWS_CASE = (2, 2, 3, 8, 8, 7)
 GRADCHECK_TAP_CASE = (1, 1, 2, 7, 8, 3)   # small enough for float64 gradcheck, still the tap loop
 
 
@@ -36,7 +38,7 @@ def channels_first(attn, value):
     return attn.permute(0, 1, 4, 2, 3).contiguous(), value.permute(0, 1, 4, 2, 3).contiguous()
 
 
-@pytest.mark.parametrize('case', [TAP_CASE, DENSE_CASE, EXACT_CASE])
+@pytest.mark.parametrize('case', [TAP_CASE, DENSE_CASE, EXACT_CASE, WINDOWS_CASE])
 def test_all_variants_equal_brute_force(case):
     attn, value, k = make(case)
     expected = brute_force(attn, value, k)
@@ -49,16 +51,21 @@ def test_all_variants_equal_brute_force(case):
 
 def test_paths_are_the_ones_claimed():
     """Every case runs the registered op (its autograd node); on CPU its kernel takes the tap loop for
-    TAP_CASE and the dense matmul for DENSE_CASE; the traced (export) loop equals both."""
-    for case, dense in ((TAP_CASE, False), (GRADCHECK_TAP_CASE, False), (DENSE_CASE, True)):
+    TAP_CASE, the dense matmul for DENSE_CASE and the per-window matmuls for EXACT_CASE and WINDOWS_CASE;
+    the traced (export) loop equals all three."""
+    kernels = {'taps': na2d._forward_taps, 'dense': na2d._dense_aggregate, 'windows': na2d._windows_aggregate}
+    for case, path in ((TAP_CASE, 'taps'), (GRADCHECK_TAP_CASE, 'taps'), (DENSE_CASE, 'dense'),
+                       (EXACT_CASE, 'windows'), (WINDOWS_CASE, 'windows')):
         b, g, c, h, w, k = case
-        assert na2d.uses_dense(h, w, k) == dense == (h * w <= na2d.DENSE_MAX_RATIO * k * k)
+        windows = (h - k + 1) * (w - k + 1) <= na2d.WINDOW_CLASSES_MAX
+        dense = not windows and h * w <= na2d.DENSE_MAX_RATIO * k * k
+        assert (na2d.uses_windows(h, w, k), na2d.uses_windows(h, w, k) or na2d.uses_dense(h, w, k)) == (
+            windows, windows or dense) and path == ('windows' if windows else 'dense' if dense else 'taps')
         attn, value = channels_first(*make(case, requires_grad=False)[:2])
         attn.requires_grad_()
         out = na2d_av_channels_first(attn, value, k)
         assert 'mmoverlock_na2d_av' in type(out.grad_fn).__name__
-        kernel = na2d._dense_aggregate if dense else na2d._forward_taps
-        torch.testing.assert_close(kernel(attn.detach(), value, k), out)
+        torch.testing.assert_close(kernels[path](attn.detach(), value, k), out)
         torch.testing.assert_close(na2d._forward_taps(attn, value, k), out)
 
 
@@ -77,13 +84,13 @@ def test_registered_op_and_its_backward():
     torch.testing.assert_close(grad_attn, expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize('case', [GRADCHECK_TAP_CASE, DENSE_CASE])
+@pytest.mark.parametrize('case', [GRADCHECK_TAP_CASE, DENSE_CASE, WINDOWS_CASE])
 def test_gradcheck_float64(case):
     attn, value, k = make(case, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, v: na2d_av(a, v, k), (attn, value))
 
 
-@pytest.mark.parametrize('case', [TAP_CASE, DENSE_CASE])
+@pytest.mark.parametrize('case', [TAP_CASE, DENSE_CASE, WINDOWS_CASE])
 def test_gradients_match_reference(case):
     attn, value, k = make(case, dtype=torch.float32, requires_grad=True)
     grad = torch.randn(value.shape)
@@ -117,7 +124,7 @@ class LargestTensor(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize('case', [(1, 2, 8, 30, 32, 7), (2, 2, 16, 10, 12, 7)])
+@pytest.mark.parametrize('case', [(1, 2, 8, 30, 32, 7), (2, 2, 16, 10, 12, 7), (2, 2, 16, 14, 14, 13)])
 def test_memory_nothing_of_size_c_k2_hw(case):
     """No tensor of the forward+backward is larger than attn/value (tap loop) or than
     DENSE_MAX_RATIO * attn (dense), while the unfold baseline materialises C*k*k*H*W elements."""
@@ -133,7 +140,7 @@ def test_memory_nothing_of_size_c_k2_hw(case):
         out = na2d._cpu_forward(attn.detach(), value.detach(), k)
         na2d._cpu_backward(torch.ones_like(out), attn.detach(), value.detach(), k, True, True)
     unfolded = b * g * c * k * k * h * w
-    dense = h * w <= na2d.DENSE_MAX_RATIO * k * k
+    dense = not na2d.uses_windows(h, w, k) and h * w <= na2d.DENSE_MAX_RATIO * k * k
     bound = max(attn.numel(), value.numel()) * (na2d.DENSE_MAX_RATIO if dense else 1)
     assert mode.largest <= bound < unfolded / 2
     assert max(saved) <= bound

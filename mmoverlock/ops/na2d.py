@@ -16,8 +16,12 @@ One op, ``torch.ops.mmoverlock.na2d_av`` (channels-first), registered with ``tor
 
 * **CUDA**: fused Triton kernels (:mod:`mmoverlock.ops.na2d_triton`): one pass over the k*k taps per pixel
   tile for the forward and grad_attn, an inverse-neighbourhood gather for grad_value;
-* **CPU** (and any device without Triton), chosen by map size; neither materialises anything of size
+* **CPU** (and any device without Triton), chosen by map size; none materialises anything of size
   C*k*k*H*W, activation memory is O(B*G*H*W*(C + k*k)):
+
+  - the **per-window matmuls** (maps whose pixels share at most ``WINDOW_CLASSES_MAX`` distinct clamped
+    windows, e.g. 14x14 with k=13): the pixels of one window form a rectangle, aggregated by one matmul
+    values (C, k*k) @ kernels (k*k, n);
 
   - the **tap loop** (H*W > ``DENSE_MAX_RATIO`` * k*k): for tap (a, b) the clamped gather is a slice of the
     valid windows followed by replicate padding (the map of window starts is the valid-window map,
@@ -40,11 +44,15 @@ import torch.nn.functional as F
 from .tracing import is_exporting
 
 __all__ = ['na2d_av', 'na2d_av_channels_first', 'na2d_av_reference', 'na2d_av_unfold', 'triton_na2d_av',
-           'window_starts', 'check_window', 'uses_dense', 'DENSE_MAX_RATIO']
+           'window_starts', 'window_classes', 'check_window', 'uses_dense', 'uses_windows', 'DENSE_MAX_RATIO',
+           'WINDOW_CLASSES_MAX']
 
 #: maps with H*W <= DENSE_MAX_RATIO * k*k use the dense operator (its matrix is <= this many times ``attn``);
 #: 4 is about where the tap loop becomes faster on CPU (tools/analysis/benchmark_contmix.py).
 DENSE_MAX_RATIO = 4
+#: maps whose pixels share at most this many distinct clamped windows use one matmul per window
+#: (e.g. 14x14 with k=13: 4 windows, 1.8x faster than the dense operator; 7x7 with k=7: 1 window, 5x)
+WINDOW_CLASSES_MAX = 4
 
 
 def check_window(height: int, width: int, kernel_size: int) -> None:
@@ -134,6 +142,70 @@ def uses_dense(height: int, width: int, kernel_size: int) -> bool:
     return height * width <= DENSE_MAX_RATIO * kernel_size * kernel_size
 
 
+def uses_windows(height: int, width: int, kernel_size: int) -> bool:
+    """Whether the CPU kernel takes the per-window matmuls: few distinct clamped windows (maps near k)."""
+    return (height - kernel_size + 1) * (width - kernel_size + 1) <= WINDOW_CLASSES_MAX
+
+
+@lru_cache(maxsize=128)
+def window_classes(length: int, kernel_size: int) -> Tuple[Tuple[int, int, int], ...]:
+    """The positions along one axis grouped by their clamped window: ((first, end, window start), ...);
+    consecutive ranges, since the start never decreases (border positions share the border window)."""
+    starts = [min(max(i - kernel_size // 2, 0), length - kernel_size) for i in range(length)]
+    groups, first = [], 0
+    for i in range(1, length + 1):
+        if i == length or starts[i] != starts[first]:
+            groups.append((first, i, starts[first]))
+            first = i
+    return tuple(groups)
+
+
+def _window_blocks(attn: torch.Tensor, value: torch.Tensor, kernel_size: int):
+    """For each distinct clamped window: the pixels that use it (a rectangle) and the window itself, as
+    matmul operands: (rows, cols, window rows, window cols, values (BG, C, k*k), kernels (BG, k*k, n))."""
+    b, g, c, h, w = value.shape
+    k = kernel_size
+    attn4, value4 = attn.reshape(b * g, k * k, h, w), value.reshape(b * g, c, h, w)
+    for r0, r1, si in window_classes(h, k):
+        for c0, c1, sj in window_classes(w, k):
+            window = value4[:, :, si:si + k, sj:sj + k].reshape(b * g, c, k * k)
+            kernels = attn4[:, :, r0:r1, c0:c1].reshape(b * g, k * k, (r1 - r0) * (c1 - c0))
+            yield slice(r0, r1), slice(c0, c1), slice(si, si + k), slice(sj, sj + k), window, kernels
+
+
+def _windows_aggregate(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Maps with few distinct windows: all pixels of one window in one matmul, values (C, k*k) @ kernels
+    (k*k, n). attn (B, G, k*k, H, W), value (B, G, C, H, W) -> (B, G, C, H, W); nothing of size HW x HW."""
+    b, g, c, h, w = value.shape
+    out = value.new_empty(b * g, c, h, w)
+    for rows, cols, _, _, window, kernels in _window_blocks(attn, value, kernel_size):
+        out[:, :, rows, cols] = torch.bmm(window, kernels).view(b * g, c, rows.stop - rows.start,
+                                                                 cols.stop - cols.start)
+    return out.view(b, g, c, h, w)
+
+
+def _windows_backward(grad_out: torch.Tensor, attn: torch.Tensor, value: torch.Tensor, kernel_size: int,
+                      attn_grad: bool, value_grad: bool
+                      ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Backward of :func:`_windows_aggregate`: per window, grad_kernels = values^T @ grad_out and
+    grad_values = grad_out @ kernels^T, the latter summed into the window."""
+    b, g, c, h, w = value.shape
+    k2 = kernel_size * kernel_size
+    grad_out4 = grad_out.reshape(b * g, c, h, w)
+    grad_attn = attn.new_empty(b * g, k2, h, w) if attn_grad else None
+    grad_value = value.new_zeros(b * g, c, h, w) if value_grad else None
+    for rows, cols, window_rows, window_cols, window, kernels in _window_blocks(attn, value, kernel_size):
+        grad = grad_out4[:, :, rows, cols].reshape(b * g, c, -1)
+        if attn_grad:
+            grad_attn[:, :, rows, cols] = torch.bmm(window.transpose(1, 2), grad).view(
+                b * g, k2, rows.stop - rows.start, cols.stop - cols.start)
+        if value_grad:
+            grad_value[:, :, window_rows, window_cols] += torch.bmm(grad, kernels.transpose(1, 2)).view(
+                b * g, c, kernel_size, kernel_size)
+    return (grad_attn.view(attn.shape) if attn_grad else None,
+            grad_value.view(value.shape) if value_grad else None)
+
+
 def _taps_backward(grad_out: torch.Tensor, attn: torch.Tensor, value: torch.Tensor, kernel_size: int,
                    attn_grad: bool, value_grad: bool) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Backward of the tap loop: recomputes each shifted value instead of storing k*k of them."""
@@ -194,8 +266,11 @@ def _dense_backward(grad_out: torch.Tensor, attn: torch.Tensor, value: torch.Ten
 
 
 def _cpu_forward(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """The op's kernel on CPU (and on any device without a faster one): dense or tap loop by map size."""
+    """The op's kernel on CPU (and on any device without a faster one): per-window matmuls, the dense
+    operator or the tap loop, by map size."""
     h, w = value.shape[-2:]
+    if uses_windows(h, w, kernel_size):
+        return _windows_aggregate(attn, value, kernel_size)
     if uses_dense(h, w, kernel_size):
         return _dense_aggregate(attn, value, kernel_size)
     return _forward_taps(attn, value, kernel_size, inplace=True)
@@ -203,7 +278,10 @@ def _cpu_forward(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> t
 
 def _cpu_backward(grad_out, attn, value, kernel_size, attn_grad, value_grad):
     h, w = value.shape[-2:]
-    backward = _dense_backward if uses_dense(h, w, kernel_size) else _taps_backward
+    if uses_windows(h, w, kernel_size):
+        backward = _windows_backward
+    else:
+        backward = _dense_backward if uses_dense(h, w, kernel_size) else _taps_backward
     return backward(grad_out, attn, value, kernel_size, attn_grad, value_grad)
 
 

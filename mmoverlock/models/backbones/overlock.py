@@ -25,7 +25,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import MODELS
 from ..contmix import ContMixBlock
-from ..layers import GRN, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale, ResDWConv, SEModule
+from ..layers import (GRN, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale, PointwiseConv2d, ResDWConv,
+                      SEModule)
 from .checkpoint import load_overlock_checkpoint
 
 ARCH_KEYS = ('depth', 'sub_depth', 'embed_dim', 'kernel_size', 'mlp_ratio', 'sub_num_heads', 'sub_mlp_ratio')
@@ -98,11 +99,11 @@ class RepConvBlock(nn.Module):
             DilatedReparamBlock(dim, kernel_size, deploy=deploy),
             nn.BatchNorm2d(dim),
             SEModule(dim),
-            nn.Conv2d(dim, hidden, 1),
+            PointwiseConv2d(dim, hidden),
             nn.GELU(),
             ResDWConv(hidden, 3),
             GRN(hidden),
-            nn.Conv2d(hidden, dim, 1),
+            PointwiseConv2d(hidden, dim),
             DropPath(drop_path) if drop_path > 0 else nn.Identity(),
         )
         self.ls = LayerScale(dim, ls_init_value) if ls_init_value is not None else nn.Identity()
