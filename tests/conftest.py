@@ -1,6 +1,7 @@
 import importlib.util
 import os
 import os.path as osp
+import sys
 
 import pytest
 import torch
@@ -38,7 +39,10 @@ def single_thread():
 
 
 def load_tool(name):
-    """Import ``tools/NAME.py`` as a module (its ``main(argv)`` runs a tool in-process)."""
+    """Import ``tools/NAME.py`` as a module (its ``main(argv)`` runs a tool in-process); tools/ goes on
+    sys.path first, as when the script runs."""
+    if osp.join(ROOT, 'tools') not in sys.path:
+        sys.path.insert(0, osp.join(ROOT, 'tools'))
     spec = importlib.util.spec_from_file_location(f'mmoverlock_tools_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -5,7 +5,6 @@ Every run uses a tiny OverLoCK (the fixture's arch) and narrow heads on 96x128 i
 scales, so the whole file stays within a few CPU minutes.
 """
 import glob
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -24,6 +23,8 @@ from mmdet.structures.bbox import HorizontalBoxes
 from mmengine.config import Config
 
 import mmoverlock  # noqa: F401  (allow-lists mmengine's checkpoint types)
+
+from . import conftest
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'det', '*.py')))
@@ -139,11 +140,8 @@ def tool(name, *args):
 
 
 def load_tool(name: str):
-    """tools/NAME as a module (for its main(argv) in-process)."""
-    spec = importlib.util.spec_from_file_location(f'tools_{name[:-3]}', osp.join(ROOT, 'tools', name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """tools/NAME (with .py) as a module (for its main(argv) in-process)."""
+    return conftest.load_tool(name[:-3])
 
 
 def coco_metrics(log: str) -> dict:

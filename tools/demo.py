@@ -30,6 +30,7 @@ from typing import Dict, List, Optional
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
 
+import quiet_warnings  # noqa: E402,F401  (before mmengine: third-party import warnings)
 from make_demo_data import make_demo_data  # noqa: E402
 
 DEMO_CONFIG = osp.join(ROOT, 'configs', 'demo', 'cascade_overlock_demo_shapes.py')

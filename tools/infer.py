@@ -8,6 +8,8 @@ visualizers (mmdet's DetLocalVisualizer, mmseg's SegLocalVisualizer); class name
 checkpoint's ``meta.dataset_meta`` (what mmengine's Runner saves), else from the config's ``metainfo``.
 """
 import argparse
+
+import quiet_warnings  # noqa: F401  (before mmengine: third-party import warnings)
 import os
 import os.path as osp
 from typing import List, Optional

@@ -11,6 +11,8 @@ config's. Without CUDA, SyncBN -> BN (printed in one line).
 import argparse
 import os.path as osp
 
+import quiet_warnings  # noqa: F401  (before mmengine: third-party import warnings)
+
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 

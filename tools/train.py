@@ -10,6 +10,8 @@ without CUDA the GPU recipe is adapted (SyncBN -> BN, DDP over gloo), and that i
 import argparse
 import os.path as osp
 
+import quiet_warnings  # noqa: F401  (before mmengine: third-party import warnings)
+
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner

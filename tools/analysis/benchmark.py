@@ -4,11 +4,14 @@ Measures, per model and input:
 
 * **infer**: latency per image (eval mode, no grad; OverLoCK re-parameterised with ``switch_to_deploy()``
   as deployed -- the other two have nothing to fuse);
-* **train**: one training step (forward, ``sum of output means`` backward, AdamW step) -- time per step
-  and peak memory growth (CPU: peak RSS over the RSS before the step, via ``/proc/self/clear_refs`` after
+* **train**: one training step (forward, ``sum of output means`` backward, fused AdamW step) -- time per
+  step and peak memory growth (CPU: peak RSS over the RSS before the step, via ``/proc/self/clear_refs`` after
   ``malloc_trim`` so memory freed by earlier models does not hide the growth;
   CUDA: ``torch.cuda.max_memory_allocated`` growth);
-* ``--compile``: OverLoCK-T inference under ``torch.compile`` too (compile time and speed-up over eager).
+* ``--compile``: OverLoCK-T inference under ``torch.compile`` too (compile time and speed-up over eager);
+* ``--onnxruntime``: inference of every model exported to ONNX (``tools/deployment/export_onnx.py``: opset 17,
+  dynamic batch/H/W, OverLoCK deployed) and run by ONNX Runtime's CPU provider with the same thread count
+  (``intra_op_num_threads``; all graph optimisations), in the same table (model name ``+ ORT``).
 
 Every model is the classification-layout backbone returning its last stage. Warm-up runs are excluded;
 the figure is the median of ``--repeats`` runs. On CPU with one thread the time is process CPU time (robust
@@ -23,8 +26,10 @@ import argparse
 import copy
 import ctypes
 import gc
+import os.path as osp
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
@@ -118,7 +123,9 @@ def inference_fn(model, images):
 
 
 def train_fn(model, images):
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    # fused AdamW (CPU and CUDA): torch's default per-tensor loop costs OverLoCK-T's ~1,700 parameter tensors
+    # about 0.3 s a step on one CPU thread (ConvNeXt-T has ~180 tensors); fused, about 0.1 s
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
 
     def run():
         outs = model(images)
@@ -127,6 +134,22 @@ def train_fn(model, images):
         loss.backward()
         optimizer.step()
     return run
+
+
+def onnxruntime_fn(model, images, threads, folder):
+    """Export ``model`` (eval, deployed) to ONNX and return a callable running it in ONNX Runtime."""
+    import onnxruntime as ort
+    sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'deployment'))
+    from export_onnx import export
+    path = osp.join(folder, f'{type(model).__name__}_{id(model)}.onnx')
+    export(model, images.shape[-2:], path, batch=images.shape[0])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    feed = {'input': images.contiguous().numpy()}
+    return lambda: session.run(None, feed)
 
 
 def main():
@@ -143,6 +166,8 @@ def main():
                         help='of every model and input (channels_last: oneDNN depthwise convs are ~30x '
                              'faster in it on CPU)')
     parser.add_argument('--compile', action='store_true', help='also OverLoCK-T inference under torch.compile')
+    parser.add_argument('--onnxruntime', action='store_true',
+                        help='also every model exported to ONNX and run by ONNX Runtime (CPU)')
     parser.add_argument('--quick', action='store_true',
                         help='224^2 only, train batch 2, 1 warm-up + 2 runs: a few minutes on a CPU')
     args = parser.parse_args()
@@ -193,6 +218,19 @@ def main():
                 print(f'  measured {name} {input_name} b{b} {mode}: {seconds * 1e3:.0f} ms', file=sys.stderr,
                       flush=True)
                 del net, fn
+            if args.onnxruntime and mode == 'infer':
+                with tempfile.TemporaryDirectory() as folder:
+                    for name, model in models.items():
+                        net = copy.deepcopy(model)
+                        if hasattr(net, 'switch_to_deploy'):
+                            net.switch_to_deploy()
+                        net.eval()   # (mmpretrain's ConvNeXt.train() returns None: no chaining)
+                        fn = onnxruntime_fn(net, images, torch.get_num_threads(), folder)
+                        seconds = timed(fn, device, args.warmup, args.repeats, cpu_time)
+                        rows.append(dict(input=input_name, batch=b, mode=mode, model=f'{name} + ORT', seconds=seconds,
+                                         wall=None, peak=None))
+                        print(f'  measured {name} + ORT {input_name} b{b}: {seconds * 1e3:.0f} ms', file=sys.stderr,
+                              flush=True)
             if args.compile and mode == 'infer' and 'OverLoCK-T' in models:
                 net = copy.deepcopy(models['OverLoCK-T'])
                 net.switch_to_deploy()
@@ -211,7 +249,8 @@ def main():
           'peak memory MiB | memory vs ConvNeXt-T |')
     print('|---|---|---|---|---|---|---|---|')
     for row in rows:
-        base = next((r for r in rows if r['model'] == 'ConvNeXt-T' and r['input'] == row['input']
+        baseline = 'ConvNeXt-T + ORT' if row['model'].endswith('+ ORT') else 'ConvNeXt-T'
+        base = next((r for r in rows if r['model'] == baseline and r['input'] == row['input']
                      and r['mode'] == row['mode']), None)
         per = row['batch'] if row['mode'] == 'infer' else 1
         ms = row['seconds'] * 1e3 / per

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))   # tools/: make_demo_data
 
+import quiet_warnings  # noqa: E402,F401  (before mmengine: third-party import warnings)
 import mmoverlock  # noqa: E402,F401
 from mmoverlock.models.backbones.overlock import NUM_OUTPUTS  # noqa: E402
 from mmoverlock.registry import MODELS  # noqa: E402
