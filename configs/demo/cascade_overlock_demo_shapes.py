@@ -65,7 +65,7 @@ test_evaluator = val_evaluator
 
 # ---------------------------------------------------------------- schedule: minutes on a CPU
 # 8 epochs of 200 iterations at batch 2: bbox AP50 0.482 in 13.2 min of `make demo`; 10 epochs of 100 at
-# batch 4 gave 0.413 in 12.7 min (measured, docs/demo.md). Batch 2 costs 1.3x the time per epoch.
+# batch 4 gave 0.413 in 12.7 min (measured the same day, docs/demo.md). Batch 2 costs 1.3x the time per epoch.
 max_epochs = 8
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=2)
 # From scratch, AdamW (the recipe's optimizer, made for fine-tuning a pretrained backbone at 1e-4) with a
