@@ -6,6 +6,7 @@ The process-level part (SIGKILL + --resume, DDP through tools/dist_train.sh) is 
 import functools
 import http.server
 import json
+import logging
 import os
 import os.path as osp
 import pickle
@@ -363,6 +364,28 @@ def test_atomic_checkpoint_hook_keeps_a_resumable_checkpoint_when_a_save_fails(t
     assert all(osp.basename(src).startswith(f'.{osp.basename(dst)}.') for src, dst in checkpoints)
     assert sorted(f for f in os.listdir(work) if '.pth' in f) == ['iter_3.pth', 'iter_4.pth']
     assert (work / 'last_checkpoint').read_text() == str(work / 'iter_4.pth')
+
+
+def test_atomic_checkpoint_hook_drops_only_the_unused_file_client_notices(tmp_path):
+    """mmengine's CheckpointHook logs FileClient deprecation notices on every run (before training and at
+    each save); ours does not, and leaves the run's logger without the filter afterwards."""
+    from mmengine.hooks import CheckpointHook
+
+    def notices(hook, work_dir):
+        messages = []
+        handler = logging.Handler()
+        handler.emit = lambda record: messages.append(record.getMessage())
+        runner = toy_runner(work_dir, hook, max_iters=1)
+        runner.logger.addHandler(handler)
+        runner.train()
+        runner.logger.removeHandler(handler)
+        return [m for m in messages if 'FileClient' in m or 'HardDiskBackend' in m], runner.logger
+
+    plain, _ = notices(CheckpointHook(interval=1, by_epoch=False), tmp_path / 'plain')
+    assert any(m.startswith('"FileClient" will be deprecated') for m in plain)   # (the HardDiskBackend one is
+    # logged once per process)
+    ours, logger = notices(AtomicCheckpointHook(interval=1, by_epoch=False), tmp_path / 'atomic')
+    assert ours == [] and logger.filters == []
 
 
 # ================================================================================================ precision

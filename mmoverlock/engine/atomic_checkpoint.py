@@ -12,7 +12,9 @@ file in the same folder, fsync'ed and moved over its final name with ``os.replac
 Windows), then ``last_checkpoint`` is replaced the same way, and only then are the checkpoints that
 ``max_keep_ckpts`` drops deleted. A reader sees the old files or the complete new ones.
 """
+import contextlib
 import glob
+import logging
 import os
 import os.path as osp
 import tempfile
@@ -22,7 +24,7 @@ from typing import Union
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
-from mmengine.logging import print_log
+from mmengine.logging import MMLogger, print_log
 
 from ..registry import HOOKS
 
@@ -97,6 +99,31 @@ class AtomicLocalBackend(LocalBackend):
         atomic_write(filepath, obj.encode(encoding))
 
 
+class _UnusedFileClientNotices(logging.Filter):
+    """Drops the deprecation notices mmengine 0.10 logs whenever it builds a ``FileClient``, which its
+    ``CheckpointHook.before_train`` and ``save_checkpoint`` do on every run even without ``file_client_args``,
+    and then do not use."""
+
+    NOTICES = ('"FileClient" will be deprecated', '"HardDiskBackend" is the alias')
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOTICES)
+
+
+@contextlib.contextmanager
+def _quiet_unused_file_client(file_client_args):
+    """Filter those notices from the current mmengine logger while inside; with ``file_client_args`` set the
+    FileClient is used, and its notice stays."""
+    notices = _UnusedFileClientNotices()
+    logger = MMLogger.get_current_instance()
+    if file_client_args is None:
+        logger.addFilter(notices)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notices)
+
+
 @HOOKS.register_module()
 class AtomicCheckpointHook(CheckpointHook):
     """``CheckpointHook`` (same arguments) whose checkpoints survive a kill at any moment.
@@ -117,7 +144,8 @@ class AtomicCheckpointHook(CheckpointHook):
         self.kept_steps: list = []
 
     def before_train(self, runner) -> None:
-        super().before_train(runner)
+        with _quiet_unused_file_client(self.file_client_args):
+            super().before_train(runner)
         self.kept_steps = list(runner.message_hub.get_info(KEEP_KEY) or [])
         if is_main_process() and self._local():
             for folder in {self.out_dir, runner.work_dir}:
@@ -151,10 +179,11 @@ class AtomicCheckpointHook(CheckpointHook):
         runner.message_hub.update_info(KEEP_KEY, list(self.kept_steps))
         local = self._local() and is_main_process()
         target = _partial_name(self.last_ckpt) if local else filename
-        runner.save_checkpoint(
-            self.out_dir, osp.basename(target) if local else target, self.file_client_args,
-            save_optimizer=self.save_optimizer, save_param_scheduler=self.save_param_scheduler, meta=meta,
-            by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+        with _quiet_unused_file_client(self.file_client_args):
+            runner.save_checkpoint(
+                self.out_dir, osp.basename(target) if local else target, self.file_client_args,
+                save_optimizer=self.save_optimizer, save_param_scheduler=self.save_param_scheduler, meta=meta,
+                by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
         if not is_main_process():
             return
         if local:
