@@ -57,10 +57,10 @@ def test_paths_are_the_ones_claimed():
     for case, path in ((TAP_CASE, 'taps'), (GRADCHECK_TAP_CASE, 'taps'), (DENSE_CASE, 'dense'),
                        (EXACT_CASE, 'windows'), (WINDOWS_CASE, 'windows')):
         b, g, c, h, w, k = case
-        windows = (h - k + 1) * (w - k + 1) <= na2d.WINDOW_CLASSES_MAX
-        dense = not windows and h * w <= na2d.DENSE_MAX_RATIO * k * k
-        assert (na2d.uses_windows(h, w, k), na2d.uses_windows(h, w, k) or na2d.uses_dense(h, w, k)) == (
-            windows, windows or dense) and path == ('windows' if windows else 'dense' if dense else 'taps')
+        by_rule = ('windows' if (h - k + 1) * (w - k + 1) <= na2d.WINDOW_CLASSES_MAX
+                   else 'dense' if h * w <= na2d.DENSE_MAX_RATIO * k * k else 'taps')
+        chosen = 'windows' if na2d.uses_windows(h, w, k) else 'dense' if na2d.uses_dense(h, w, k) else 'taps'
+        assert chosen == by_rule == path
         attn, value = channels_first(*make(case, requires_grad=False)[:2])
         attn.requires_grad_()
         out = na2d_av_channels_first(attn, value, k)
