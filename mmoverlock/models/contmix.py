@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 
 from ..ops import is_exporting, is_tracing, na2d_av_channels_first
-from ..ops.na2d import window_starts
+from ..ops.na2d import window_keys
 from ..registry import MODELS
 from .layers import (GRN, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale, PointwiseConv2d, ResDWConv,
                      SEModule)
@@ -45,10 +45,8 @@ def _check_contmix_args(dim, ctx_dim, kernel_size, smk_size, num_groups, num_reg
 @lru_cache(maxsize=256)
 def _rpb_index(height: int, width: int, kernel_size: int, device: torch.device):
     """Index of each (tap, pixel) into a (2k-1, 2k-1) relative position table: rows (k,1,H,1), cols (1,k,1,W)."""
-    taps = torch.arange(kernel_size, device=device)
-    rows = window_starts(height, kernel_size, device)[None, :] + taps[:, None]     # (k, H): key row
+    rows, cols = window_keys(height, width, kernel_size, device)                   # (k, H), (k, W)
     rows = rows - torch.arange(height, device=device)[None, :] + kernel_size - 1
-    cols = window_starts(width, kernel_size, device)[None, :] + taps[:, None]
     cols = cols - torch.arange(width, device=device)[None, :] + kernel_size - 1
     return rows[:, None, :, None], cols[None, :, None, :]
 

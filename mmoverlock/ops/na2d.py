@@ -35,7 +35,7 @@ TorchScript tracing (e.g. mmengine's FLOP counter) records the op as one node, `
 ONNX export writes it out as the tap loop in standard ops (Slice/Pad/Mul/Add), dynamic sizes kept.
 """
 import warnings
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Optional, Tuple
 
 import torch
@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from .tracing import is_exporting
 
 __all__ = ['na2d_av', 'na2d_av_channels_first', 'na2d_av_reference', 'na2d_av_unfold', 'triton_na2d_av',
-           'window_starts', 'window_classes', 'check_window', 'uses_dense', 'uses_windows', 'DENSE_MAX_RATIO',
-           'WINDOW_CLASSES_MAX']
+           'window_starts', 'window_keys', 'window_classes', 'check_window', 'uses_dense', 'uses_windows',
+           'DENSE_MAX_RATIO', 'WINDOW_CLASSES_MAX']
 
 #: maps with H*W <= DENSE_MAX_RATIO * k*k use the dense operator (its matrix is <= this many times ``attn``);
 #: 4 is about where the tap loop becomes faster on CPU (tools/analysis/benchmark_contmix.py).
@@ -109,13 +109,20 @@ def _forward_taps(attn: torch.Tensor, value: torch.Tensor, kernel_size: int,
     return out
 
 
+def window_keys(height, width, kernel_size: int, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Key row of every (tap row, pixel row) and key col of every (tap col, pixel col) of the clamped
+    windows: (k, H) and (k, W) int64. Sizes may be traced 0-d tensors (nothing cached here)."""
+    taps = torch.arange(kernel_size, device=device)
+    rows = window_starts(height, kernel_size, device)[None, :] + taps[:, None]
+    cols = window_starts(width, kernel_size, device)[None, :] + taps[:, None]
+    return rows, cols
+
+
 @lru_cache(maxsize=64)
 def _dense_index(height: int, width: int, kernel_size: int, device: torch.device) -> torch.Tensor:
     """Flat position of every (tap, pixel) kernel entry in the (H*W, H*W) aggregation matrix:
     (k*k*H*W,) int64 in attn's (tap, row, col) order; entries are distinct (one key per tap)."""
-    taps = torch.arange(kernel_size, device=device)
-    rows = window_starts(height, kernel_size, device)[None, :] + taps[:, None]     # (k, H): key row
-    cols = window_starts(width, kernel_size, device)[None, :] + taps[:, None]      # (k, W): key col
+    rows, cols = window_keys(height, width, kernel_size, device)
     key = rows[:, None, :, None] * width + cols[None, :, None, :]                  # (k, k, H, W)
     pixel = torch.arange(height * width, device=device).view(height, width)
     return (pixel * (height * width) + key).flatten()
@@ -265,23 +272,23 @@ def _dense_backward(grad_out: torch.Tensor, attn: torch.Tensor, value: torch.Ten
     return grad_attn, grad_value
 
 
+def _cpu_kernels(height: int, width: int, kernel_size: int):
+    """(forward, backward) of the op on CPU (and on any device without a faster kernel), by map size:
+    per-window matmuls, the dense operator or the tap loop."""
+    if uses_windows(height, width, kernel_size):
+        return _windows_aggregate, _windows_backward
+    if uses_dense(height, width, kernel_size):
+        return _dense_aggregate, _dense_backward
+    return partial(_forward_taps, inplace=True), _taps_backward
+
+
 def _cpu_forward(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """The op's kernel on CPU (and on any device without a faster one): per-window matmuls, the dense
-    operator or the tap loop, by map size."""
-    h, w = value.shape[-2:]
-    if uses_windows(h, w, kernel_size):
-        return _windows_aggregate(attn, value, kernel_size)
-    if uses_dense(h, w, kernel_size):
-        return _dense_aggregate(attn, value, kernel_size)
-    return _forward_taps(attn, value, kernel_size, inplace=True)
+    forward, _ = _cpu_kernels(*value.shape[-2:], kernel_size)
+    return forward(attn, value, kernel_size)
 
 
 def _cpu_backward(grad_out, attn, value, kernel_size, attn_grad, value_grad):
-    h, w = value.shape[-2:]
-    if uses_windows(h, w, kernel_size):
-        backward = _windows_backward
-    else:
-        backward = _dense_backward if uses_dense(h, w, kernel_size) else _taps_backward
+    _, backward = _cpu_kernels(*value.shape[-2:], kernel_size)
     return backward(grad_out, attn, value, kernel_size, attn_grad, value_grad)
 
 
