@@ -24,12 +24,13 @@ import subprocess
 import sys
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
-#: model -> stage -> (dim, groups, kernel, stride) from the official arch table (mmoverlock arch_settings)
-SHAPES = {
-    'OverLoCK-T': {3: (256, 8, 13, 16), 4: (512, 16, 7, 32)},
-    'OverLoCK-S': {3: (320, 16, 13, 16), 4: (512, 32, 7, 32)},
-}
+from overlock_analysis.shapes import focus_aggregation_shapes  # noqa: E402
+
+#: model -> stage -> (dim, groups, kernel, stride), from the backbone's arch table
+SHAPES = focus_aggregation_shapes(('t', 's'))
 INPUTS = {'224x224': (224, 224), '800x1333': (800, 1333)}
 
 # The child: imports mmoverlock.ops, builds inputs, measures, prints JSON.

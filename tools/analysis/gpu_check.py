@@ -36,11 +36,8 @@ import torch.nn.functional as F
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-#: model -> Focus-Net stage -> (dim, groups, large kernel, stride), from the official arch table
-FOCUS_SHAPES = {
-    'OverLoCK-T': {3: (256, 8, 13, 16), 4: (512, 16, 7, 32)},
-    'OverLoCK-S': {3: (320, 16, 13, 16), 4: (512, 32, 7, 32)},
-}
+from overlock_analysis.shapes import focus_aggregation_shapes  # noqa: E402
+
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 CASCADE_T = 'configs/det/cascade_overlock_t_3x_coco.py'
 
@@ -115,7 +112,7 @@ def _depthwise(attn, value, k, weight):
 def aggregation_rows(args, device) -> List[dict]:
     rows = []
     h0, w0 = args.image
-    for model, stages in FOCUS_SHAPES.items():
+    for model, stages in focus_aggregation_shapes(('t', 's')).items():
         for stage, (dim, groups, k, stride) in stages.items():
             h, w = feature_size(h0, stride), feature_size(w0, stride)
             c = dim // (2 * groups)
