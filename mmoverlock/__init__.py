@@ -5,7 +5,7 @@ models in mmoverlock's own registries (scope ``mmoverlock``: configs say ``type=
 allow-lists the few non-tensor types of mmengine checkpoints with torch's
 ``torch.serialization.add_safe_globals``. It changes nothing else. The hooks (``mmoverlock.engine``) are
 imported by mmengine's registry when a config first names one; the mmpretrain head
-(``mmoverlock.models.heads``) and the mmdet TTA model (``mmoverlock.models.det_tta``) by the configs that use
+(``mmoverlock.models.mmpretrain``) and the mmdet TTA model (``mmoverlock.models.mmdet``) by the configs that use
 them, so a segmentation user never imports mmdet or mmpretrain.
 """
 import torch

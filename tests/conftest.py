@@ -1,7 +1,6 @@
 import importlib.util
 import os
 import os.path as osp
-import sys
 
 import pytest
 import torch
@@ -18,9 +17,21 @@ FIXTURE = osp.join(DATA, 'overlock_tiny_fixture.pt')
 LAYOUTS = osp.join(DATA, 'state_dict_layout')
 
 
+#: fixtures that train or test through the tools: a test using one is an integration test (``make test-fast``
+#: leaves it out); other integration tests carry ``@pytest.mark.integration`` themselves
+INTEGRATION_FIXTURES = ('tiny_run', 'mask_rcnn_run', 'coco', 'data_root')
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(name in INTEGRATION_FIXTURES for name in getattr(item, 'fixturenames', ())):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope='session')
 def fixture():
-    """The golden fixture: an official tiny model's arch, inputs, state dicts and outputs (made with the release's code)."""
+    """The golden fixture: an official tiny model's arch, inputs, state dicts and outputs (made with the
+    release's code: tests/data/README.md)."""
     return torch.load(FIXTURE, weights_only=True)
 
 
@@ -39,11 +50,11 @@ def single_thread():
 
 
 def load_tool(name):
-    """Import ``tools/NAME.py`` as a module (its ``main(argv)`` runs a tool in-process); tools/ goes on
-    sys.path first, as when the script runs."""
-    if osp.join(ROOT, 'tools') not in sys.path:
-        sys.path.insert(0, osp.join(ROOT, 'tools'))
-    spec = importlib.util.spec_from_file_location(f'mmoverlock_tools_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
+    """Import ``tools/NAME.py`` (NAME may be ``analysis/get_flops``) as a module: its ``main(argv)`` runs the
+    tool in-process. Tools import only installed packages (mmoverlock among them), so the import path is left
+    as it is."""
+    module_name = 'mmoverlock_tools_' + name.replace('/', '_')
+    spec = importlib.util.spec_from_file_location(module_name, osp.join(ROOT, 'tools', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

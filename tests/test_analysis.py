@@ -1,26 +1,24 @@
 """Complexity analysis (hand-counted params / FLOPs), the model zoo (metafiles -> generated files) and the
-results tables (synthetic work_dirs). The analysis package is tools/analysis/overlock_analysis, not mmoverlock's."""
-import importlib.util
+results tables (synthetic work_dirs): the library mmoverlock.analysis and the scripts in tools/analysis over it."""
 import json
 import os
 import os.path as osp
 import shutil
-import sys
 
 import pytest
 import torch
 import torch.nn as nn
 from mmengine.analysis import FlopAnalyzer
 
+from mmoverlock.analysis import reference
+from mmoverlock.analysis.complexity import analyze_complexity, deploy_
+from mmoverlock.analysis.models import build_model, imagenet_model_cfg, measure
+from mmoverlock.analysis.results import merge, read_work_dir, table, tables
 from mmoverlock.models.contmix import ContMix, ContMixBlock
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
+from .conftest import load_tool
 
-from overlock_analysis import reference  # noqa: E402
-from overlock_analysis.complexity import analyze_complexity, deploy_  # noqa: E402
-from overlock_analysis.models import build_model, imagenet_model_cfg, measure  # noqa: E402
-from overlock_analysis.results import merge, read_work_dir, table, tables  # noqa: E402
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 RELEASE = 'https://github.com/LMMMEng/OverLoCK/releases/download/v1/'
 TINY = dict(depth=[1, 1, 1, 1], sub_depth=[1, 1], embed_dim=[8, 16, 32, 32], kernel_size=[5, 5, 5, 5],
@@ -30,11 +28,8 @@ REGIONS = 49     # 7 x 7 context regions
 
 
 def _tool(name):
-    """Import tools/analysis/<name>.py (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'tools', 'analysis', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """tools/analysis/<name>.py as a module."""
+    return load_tool(f'analysis/{name}')
 
 
 # ------------------------------------------------------------------------------------ hand counts (fvcore rules)
@@ -195,7 +190,7 @@ def test_train_form_counts_the_reparam_branches():
     # deployed: one 5x5 conv with bias. One per RepConvBlock (stages 1-4) and per ContMix block (lepe).
     n = [(160 // 4 // 2 ** i) ** 2 for i in range(4)]
     sites = [(n[i], TINY['embed_dim'][i]) for i in range(4)] + [(n[2], TINY['embed_dim'][2]),
-                                                               (n[3], TINY['embed_dim'][3])]
+                                                                (n[3], TINY['embed_dim'][3])]
     assert train.params == params + sum(2 * c + 2 * (9 * c + 2 * c) - c for _, c in sites)
     assert train.flops == flops + sum(2 * m * c + 2 * (9 * m * c + 2 * m * c) for m, c in sites)
 
@@ -371,8 +366,8 @@ def test_model_index_zoo_and_readmes_are_generated_from_the_metafiles():
 
 def _zoo_copy(tmp_path):
     """The metafiles and generated files in a scratch repository root."""
-    for rel in ['model-index.yml', 'docs/model_zoo.md'] + [f'configs/{t}/{f}' for t in ('cls', 'det', 'seg')
-                                                          for f in ('metafile.yml', 'README.md')]:
+    generated = [f'configs/{t}/{f}' for t in ('cls', 'det', 'seg') for f in ('metafile.yml', 'README.md')]
+    for rel in ['model-index.yml', 'docs/model_zoo.md'] + generated:
         os.makedirs(osp.dirname(tmp_path / rel), exist_ok=True)
         shutil.copy(osp.join(ROOT, rel), tmp_path / rel)
     return tmp_path
@@ -425,7 +420,7 @@ def test_metafile_errors_are_one_line(tmp_path):
 
 
 def test_cascade_mask_heads_see_the_first_100_rois():
-    from overlock_analysis.models import cascade_mask_rois
+    from mmoverlock.analysis.models import cascade_mask_rois
 
     class FakeMaskHead(nn.Module):
         def __init__(self):

@@ -10,10 +10,10 @@ from mmengine.logging import MMLogger
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmoverlock import OverLoCK
-from mmoverlock.models.heads import OverLoCKClsHead
+from mmoverlock.checkpoint import load_overlock_checkpoint
+from mmoverlock.checkpoint.official import official_cls_to_mmpretrain
 from mmoverlock.models.backbones.overlock import arch_settings
-from mmoverlock.models.backbones import load_overlock_checkpoint
-from mmoverlock.models.backbones.convert import official_cls_to_mmpretrain
+from mmoverlock.models.mmpretrain import OverLoCKClsHead
 
 from .conftest import LAYOUTS
 
@@ -123,7 +123,7 @@ def test_deploy_form_checkpoint_initialises_a_deploy_backbone(fixture, tmp_path,
     """A deploy-form backbone file (e.g. from the release's *_reparam.pth ImageNet weights) initialises a dense
     backbone built with deploy=True through init_cfg, and gives the train-form model's features; a train-form
     model refuses it in one line."""
-    from mmoverlock.models.backbones import reparam_state_dict
+    from mmoverlock.checkpoint import reparam_state_dict
     deploy_form = reparam_state_dict(fixture[f'{task}_state_dict'])
     path = str(tmp_path / 'deploy_form.pth')
     torch.save(deploy_form, path)
@@ -237,7 +237,7 @@ def test_forward_shapes_and_drop_path(fixture):
     e = fixture['arch']['embed_dim']
     c = e[3] // 4
     assert [tuple(o.shape) for o in outs] == [(2, e[0], 25, 33), (2, e[1], 13, 17), (2, e[2] + c, 7, 9),
-                                             (2, e[3] + c, 4, 5), (2, e[3], 4, 5)]
+                                              (2, e[3] + c, 4, 5), (2, e[3], 4, 5)]
     rates = [b.drop_path.drop_prob for b in model.sub_blocks4]
     assert rates[-1] == pytest.approx(0.3)
 

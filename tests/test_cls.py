@@ -14,7 +14,7 @@ from mmengine.dataset import Compose
 from mmengine.registry import init_default_scope
 from PIL import Image
 
-import mmoverlock.models.heads  # noqa: F401  (registers OverLoCK and the mmpretrain adapter)
+import mmoverlock.models.mmpretrain  # noqa: F401  (registers OverLoCK and the mmpretrain adapter)
 
 from .conftest import ROOT, find, load_tool
 
@@ -35,7 +35,7 @@ def rel_err(ours, ref):
 def test_config_builds_with_official_values(variant, e3, dpr, crop_pct):
     from mmpretrain.registry import MODELS
     cfg = Config.fromfile(CLS_CONFIGS[variant])
-    assert cfg.custom_imports.imports == ['mmoverlock', 'mmoverlock.models.heads']
+    assert cfg.custom_imports.imports == ['mmoverlock', 'mmoverlock.models.mmpretrain']
     backbone, head = cfg.model.backbone, cfg.model.head
     assert backbone.arch == variant and backbone.drop_path_rate == dpr
     assert tuple(backbone.out_indices) == (3, 4) and backbone.layout == 'classification'
@@ -233,14 +233,15 @@ def test_official_imagenet_checkpoint_gives_official_logits(fixture, data_root, 
         assert rel_err(sample['pred_score'], ref) <= 1e-4
 
 
-def test_release_checkpoints_load_as_they_are_and_deploy_form_gives_reparam_logits(fixture, data_root, tmp_path,
-                                                                                  capsys):
+def test_release_checkpoints_load_as_they_are_and_deploy_form_gives_reparam_logits(
+        fixture, data_root, tmp_path, capsys):
     """The release's files, train form and deploy form (``*_reparam.pth``): the model of the classification
     config reads them without conversion (OverLoCKClassifier: mmpretrain.get_model, load_state_dict), and
     tools/convert_official.py recognises the deploy form and checks it against the deploy-form config, whose
     model gives the fixture's re-parameterised logits, also through tools/test.py."""
-    from mmoverlock.models.backbones.checkpoint import reparam_state_dict
     from mmpretrain.registry import MODELS
+
+    from mmoverlock.checkpoint import reparam_state_dict
     official = fixture['cls_state_dict']
     num_classes, projection = official['head.4.bias'].numel(), official['head.0.weight'].shape[0]
     deploy_form = reparam_state_dict(official)            # the release's *_reparam.pth: the same keys, merged
@@ -275,7 +276,7 @@ def test_release_checkpoints_load_as_they_are_and_deploy_form_gives_reparam_logi
 
 def test_deploy_form_official_default_config(tmp_path, capsys):
     """A full-size deploy-form ImageNet file: the converter picks configs/cls/overlock_t_in1k_reparam.py."""
-    from mmoverlock.models.backbones.checkpoint import reparam_state_dict
+    from mmoverlock.checkpoint import reparam_state_dict
     layout = {}
     for line in open(osp.join(ROOT, 'tests', 'data', 'state_dict_layout', 'cls_t.tsv')):
         key, shape = line.rstrip('\n').split('\t')
@@ -289,7 +290,7 @@ def test_deploy_form_official_default_config(tmp_path, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU fallback applies only without CUDA')
 def test_sync_bn_switch_dropped_without_cuda():
     """sync_bn='torch' (the release's SyncBN) would make DDP on CPU (gloo) fail: the tools drop it there."""
-    from mmoverlock.utils.runtime import prepare_for_device
+    from mmoverlock.cli.runtime import prepare_for_device
     cfg = Config.fromfile(CLS_CONFIGS['t'])
     assert cfg.sync_bn == 'torch'
     prepare_for_device(cfg)

@@ -1,13 +1,15 @@
-"""tools/convert_official.py and mmoverlock.models.backbones.convert: official cls / det / seg checkpoints -> the
+"""tools/convert_official.py and mmoverlock.checkpoint.official: official cls / det / seg checkpoints -> the
 OpenMMLab 2.x layouts, checked against the model a config builds."""
-import importlib.util
 import os.path as osp
 
 import pytest
 import torch
 from mmengine.config import Config
 
-from mmoverlock.models.backbones.convert import (check_state_dict, convert_state_dict, infer_arch, official_cls_to_mmpretrain)
+from mmoverlock.checkpoint.official import (check_state_dict, convert_state_dict, infer_arch,
+                                            official_cls_to_mmpretrain)
+
+from . import conftest
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 LAYOUTS = osp.join(ROOT, 'tests', 'data', 'state_dict_layout')
@@ -16,10 +18,7 @@ TINY = dict(depth=[1, 1, 1, 1], sub_depth=[2, 2], embed_dim=[16, 32, 64, 96], ke
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location('convert_official', osp.join(ROOT, 'tools', 'convert_official.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return conftest.load_tool('convert_official')
 
 
 def layout(name: str) -> dict:

@@ -2,22 +2,21 @@
 import filecmp
 import json
 import os.path as osp
-import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
+from mmoverlock.analysis import erf as erf_lib
+from mmoverlock.demo import shapes_data
 
-import demo  # noqa: E402
-import infer  # noqa: E402
-import make_demo_data  # noqa: E402
-import visualize_erf  # noqa: E402
-import visualize_kernels  # noqa: E402
+from .conftest import ROOT, load_tool
+
+demo = load_tool('demo')
+infer = load_tool('infer')
+visualize_erf = load_tool('analysis/visualize_erf')
+visualize_kernels = load_tool('analysis/visualize_kernels')
 
 DET_DEMO = osp.join(ROOT, 'configs', 'demo', 'cascade_overlock_demo_shapes.py')
 SEG_DEMO = osp.join(ROOT, 'configs', 'demo', 'upernet_overlock_demo_shapes.py')
@@ -44,7 +43,7 @@ def tiny_config(tmp_path, base: str, name: str) -> str:
 def shapes(tmp_path_factory):
     """A few demo images (96 px) made twice with one seed and once with another."""
     root = tmp_path_factory.mktemp('shapes')
-    counts = [make_demo_data.make_demo_data(str(root / name), num_train=4, num_val=3, size=96, seed=seed)
+    counts = [shapes_data.make_demo_data(str(root / name), num_train=4, num_val=3, size=96, seed=seed)
               for name, seed in (('a', 1), ('b', 1), ('c', 2))]
     return root, counts
 
@@ -65,7 +64,7 @@ def test_demo_data_is_valid_coco_matching_the_label_maps(shapes):
     from pycocotools.coco import COCO
     root, counts = shapes
     coco = COCO(str(root / 'a' / 'annotations' / 'instances_validation.json'))
-    assert [c['name'] for c in coco.loadCats(coco.getCatIds())] == list(make_demo_data.CLASSES)
+    assert [c['name'] for c in coco.loadCats(coco.getCatIds())] == list(shapes_data.CLASSES)
     assert len(coco.getImgIds()) == counts[0]['validation']['images'] == 3
     anns = coco.loadAnns(coco.getAnnIds())
     assert len(anns) == counts[0]['validation']['instances'] >= 3
@@ -73,7 +72,7 @@ def test_demo_data_is_valid_coco_matching_the_label_maps(shapes):
         info = coco.loadImgs(ann['image_id'])[0]
         labels = cv2.imread(str(root / 'a' / 'annotations' / 'validation' / info['file_name'].replace('.jpg', '.png')),
                             cv2.IMREAD_UNCHANGED)
-        assert labels.shape == (96, 96) and labels.dtype == np.uint8 and labels.max() <= len(make_demo_data.CLASSES)
+        assert labels.shape == (96, 96) and labels.dtype == np.uint8 and labels.max() <= len(shapes_data.CLASSES)
         mask = coco.annToMask(ann).astype(bool)
         # the polygon covers the instance's visible pixels, which carry its class in the label map
         assert (labels[mask] == ann['category_id']).mean() > 0.9
@@ -85,10 +84,11 @@ def test_demo_data_is_valid_coco_matching_the_label_maps(shapes):
 
 def test_demo_data_rejects_bad_sizes(tmp_path):
     with pytest.raises(ValueError, match='size=16'):
-        make_demo_data.make_demo_data(str(tmp_path), num_train=1, num_val=1, size=16)
+        shapes_data.make_demo_data(str(tmp_path), num_train=1, num_val=1, size=16)
 
 
 # ---------------------------------------------------------------------------------------------- inference
+@pytest.mark.integration
 @pytest.mark.parametrize('base, task', [(DET_DEMO, 'det'), (SEG_DEMO, 'seg')])
 def test_infer_writes_an_overlay_with_random_weights(tmp_path, shapes, base, task):
     config = tiny_config(tmp_path, base, f'tiny_{task}.py')
@@ -119,22 +119,23 @@ def tiny_det(tmp_path_factory):
     return tiny_config(tmp_path_factory.mktemp('tiny'), DET_DEMO, 'tiny_det.py')
 
 
+@pytest.mark.slow
 def test_erf_png_and_mass_fractions(tmp_path, tiny_det):
     out = str(tmp_path / 'erf.png')
     erf = visualize_erf.main([tiny_det, '--stage', '2', '--num-images', '2', '--size', '64', '--out', out])
     assert erf.shape == (64, 64) and (erf >= 0).all() and erf.sum() > 0
     assert cv2.imread(out) is not None
-    fractions = visualize_erf.mass_square_fractions(erf)
+    fractions = erf_lib.mass_square_fractions(erf)
     assert fractions == sorted(fractions) and 0 < fractions[0] <= fractions[-1] <= 1
-    scaled = visualize_erf.log_scaled(erf)
+    scaled = erf_lib.log_scaled(erf)
     assert scaled.max() == pytest.approx(1.0) and scaled.min() >= 0
 
 
 def test_erf_mass_fractions_of_a_point_and_of_a_flat_map():
     point = np.zeros((33, 33))
     point[16, 16] = 1.
-    assert visualize_erf.mass_square_fractions(point, (0.5, 0.99)) == [1 / 33, 1 / 33]
-    flat = visualize_erf.mass_square_fractions(np.ones((33, 33)), (0.99,))
+    assert erf_lib.mass_square_fractions(point, (0.5, 0.99)) == [1 / 33, 1 / 33]
+    flat = erf_lib.mass_square_fractions(np.ones((33, 33)), (0.99,))
     assert flat == [1.0]
 
 
@@ -142,7 +143,7 @@ def test_erf_loads_the_backbone_of_a_whole_model_checkpoint(tmp_path, tiny_det):
     checkpoint = str(tmp_path / 'det.pth')
     demo.save_untrained(tiny_det, checkpoint, seed=3)
     state = torch.load(checkpoint, weights_only=True)['state_dict']
-    backbone = visualize_erf.build_backbone(tiny_det, checkpoint)
+    backbone = erf_lib.build_backbone(tiny_det, checkpoint)
     assert torch.equal(backbone.state_dict()['patch_embed1.0.weight'], state['backbone.patch_embed1.0.weight'])
 
 
@@ -151,6 +152,7 @@ def test_erf_rejects_a_bad_stage(tiny_det):
         visualize_erf.main([tiny_det, '--stage', '7'])
 
 
+@pytest.mark.slow
 def test_kernels_are_softmax_weights_placed_on_their_window(tmp_path, tiny_det):
     out = str(tmp_path / 'kernels.png')
     small, large = visualize_kernels.main([tiny_det, '--block', 'sub_blocks3.0', '--pixel', '0', '63',

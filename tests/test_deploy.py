@@ -1,17 +1,15 @@
 """Deployment: ONNX export of the deployed backbone (dynamic H/W, both ContMix map-size paths) checked
 with onnxruntime, the branch-free export helpers against their eager counterparts, and torch.compile."""
-import os.path as osp
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mmoverlock import OverLoCK
+from mmoverlock.deploy import onnx as onnx_export
 from mmoverlock.models.contmix import adaptive_avg_pool2d_traceable, fit_size_traceable, small_map_size
 
-sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'tools', 'deployment'))
-import export_onnx  # noqa: E402
+from .conftest import load_tool
 
 
 def _deployed_backbone(arch):
@@ -39,20 +37,22 @@ def test_fit_size_traceable_matches_small_map_rule():
                 assert tuple(int(v) for v in fit_size_traceable(h, w, k)) == expected, (h, w, k)
 
 
+@pytest.mark.slow
 def test_onnx_export_dynamic_shapes(fixture, tmp_path):
     """One export at 224x256 (every Focus-Net map >= its kernel 7: stage 3 14x16, stage 4 7x8) is right at
     96x128 too (stage 3 6x8, stage 4 3x4: both take the small-map path), for all five outputs."""
     pytest.importorskip('onnxruntime')
     model = _deployed_backbone(fixture['arch'])
     out = str(tmp_path / 'backbone.onnx')
-    names = export_onnx.export(model, (224, 256), out)
+    names = onnx_export.export(model, (224, 256), out)
     assert len(names) == 5
     assert small_map_size(224 // 32, 256 // 32, 7) is None and small_map_size(96 // 16, 128 // 16, 7)
-    results = export_onnx.check(model, out, [(224, 256), (96, 128)], batch=2)
+    results = onnx_export.check(model, out, [(224, 256), (96, 128)], batch=2)
     for r in results:
         assert r['max_abs_err'] <= 1e-4 * max(1., r['output_scale']), r
 
 
+@pytest.mark.integration
 def test_export_cli_backbone_only(tmp_path, capsys):
     """The script end to end on a packaged config with a tiny arch (initial weights)."""
     pytest.importorskip('onnxruntime')
@@ -67,14 +67,15 @@ def test_export_cli_backbone_only(tmp_path, capsys):
         f"    backbone=dict(type='mmoverlock.OverLoCK', arch={arch!r}, out_indices=(0, 1, 2, 3)),\n"
         f"    decode_head=dict(type='FCNHead', in_channels={model.out_channels[0]}, channels=8, num_convs=1,\n"
         f"        in_index=2, num_classes=3, norm_cfg=dict(type='BN', requires_grad=True)))\n")
-    results = export_onnx.main([str(cfg), 'none', '--shape', '96', '128', '--out', str(tmp_path / 'm.onnx'),
-                                '--check-shape', '64', '64'])
+    results = load_tool('deployment/export_onnx').main([str(cfg), 'none', '--shape', '96', '128',
+                                                        '--out', str(tmp_path / 'm.onnx'), '--check-shape', '64', '64'])
     assert [r['shape'] for r in results] == [(96, 128), (64, 64)]
     for r in results:
         assert r['max_abs_err'] <= 1e-4 * max(1., r['output_scale']), r
     assert 'max abs error' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_torch_compile_one_graph_same_output(fixture):
     """The deployed backbone is captured by TorchDynamo as one graph (``fullgraph=True`` raises on any graph
     break) and gives the eager output; both ContMix map-size paths are in it at 96x128. The inductor backend

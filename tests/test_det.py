@@ -358,7 +358,8 @@ def test_official_mask_rcnn_checkpoint_evaluates_directly_and_converted(mask_rcn
 def test_mask_tta_unflips_masks_and_boxes():
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
-    from mmoverlock.models.det_tta import DetTTAModelWithMasks
+
+    from mmoverlock.models.mmdet import DetTTAModelWithMasks
     masks = torch.zeros(1, 8, 10, dtype=torch.bool)
     masks[0, 2:5, 1:4] = True                                  # box x 1..4, y 2..5
     box = torch.tensor([[1., 2., 4., 5.]])

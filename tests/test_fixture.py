@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from mmoverlock import OverLoCK
-from mmoverlock.models.heads import OverLoCKClsHead
-from mmoverlock.models.backbones.convert import official_cls_to_mmpretrain
+from mmoverlock.checkpoint.official import official_cls_to_mmpretrain
+from mmoverlock.models.mmpretrain import OverLoCKClsHead
 
 TOL = 1e-4
 

@@ -14,7 +14,7 @@ IMAGENET_MODELS = sorted(f'overlock_{v}_in1k{form}' for v in ('xt', 't', 's', 'b
 def test_bare_import_registers_nothing_with_the_hub():
     code = ('import mmoverlock, mmpretrain\n'
             'print(mmpretrain.list_models("overlock*"))\n'
-            'import mmoverlock.models.heads\n'
+            'import mmoverlock.models.mmpretrain\n'
             'print(mmpretrain.list_models("overlock*"))\n')
     out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -25,8 +25,8 @@ def test_bare_import_registers_nothing_with_the_hub():
 def test_get_model_builds_from_the_config_and_takes_a_local_checkpoint(tmp_path):
     import mmpretrain
 
-    import mmoverlock.models.heads  # noqa: F401  (the adapter registers the models with the hub)
-    from mmoverlock.models.backbones.convert import official_cls_to_mmpretrain
+    import mmoverlock.models.mmpretrain  # noqa: F401  (the adapter registers the models with the hub)
+    from mmoverlock.checkpoint.official import official_cls_to_mmpretrain
     assert mmpretrain.list_models('overlock*') == IMAGENET_MODELS
     model = mmpretrain.get_model('overlock_xt_in1k')
     assert type(model).__name__ == 'OverLoCKClassifier' and model.backbone.arch['embed_dim'] == [56, 112, 256, 336]

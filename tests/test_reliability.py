@@ -24,9 +24,9 @@ from mmengine.config import Config
 
 import mmoverlock  # noqa: F401  (registers the models; allow-lists mmengine's checkpoint types)
 from mmoverlock import OverLoCK
+from mmoverlock.checkpoint import load_overlock_checkpoint, read_checkpoint
 from mmoverlock.engine import (AtomicCheckpointHook, ChannelCheckHook, CheckpointCheckHook, atomic_write,
                                check_channels, remove_partial_files)
-from mmoverlock.models.backbones.checkpoint import load_overlock_checkpoint, read_checkpoint
 from mmoverlock.models.layers import GRN
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -178,6 +178,7 @@ def test_load_from_checked_before_the_run(tmp_path):
     with pytest.raises(ValueError, match=r"other_arch\.pth' does not fit this model \(\d+ shape mismatches, "
                                          r"another arch or number of classes\?\): .*testing and resuming need"):
         hook.before_run(FakeRunner)
+
     class TrainLoop(BaseLoop):
         def run(self):
             pass
@@ -219,7 +220,7 @@ def test_pickle_with_arbitrary_class_is_refused_from_files(tmp_path):
         read_checkpoint(str(path))
     with pytest.raises(ValueError, match='outside the allow-list'):
         load_overlock_checkpoint(OverLoCK(TINY), str(path))
-    from mmengine.runner import CheckpointLoader   # mmengine's own loader (load_from=, init_cfg of others)
+    from mmengine.runner import CheckpointLoader  # mmengine's own loader (load_from=, init_cfg of others)
     with pytest.raises(pickle.UnpicklingError, match='Weights only load failed'):
         CheckpointLoader.load_checkpoint(str(path))
     assert not marker.exists()
@@ -247,6 +248,7 @@ def test_pickle_with_arbitrary_class_is_refused_from_urls(http_folder, tmp_path)
         read_checkpoint(f'{url}/evil.pth')
     # mmengine's http loader calls torch.hub with its default weights_only=False; the configs' CheckpointCheckHook
     # reads a load_from URL with weights_only before mmengine loads it (mmengine itself is left as it is)
+
     class FakeRunner:
         model = OverLoCK(TINY)
         cfg = Config(dict(resume=False))
@@ -270,7 +272,7 @@ def test_pickle_with_arbitrary_class_is_refused_from_urls(http_folder, tmp_path)
 # ---------------------------------------------------------------------------------------------- atomic save
 KILL_MID_WRITE = textwrap.dedent('''
     import builtins, os, signal, sys
-    from mmoverlock.engine import AtomicLocalBackend
+    from mmoverlock.engine import atomic_write
     from mmengine.fileio import LocalBackend
 
     class KilledHalfway:   # a file object whose write is interrupted by SIGKILL half-way through
@@ -290,15 +292,16 @@ KILL_MID_WRITE = textwrap.dedent('''
     real_open, real_fdopen = builtins.open, os.fdopen
     builtins.open = lambda *a, **k: KilledHalfway(real_open(*a, **k))
     os.fdopen = lambda *a, **k: KilledHalfway(real_fdopen(*a, **k))
-    backend = AtomicLocalBackend() if sys.argv[1] == 'atomic' else LocalBackend()
-    backend.put(b'new' * 100000, sys.argv[2])
+    write = atomic_write if sys.argv[1] == 'atomic' else lambda path, data: LocalBackend().put(data, path)
+    write(sys.argv[2], b'new' * 100000)
 ''')
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('backend', ['atomic', 'mmengine'])
 def test_kill_during_checkpoint_write(tmp_path, backend):
     """SIGKILL in the middle of writing over an existing checkpoint: the atomic backend leaves the old file
-    whole (and a temporary that the next run removes); mmengine's LocalBackend leaves a truncated one."""
+    whole (and a temporary that the next run removes); mmengine's LocalBackend.put leaves a truncated one."""
     target = tmp_path / 'iter_2.pth'
     atomic_write(target, b'old' * 1000)
     proc = subprocess.run([sys.executable, '-c', KILL_MID_WRITE, backend, str(target)], cwd=ROOT,
@@ -342,6 +345,7 @@ def toy_runner(work_dir, checkpoint_hook, max_iters, fail_at=None):
                   custom_hooks=[FailSave()], log_level='WARNING')
 
 
+@pytest.mark.integration
 def test_atomic_checkpoint_hook_keeps_a_resumable_checkpoint_when_a_save_fails(tmp_path, monkeypatch):
     """max_keep_ckpts=1: mmengine deletes iter_2.pth *before* writing iter_3.pth; if that write dies,
     last_checkpoint names a deleted file. AtomicCheckpointHook deletes only after the new one is written."""
@@ -366,6 +370,7 @@ def test_atomic_checkpoint_hook_keeps_a_resumable_checkpoint_when_a_save_fails(t
     assert (work / 'last_checkpoint').read_text() == str(work / 'iter_4.pth')
 
 
+@pytest.mark.integration
 def test_atomic_checkpoint_hook_drops_only_the_unused_file_client_notices(tmp_path):
     """mmengine's CheckpointHook logs FileClient deprecation notices on every run (before training and at
     each save); ours does not, and leaves the run's logger without the filter afterwards."""
@@ -506,6 +511,7 @@ def write_coco(folder: Path, with_objects: list) -> Path:
     return ann
 
 
+@pytest.mark.integration
 def test_image_without_annotations_trains(tmp_path):
     """Mask R-CNN config + filter_empty_gt=False: the image with no object is kept and trained on."""
     from mmengine.runner import Runner

@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmoverlock.models.backbones.checkpoint import read_checkpoint
+from mmoverlock.checkpoint import read_checkpoint
+
+pytestmark = pytest.mark.integration   # SIGKILL, resume and 2-process runs of the tools
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(ROOT, 'tools')

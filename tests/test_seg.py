@@ -229,10 +229,36 @@ def test_test_with_eval_miou(tiny_run, tmp_path):
     assert metrics['mIoU'] == pytest.approx(hand_miou(dumped, ann_dir), abs=0.01)
 
 
+def _predictions(tiny_run, tmp_path, name, *args, cfg=None):
+    """(metrics, [pred_sem_seg (H, W)] per val image) of one tools/test.py run."""
+    out = str(tmp_path / f'{name}.pkl')
+    metrics = load_tool('test').main([cfg or tiny_run['cfg'], tiny_run['ckpt'], '--eval', 'mIoU', '--out', out,
+                                      '--work-dir', str(tmp_path / name), *args])
+    with open(out, 'rb') as f:
+        return metrics, [sample['pred_sem_seg']['data'].squeeze(0) for sample in pickle.load(f)]
+
+
 def test_test_with_tta(tiny_run, tmp_path):
-    metrics = load_tool('test').main([tiny_run['cfg'], tiny_run['ckpt'], '--eval', 'mIoU', '--tta',
-                                      '--work-dir', str(tmp_path)])
-    assert 0. <= metrics['mIoU'] <= 100.
+    """--tta runs the config's multi-scale + flip pipeline (other predictions than the plain test), and a TTA
+    pipeline of the test scale alone without flip gives exactly the plain test's predictions and mIoU."""
+    plain_metrics, plain = _predictions(tiny_run, tmp_path, 'plain')
+    tta_metrics, tta = _predictions(tiny_run, tmp_path, 'tta', '--tta')
+    assert len(tta) == len(plain) == NUM_VAL
+    assert [p.shape for p in tta] == [p.shape for p in plain]
+    assert any(not torch.equal(t, p) for t, p in zip(tta, plain))
+    assert 0. <= tta_metrics['mIoU'] <= 100.
+
+    cfg = Config.fromfile(tiny_run['cfg'])
+    augment = cfg.tta_pipeline[1]['transforms']
+    test_scale = tuple(find(cfg.test_dataloader.dataset.pipeline, 'Resize')['scale'])
+    augment[0] = [t for t in augment[0] if tuple(t['scale']) == test_scale]   # img_ratio 1.0: the test scale
+    assert len(augment[0]) == 1
+    augment[2] = [t for t in augment[2] if t['prob'] == 0.]              # no flip
+    single = str(tmp_path / 'single_view_tta.py')
+    cfg.dump(single)
+    single_metrics, single_view = _predictions(tiny_run, tmp_path, 'single', '--tta', cfg=single)
+    assert all(torch.equal(t, p) for t, p in zip(single_view, plain))
+    assert single_metrics['mIoU'] == pytest.approx(plain_metrics['mIoU'], abs=1e-6)
 
 
 def test_eval_name_of_another_task_is_refused(tiny_run):

@@ -18,14 +18,19 @@ import os
 import os.path as osp
 import sys
 
-import torch
+try:
+    import torch
+
+    import mmoverlock  # noqa: F401
+except ImportError as err:   # a python without the environment: one line, not a traceback
+    raise SystemExit(f"tools/convert_official.py: error: {err} ({sys.executable}); run the tools with the "
+                     f"environment's python: source .venv/bin/activate (made by make env)") from None
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 from mmengine.utils import import_modules_from_strings
 
-from mmoverlock.models.backbones.checkpoint import extract_state_dict, read_checkpoint
-from mmoverlock.models.backbones.convert import (TASKS, check_state_dict, convert_state_dict, infer_arch,
-                                                 is_deploy_form)
+from mmoverlock.checkpoint import extract_state_dict, is_deploy_form, read_checkpoint
+from mmoverlock.checkpoint.official import TASKS, check_state_dict, convert_state_dict, infer_arch
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEFAULT_CONFIGS = {'cls': 'configs/cls/overlock_{}_in1k.py', 'det': 'configs/det/mask_rcnn_overlock_{}_1x_coco.py',

@@ -3,7 +3,7 @@
 
     python tools/demo.py [--work-dir work_dirs/demo] [--data data/demo] [--epochs N] [--threads N]
 
-1. makes the synthetic shapes data set (tools/make_demo_data.py) unless it is there already;
+1. makes the synthetic shapes data set (as tools/make_demo_data.py does) unless it is there already;
 2. saves the freshly initialised detector (configs/demo/cascade_overlock_demo_shapes.py) and
    evaluates it: the *untrained* bbox / segm AP;
 3. trains it from those very weights with tools/train.py, validating as the config says (every 2 epochs);
@@ -28,10 +28,9 @@ import time
 from typing import Dict, List, Optional
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
 
-import quiet_warnings  # noqa: E402,F401  (before mmengine: third-party import warnings)
-from make_demo_data import make_demo_data  # noqa: E402
+import mmoverlock.cli.quiet_warnings  # noqa: E402,F401  (first: third-party import warnings)
+from mmoverlock.demo.shapes_data import make_demo_data  # noqa: E402
 
 DEMO_CONFIG = osp.join(ROOT, 'configs', 'demo', 'cascade_overlock_demo_shapes.py')
 AP_KEYS = ('coco/bbox_mAP_50', 'coco/bbox_mAP', 'coco/segm_mAP_50', 'coco/segm_mAP')
@@ -90,7 +89,7 @@ def save_untrained(config: str, out: str, note: str = '', seed: int = 0) -> None
     from mmengine.runner import set_random_seed
 
     import mmoverlock  # noqa: F401
-    from mmoverlock.utils.runtime import sync_bn_to_bn, task_of
+    from mmoverlock.cli.runtime import sync_bn_to_bn, task_of
     cfg = Config.fromfile(config)
     task_of(cfg)
     sync_bn_to_bn(cfg)
@@ -143,8 +142,41 @@ def plot_curves(scalars: List[dict], untrained: Dict[str, float], out: str) -> N
     plt.close(fig)
 
 
+#: how to read the pictures, written onto them
+PREDICTIONS_CAPTION = 'Each row: LEFT = ground truth, RIGHT = the trained model\'s prediction (val images).'
+ERF_CAPTION = ('How to read: colour = log10(input gradient + 1), scaled to [0, 1] in each picture on its own. '
+               'An untrained net spreads a weak gradient thinly everywhere, so its field can look wider; '
+               'the printed "centred square holding N%" fractions measure the spread.')
+
+
+def caption(image, text: str):
+    """``image`` (BGR) with ``text`` wrapped on a white band above it."""
+    import cv2
+    import numpy as np
+    font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1
+    width = image.shape[1]
+    lines, line = [], ''
+    for word in text.split():
+        trial = f'{line} {word}'.strip()
+        if line and cv2.getTextSize(trial, font, scale, thickness)[0][0] > width - 12:
+            lines.append(line)
+            trial = word
+        line = trial
+    lines.append(line)
+    band = np.full((18 * len(lines) + 8, width, 3), 255, np.uint8)
+    for i, text_line in enumerate(lines):
+        cv2.putText(band, text_line, (6, 18 * (i + 1)), font, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    return np.concatenate([band, image], axis=0)
+
+
+def caption_file(path: str, text: str) -> None:
+    """Write ``text`` onto the picture at ``path`` (in place)."""
+    import cv2
+    cv2.imwrite(path, caption(cv2.imread(path), text))
+
+
 def montage(overlay_dir: str, out: str, count: int = 4) -> Optional[str]:
-    """Stack the first ``count`` overlays (ground truth | prediction) into one PNG."""
+    """Stack the first ``count`` overlays (ground truth | prediction) into one PNG, captioned so."""
     import cv2
     import numpy as np
     files = sorted(glob.glob(osp.join(overlay_dir, '*.jpg')) + glob.glob(osp.join(overlay_dir, '*.png')))
@@ -153,7 +185,7 @@ def montage(overlay_dir: str, out: str, count: int = 4) -> Optional[str]:
     tiles = [cv2.imread(f) for f in files[:count]]
     width = min(t.shape[1] for t in tiles)
     tiles = [cv2.resize(t, (width, int(t.shape[0] * width / t.shape[1]))) for t in tiles]
-    cv2.imwrite(out, np.concatenate(tiles, axis=0))
+    cv2.imwrite(out, caption(np.concatenate(tiles, axis=0), PREDICTIONS_CAPTION))
     return out
 
 
@@ -224,6 +256,7 @@ def main(argv: Optional[List[str]] = None):
     for name, ckpt in (('untrained', untrained_ckpt), ('trained', checkpoint)):
         run_tool(['tools/analysis/visualize_erf.py', args.config, '--checkpoint', ckpt, '--stage', '3',
                   '--images', val_images, '--size', '160', '--out', osp.join(wd, f'erf_{name}.png')], args.threads)
+        caption_file(osp.join(wd, f'erf_{name}.png'), ERF_CAPTION)
     run_tool(['tools/analysis/visualize_kernels.py', args.config, '--checkpoint', checkpoint,
               '--block', 'sub_blocks3.0', '--image', osp.join(val_images, '000000.jpg'), '--size', '160',
               '--out', osp.join(wd, 'kernels_trained.png')], args.threads)

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Distributed training with torchrun, as mmdet's tools/dist_train.sh:
 #   tools/dist_train.sh CONFIG GPUS [train.py options]
-# Multi-node: NNODES, NODE_RANK, MASTER_ADDR and PORT from the environment. PYTHON picks the interpreter.
+# Multi-node: NNODES, NODE_RANK, MASTER_ADDR and PORT from the environment.
+# PYTHON: the interpreter (default: python on PATH); the environment's is .venv/bin/python (make env):
+#   PYTHON=.venv/bin/python tools/dist_train.sh ...   (or source .venv/bin/activate first)
+# Before torchrun starts the processes, one process checks what can be checked without them (the python has
+# torch and mmoverlock, the config, its data paths, the checkpoint file: train.py --check-only) and says what is
+# wrong in one line.
 # Without CUDA the processes run on CPU with gloo (one process per "GPU").
 set -e
 if [ $# -lt 2 ]; then
@@ -15,6 +20,14 @@ NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 PYTHON=${PYTHON:-python}
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    echo "$0: error: PYTHON=$PYTHON is not a command; run the tools with the environment's python:" \
+         "PYTHON=.venv/bin/python $0 ... (make env builds it), or source .venv/bin/activate first" >&2
+    exit 1
+fi
+# the checks before the Runner, once (the processes repeat them, silently when they pass)
+PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
+"$PYTHON" "$(dirname "$0")/train.py" "$CONFIG" --check-only "${@:3}" || exit $?
 
 PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
 "$PYTHON" -m torch.distributed.run \

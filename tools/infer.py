@@ -6,10 +6,20 @@
 The task follows the config's ``default_scope`` (mmdet or mmseg). Drawing is done by the packages' own
 visualizers (mmdet's DetLocalVisualizer, mmseg's SegLocalVisualizer); class names and colours come from the
 checkpoint's ``meta.dataset_meta`` (what mmengine's Runner saves), else from the config's ``metainfo``.
+
+The checkpoint is checked as tools/test.py checks it, with the same one-line messages: it must exist, be a
+PyTorch checkpoint, and fit the config's model tensor for tensor (another arch or number of classes is an
+error, not a run with those layers at their initialisation).
 """
 import argparse
+import sys
+import warnings
 
-import quiet_warnings  # noqa: F401  (before mmengine: third-party import warnings)
+try:
+    import mmoverlock.cli.quiet_warnings  # noqa: F401  (first: third-party import warnings)
+except ImportError as err:   # a python without the environment: one line, not a traceback
+    raise SystemExit(f"tools/infer.py: error: {err} ({sys.executable}); run the tools with the environment's "
+                     f"python: source .venv/bin/activate (made by make env)") from None
 import os
 import os.path as osp
 from typing import List, Optional
@@ -18,10 +28,11 @@ import mmcv
 import numpy as np
 import torch
 from mmengine.config import Config
+from mmengine.runner import load_checkpoint
 
 import mmoverlock  # noqa: F401  (registers OverLoCK; installs the checkpoint allow-list)
-from mmoverlock.models.backbones.checkpoint import read_checkpoint
-from mmoverlock.utils.runtime import sync_bn_to_bn, task_of
+from mmoverlock.cli.runtime import check_checkpoint, one_line_errors, sync_bn_to_bn, task_of
+from mmoverlock.engine.load_check import check_checkpoint_fits
 
 
 def parse_args(argv: Optional[List[str]] = None):
@@ -52,18 +63,30 @@ def dataset_meta_of(cfg: Config) -> Optional[dict]:
     return None
 
 
-def checkpoint_dataset_meta(checkpoint: str) -> Optional[dict]:
+def checkpoint_dataset_meta(checkpoint: dict) -> Optional[dict]:
     """``meta.dataset_meta`` of a checkpoint saved by mmengine's Runner, if it names its classes."""
-    meta = read_checkpoint(checkpoint).get('meta') or {}
+    meta = (checkpoint.get('meta') if isinstance(checkpoint, dict) else None) or {}
     dataset_meta = meta.get('dataset_meta') if isinstance(meta, dict) else None
     return dict(dataset_meta) if dataset_meta and 'classes' in dataset_meta else None
+
+
+def load_checked(model: torch.nn.Module, checkpoint: str, device: str) -> Optional[dict]:
+    """tools/test.py's check (mmoverlock.CheckpointCheckHook, strict), then the weights: a checkpoint of
+    another model is one line, not a run with its layers at their initialisation. Returns the checkpoint's
+    ``dataset_meta``, if it has one."""
+    check_checkpoint_fits(model, checkpoint, strict=True)
+    return checkpoint_dataset_meta(load_checkpoint(model, checkpoint, map_location=device))
 
 
 def infer_det(image: str, cfg: Config, checkpoint: str, out: str, score_thr: float, device: str) -> dict:
     from mmdet.apis import inference_detector, init_detector
     from mmdet.registry import VISUALIZERS
-    model = init_detector(cfg, checkpoint, device=device)
-    model.dataset_meta = checkpoint_dataset_meta(checkpoint) or dataset_meta_of(cfg) or model.dataset_meta
+    with warnings.catch_warnings(record=True) as caught:   # init_detector resets the filters to show its note
+        model = init_detector(cfg, None, device=device)
+    for w in caught:   # the classes come from the checkpoint or the config, just below: drop only that note
+        if 'checkpoint is None' not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    model.dataset_meta = load_checked(model, checkpoint, device) or dataset_meta_of(cfg) or model.dataset_meta
     result = inference_detector(model, image)
     visualizer = VISUALIZERS.build(dict(model.cfg.visualizer, name='mmoverlock_infer'))
     visualizer.dataset_meta = model.dataset_meta
@@ -77,8 +100,13 @@ def infer_det(image: str, cfg: Config, checkpoint: str, out: str, score_thr: flo
 def infer_seg(image: str, cfg: Config, checkpoint: str, out: str, opacity: float, device: str) -> dict:
     from mmseg.apis import inference_model, init_model
     from mmseg.registry import VISUALIZERS
-    model = init_model(cfg, checkpoint, device=device)
-    model.dataset_meta = checkpoint_dataset_meta(checkpoint) or dataset_meta_of(cfg) or model.dataset_meta
+    from mmseg.utils import dataset_aliases, get_classes, get_palette
+    model = init_model(cfg, None, device=device)
+    model.dataset_meta = load_checked(model, checkpoint, device) or dataset_meta_of(cfg)
+    if not model.dataset_meta:   # as mmseg's init_model: the data set with this many classes, else Cityscapes
+        num = model.decode_head.num_classes
+        name = next((n for n in dataset_aliases if len(get_classes(n)) == num), 'cityscapes')
+        model.dataset_meta = dict(classes=get_classes(name), palette=get_palette(name))
     classes = model.dataset_meta['classes']
     palette = model.dataset_meta.get('palette')
     if not palette or len(palette) != len(classes):   # a fixed pseudo-random colour per class
@@ -96,11 +124,10 @@ def infer(image: str, config: str, checkpoint: str, out: str = 'out.png', score_
           opacity: float = 0.5, device: str = 'cpu') -> dict:
     """Run one image through a det or seg model and write the overlay to ``out``; returns a summary."""
     if not osp.isfile(image):
-        raise FileNotFoundError(f"infer: image '{image}' does not exist")
-    if not osp.isfile(checkpoint):
-        raise FileNotFoundError(f"infer: checkpoint '{checkpoint}' does not exist; expected a .pth file")
+        raise FileNotFoundError(f"image '{image}' does not exist; expected an image file (.jpg, .png, ...)")
+    check_checkpoint(checkpoint)   # tools/test.py's check: exists, and is a PyTorch checkpoint
     if not out.lower().endswith(('.png', '.jpg', '.jpeg')):
-        raise ValueError(f'infer: --out {out} must end with .png or .jpg')
+        raise ValueError(f'--out {out} must end with .png or .jpg')
     cfg = load_config(config, device)
     task = task_of(cfg)
     if osp.dirname(out):
@@ -109,14 +136,15 @@ def infer(image: str, config: str, checkpoint: str, out: str = 'out.png', score_
         return infer_det(image, cfg, checkpoint, out, score_thr, device)
     if task == 'seg':
         return infer_seg(image, cfg, checkpoint, out, opacity, device)
-    raise ValueError(f"infer: config '{config}' is a {task} config; infer.py draws det and seg results "
+    raise ValueError(f"config '{config}' is a {task} config; infer.py draws det and seg results "
                      f"(default_scope mmdet or mmseg)")
 
 
 def main(argv: Optional[List[str]] = None):
     args = parse_args(argv)
-    summary = infer(args.image, args.config, args.checkpoint, args.out, args.score_thr, args.opacity,
-                    args.device)
+    with one_line_errors('tools/infer.py', __file__):   # its checks and mmoverlock's: one line, as test.py
+        summary = infer(args.image, args.config, args.checkpoint, args.out, args.score_thr, args.opacity,
+                        args.device)
     if summary['task'] == 'det':
         print(f"{summary['instances']} instances scoring >= {args.score_thr}; overlay written to {args.out}")
     else:

@@ -2,6 +2,7 @@
 # Testing on a Slurm cluster, as mmdet's tools/slurm_test.sh:
 #   [GPUS=8] tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [test.py options, e.g. --eval bbox segm]
 # GPUS (total, default 8), GPUS_PER_NODE (8), CPUS_PER_TASK (5), SRUN_ARGS from the environment.
+# PYTHON: the interpreter on the nodes (default: python on PATH; the environment's: .venv/bin/python).
 set -x
 if [ $# -lt 4 ]; then
     echo "usage: $0 PARTITION JOB_NAME CONFIG CHECKPOINT [test.py options]" >&2

@@ -6,18 +6,27 @@
 
 ``--eval`` takes the mmdet-2 / mmseg-0 names and maps them onto the config's test evaluator; ``--out``,
 ``--show-dir`` and ``--tta`` are the options of mmdet's / mmseg's own tools/test.py. Everything else is the
-config's. Without CUDA, SyncBN -> BN (printed in one line).
+config's. Without CUDA, SyncBN -> BN (printed in one line, by the first process only). The checkpoint and the
+test data paths are checked before the Runner is built, whether the checkpoint fits the model before the first
+image; mmoverlock's checks end the run in one line (``--check-only``: the checks before the Runner only).
 """
 import argparse
 import os.path as osp
+import sys
 
-import quiet_warnings  # noqa: F401  (before mmengine: third-party import warnings)
+try:
+    import mmoverlock.cli.quiet_warnings  # noqa: F401  (first: third-party import warnings)
+except ImportError as err:   # a python without the environment: one line, not a traceback
+    raise SystemExit(f"tools/test.py: error: {err} ({sys.executable}); run the tools with the environment's "
+                     f"python: source .venv/bin/activate (made by make env), or PYTHON=.venv/bin/python "
+                     f"tools/dist_test.sh ...") from None
 
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from mmoverlock.utils.runtime import (EVAL_METRICS, apply_eval, apply_out, apply_show_dir, apply_tta,
-                                      check_checkpoint, prepare_for_device, set_launcher_env, task_of)
+from mmoverlock.cli.runtime import (EVAL_METRICS, apply_eval, apply_out, apply_show_dir, apply_tta,
+                                    check_checkpoint, check_data, is_main_process, one_line_errors,
+                                    prepare_for_device, set_launcher_env, task_of)
 
 
 def parse_args(argv=None):
@@ -33,6 +42,8 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config entries')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument('--check-only', action='store_true',
+                        help='check the config, its data paths and the checkpoint file, then exit (no Runner)')
     return parser.parse_args(argv)
 
 
@@ -50,8 +61,11 @@ def build_cfg(args) -> Config:
     apply_show_dir(cfg, args.show_dir, task)
     if args.tta:
         apply_tta(cfg)
+    check_data(cfg, ['test_dataloader'], ['test_evaluator'], task)
+    if args.check_only:
+        return cfg
     adapted = prepare_for_device(cfg, args.launcher)
-    if adapted:
+    if adapted and is_main_process():
         print(f'tools/test.py: {adapted}', flush=True)
     return cfg
 
@@ -62,9 +76,12 @@ def main(argv=None):
     try:
         cfg = build_cfg(args)
     except (FileNotFoundError, ValueError) as err:   # bad arguments: one line, no traceback
-        raise SystemExit(f'tools/test.py: error: {err}') from None
-    runner = Runner.from_cfg(cfg)
-    return runner.test()
+        raise SystemExit(f'tools/test.py: error: {err}' if is_main_process() else 1) from None
+    if args.check_only:
+        return None
+    with one_line_errors('tools/test.py'):
+        runner = Runner.from_cfg(cfg)
+        return runner.test()
 
 
 if __name__ == '__main__':

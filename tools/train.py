@@ -2,21 +2,31 @@
 """Train a det / seg / cls config with mmengine's Runner (the task follows the config's default_scope).
 
 The run is the config's: mmdet's, mmseg's and mmpretrain's own tools/train.py give the same one. On a machine
-without CUDA the GPU recipe is adapted (SyncBN -> BN, DDP over gloo), and that is printed in one line.
+without CUDA the GPU recipe is adapted (SyncBN -> BN, AMP -> fp32, DDP over gloo), and that is printed in one
+line, by the first process only. The data paths, the checkpoint and the optimizer constructor are checked
+before the Runner is built; mmoverlock's checks end the run in one line (``--check-only``: only those checks,
+what tools/dist_train.sh runs before it starts the processes).
 
     python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [auto|CKPT]] [--auto-scale-lr]
-                                 [--cfg-options k=v ...] [--launcher none|pytorch|slurm]
+                                 [--cfg-options k=v ...] [--launcher none|pytorch|slurm] [--check-only]
 """
 import argparse
 import os.path as osp
+import sys
 
-import quiet_warnings  # noqa: F401  (before mmengine: third-party import warnings)
+try:
+    import mmoverlock.cli.quiet_warnings  # noqa: F401  (first: third-party import warnings)
+except ImportError as err:   # a python without the environment: one line, not a traceback
+    raise SystemExit(f"tools/train.py: error: {err} ({sys.executable}); run the tools with the environment's "
+                     f"python: source .venv/bin/activate (made by make env), or PYTHON=.venv/bin/python "
+                     f"tools/dist_train.sh ...") from None
 
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from mmoverlock.utils.runtime import check_checkpoint, prepare_for_device, set_launcher_env, task_of
+from mmoverlock.cli.runtime import (check_checkpoint, check_data, check_optim_constructor, is_main_process,
+                                    one_line_errors, prepare_for_device, set_launcher_env, task_of)
 
 
 def parse_args(argv=None):
@@ -32,6 +42,8 @@ def parse_args(argv=None):
                         help='override config entries, e.g. model.backbone.drop_path_rate=0.3')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument('--check-only', action='store_true',
+                        help='check the config, its data paths and checkpoint, then exit (no Runner)')
     return parser.parse_args(argv)
 
 
@@ -39,7 +51,7 @@ def build_cfg(args) -> Config:
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    task_of(cfg)
+    task = task_of(cfg)
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         'work_dirs', osp.splitext(osp.basename(args.config))[0])
@@ -60,8 +72,16 @@ def build_cfg(args) -> Config:
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, check_checkpoint(args.resume, '--resume')
+    elif cfg.get('load_from'):
+        check_checkpoint(cfg.load_from, 'load_from')
+    check_optim_constructor(cfg)
+    validates = bool(cfg.get('val_cfg')) and bool(cfg.get('val_dataloader'))
+    check_data(cfg, ['train_dataloader'] + (['val_dataloader'] if validates else []),
+               ['val_evaluator'] if validates else [], task)
+    if args.check_only:
+        return cfg
     adapted = prepare_for_device(cfg, args.launcher)
-    if adapted:
+    if adapted and is_main_process():
         print(f'tools/train.py: {adapted}', flush=True)
     return cfg
 
@@ -72,9 +92,13 @@ def main(argv=None):
     try:
         cfg = build_cfg(args)
     except (FileNotFoundError, ValueError) as err:   # bad arguments: one line, no traceback
-        raise SystemExit(f'tools/train.py: error: {err}') from None
-    runner = Runner.from_cfg(cfg)
-    runner.train()
+        raise SystemExit(f'tools/train.py: error: {err}' if is_main_process() else 1) from None
+    if args.check_only:
+        return None
+    with one_line_errors('tools/train.py'):
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+    return runner
 
 
 if __name__ == '__main__':

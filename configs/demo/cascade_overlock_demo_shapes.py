@@ -13,10 +13,8 @@ width = 64            # FPN / RoI head channels (256 in the real config)
 classes = ('circle', 'square', 'triangle', 'star')
 
 # Trained from scratch, the detection layout's output LayerNorms (LN2d on every map fed to the FPN) stall the
-# RoI heads: the stage-1 classifier stays at the class prior (s0.loss_cls ~0.87) for 300+ iterations, even with
-# the backbone frozen, and bbox AP50 is 0.010 after 2 epochs; with the raw maps (layout='classification': the
-# ImageNet layout's outputs, same blocks) it is 0.129 (measured, docs/demo.md). The real configs start from
-# ImageNet weights (trained LayerNorms), not from random init.
+# RoI heads at the class prior; the raw maps (layout='classification': the ImageNet layout's outputs, same
+# blocks) learn (measured in docs/demo.md). The real configs start from ImageNet weights (trained LayerNorms).
 model = dict(
     backbone=dict(arch=dict(_delete_=True, **demo_arch), layout='classification', drop_path_rate=0.,
                   init_cfg=None),
@@ -64,15 +62,13 @@ val_evaluator = dict(ann_file=data_root + 'annotations/instances_validation.json
 test_evaluator = val_evaluator
 
 # ---------------------------------------------------------------- schedule: minutes on a CPU
-# 8 epochs of 200 iterations at batch 2: bbox AP50 0.482 in 13.2 min of `make demo`; 10 epochs of 100 at
-# batch 4 gave 0.413 in 12.7 min (measured the same day, docs/demo.md). Batch 2 costs 1.3x the time per epoch.
+# 8 epochs of 200 iterations at batch 2: the schedule chosen by the measured runs in docs/demo.md.
 max_epochs = 8
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=2)
 # From scratch, AdamW (the recipe's optimizer, made for fine-tuning a pretrained backbone at 1e-4) with a
-# from-scratch lr of 2e-4..1e-3 kills 45-80 % of the units of the RoI heads' shared fc (3136 -> 256, ReLU) within
-# 50 iterations on the demo data (docs/demo.md); SGD, mmdet's from-scratch default, keeps ~90 % of them alive.
-# With the raw maps as well, AdamW at the recipe's 1x lr (2e-4) reached bbox AP50 0.082 after 2 epochs of
-# batch 4, SGD 0.129 (measured).
+# from-scratch lr kills many units of the RoI heads' shared fc (3136 -> 256, ReLU) within 50 iterations on the
+# demo data; SGD, mmdet's from-scratch default, keeps most of them alive and learns faster (measured in
+# docs/demo.md).
 # foreach: one update over all parameter tensors (torch's per-tensor loop is slow on a CPU; same result).
 optim_wrapper = dict(optimizer=dict(_delete_=True, type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4,
                                     foreach=True),

@@ -85,20 +85,6 @@ def remove_partial_files(folder: str) -> list:
     return leftovers
 
 
-class AtomicLocalBackend(LocalBackend):
-    """mmengine's local file backend with :func:`atomic_write` for ``put`` and ``put_text``.
-
-    Not registered by mmoverlock; to make other mmengine writes atomic too, register it under a name of
-    your own with ``mmengine.fileio.register_backend`` and pass ``backend_args=dict(backend=NAME)``.
-    """
-
-    def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
-        atomic_write(filepath, obj)
-
-    def put_text(self, obj: str, filepath: Union[str, Path], encoding: str = 'utf-8') -> None:
-        atomic_write(filepath, obj.encode(encoding))
-
-
 class _UnusedFileClientNotices(logging.Filter):
     """Drops the deprecation notices mmengine 0.10 logs whenever it builds a ``FileClient``, which its
     ``CheckpointHook.before_train`` and ``save_checkpoint`` do on every run even without ``file_client_args``,
@@ -197,5 +183,5 @@ class AtomicCheckpointHook(CheckpointHook):
                 self.file_backend.rmtree(path)
 
 
-__all__ = ['atomic_write', 'remove_partial_files', 'replace_atomically', 'AtomicLocalBackend',
+__all__ = ['atomic_write', 'remove_partial_files', 'replace_atomically',
            'AtomicCheckpointHook']

@@ -13,23 +13,17 @@ before mmengine loads it from there, so a checkpoint holding arbitrary objects i
 hook rather than unpickled by mmengine's URL loader (which loads with ``weights_only=False``).
 """
 import logging
-from typing import Dict, List
+from typing import List
 
 import torch
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
-from ..models.backbones.checkpoint import extract_state_dict, read_checkpoint
+from ..checkpoint.io import extract_state_dict, read_checkpoint, shape_mismatches
 from ..registry import HOOKS
 from .channel_check import unwrap_model
 
 MAX_LISTED = 5
-
-
-def shape_mismatches(own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor]) -> List[str]:
-    """'key: checkpoint (shape) vs model (shape)' for every tensor both have with different shapes."""
-    return [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
-            for k, v in state.items() if k in own and v.shape != own[k].shape]
 
 
 def _listing(items: List[str]) -> str:
@@ -77,4 +71,4 @@ class CheckpointCheckHook(Hook):
         check_checkpoint_fits(runner.model, path, strict=not training or bool(runner.cfg.get('resume')))
 
 
-__all__ = ['CheckpointCheckHook', 'check_checkpoint_fits', 'shape_mismatches']
+__all__ = ['CheckpointCheckHook', 'check_checkpoint_fits']

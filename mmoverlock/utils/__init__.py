@@ -1,2 +1,1 @@
-"""Helpers outside the model: the checkpoint allow-list (``safe_load``) and what mmoverlock's tools share
-(``runtime``: config task, device adaptation, ``--eval`` mapping)."""
+"""The checkpoint allow-list (``safe_load``), imported with the package."""

@@ -139,10 +139,8 @@ def train_fn(model, images):
 def onnxruntime_fn(model, images, threads, folder):
     """Export ``model`` (eval, deployed) to ONNX and return a callable running it in ONNX Runtime."""
     import onnxruntime as ort
-    deployment = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'deployment')
-    if deployment not in sys.path:
-        sys.path.insert(0, deployment)
-    from export_onnx import export
+
+    from mmoverlock.deploy.onnx import export
     path = osp.join(folder, f'{type(model).__name__}_{id(model)}.onnx')
     export(model, images.shape[-2:], path, batch=images.shape[0])
     options = ort.SessionOptions()

@@ -5,7 +5,8 @@ Shapes are the large-kernel half of OverLoCK-T / -S Focus-Net blocks: stage 3 (s
 (B, G, C, H, W) with G = 2 * sub_num_heads and C = dim / (2 * G).
 
 How it measures: every (case, implementation) runs in its **own subprocess** (python -c ... importing
-``mmoverlock.ops``; 'ours' is the registered op ``torch.ops.mmoverlock.na2d_av``). The inputs are built first, then the peak-RSS counter is reset
+``mmoverlock.ops``; 'ours' is the registered op ``torch.ops.mmoverlock.na2d_av``). The inputs are built first,
+then the peak-RSS counter is reset
 (``/proc/self/clear_refs``) and the peak RSS growth over the baseline (VmHWM - VmRSS before the first run)
 is the CPU memory figure; on CUDA it is ``torch.cuda.max_memory_allocated`` growth. Time: one warm-up run
 excluded, then the median of ``--repeats`` runs; on CPU both wall-clock and process CPU time are taken,
@@ -23,11 +24,7 @@ import os.path as osp
 import subprocess
 import sys
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from overlock_analysis.shapes import focus_aggregation_shapes  # noqa: E402
+from mmoverlock.analysis.shapes import focus_aggregation_shapes
 
 #: model -> stage -> (dim, groups, kernel, stride), from the backbone's arch table
 SHAPES = focus_aggregation_shapes(('t', 's'))
@@ -39,7 +36,6 @@ import json, statistics, sys, time
 import torch
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args['threads'])
-sys.path.insert(0, args['root'])
 from mmoverlock.ops import na2d
 b, g, c, h, w, k = args['shape']
 dev = torch.device(args['device'])
@@ -111,7 +107,7 @@ def stage_shape(model: str, stage: int, size, batch: int):
 
 def run_case(impl, mode, shape, args):
     payload = dict(impl=impl, mode=mode, shape=shape, device=args.device, threads=args.threads,
-                   repeats=args.repeats, root=ROOT)
+                   repeats=args.repeats)
     try:
         proc = subprocess.run([sys.executable, '-c', CHILD, json.dumps(payload)], capture_output=True,
                               text=True, timeout=args.timeout)

@@ -12,7 +12,7 @@ number in brackets); competitor rows are shown as their repositories report them
 import argparse
 import sys
 
-from overlock_analysis.results import merge, read_work_dir, tables
+from mmoverlock.analysis.results import merge, read_work_dir, tables
 
 
 def parse_args(argv=None):

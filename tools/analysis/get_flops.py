@@ -17,8 +17,8 @@ import sys
 import torch
 from mmengine.config import Config, DictAction
 
-from overlock_analysis.complexity import CONVENTIONS
-from overlock_analysis.models import build_model, imagenet_model_cfg, measure, summary
+from mmoverlock.analysis.complexity import CONVENTIONS
+from mmoverlock.analysis.models import build_model, imagenet_model_cfg, measure, summary
 from mmoverlock.models.backbones.overlock import arch_settings
 
 
@@ -83,7 +83,7 @@ def main(argv=None):
 
 
 def _default_shape(task):
-    from overlock_analysis.reference import FLOPS_SHAPE
+    from mmoverlock.analysis.reference import FLOPS_SHAPE
     return FLOPS_SHAPE[task]
 
 

@@ -8,13 +8,12 @@ ContMix makes, for every pixel and channel group, a small (5x5) and a large (K x
 pixel's affinity to 7x7 context regions (``ContMix.dynamic_kernels``). This tool runs one image, records the
 kernels the chosen block computes, and draws for the chosen pixel (image coordinates, default the centre):
 the image with the large and small windows (mean over groups) laid where they sit, then every group's
-K x K and 5 x 5 weights. Without ``--image`` the image is drawn by tools/make_demo_data.py; without
+K x K and 5 x 5 weights. Without ``--image`` the image is drawn by the demo data generator; without
 ``--checkpoint`` the weights are the random init.
 """
 import argparse
 import os
 import os.path as osp
-import sys
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -22,12 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))   # visualize_erf (and through it tools/)
-
-from visualize_erf import build_backbone, demo_images, to_tensor  # noqa: E402
-
-from mmoverlock.models.contmix import ContMixBlock  # noqa: E402
-from mmoverlock.ops.na2d import window_starts  # noqa: E402
+from mmoverlock.analysis.erf import build_backbone, demo_images, to_tensor
+from mmoverlock.models.contmix import ContMixBlock
+from mmoverlock.ops.na2d import window_starts
 
 
 def focus_blocks(backbone: nn.Module) -> Dict[str, ContMixBlock]:
@@ -130,7 +126,7 @@ def parse_args(argv: Optional[List[str]] = None):
     parser.add_argument('--checkpoint', help='weights (whole model or backbone); default: random init')
     parser.add_argument('--block', default='sub_blocks3.0', help='Focus-Net block, e.g. sub_blocks3.0')
     parser.add_argument('--pixel', type=int, nargs=2, metavar=('Y', 'X'), help='image pixel; default centre')
-    parser.add_argument('--image', help='image file; default: one drawn by tools/make_demo_data.py')
+    parser.add_argument('--image', help='image file; default: one drawn by the demo data generator')
     parser.add_argument('--size', type=int, default=256, help='input side in pixels')
     parser.add_argument('--out', default='work_dirs/kernels.png', help='PNG to write')
     return parser.parse_args(argv)

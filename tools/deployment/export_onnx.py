@@ -17,156 +17,20 @@ CKPT may be ``none`` (the config's initial weights: for checking the export, not
 """
 import argparse
 import os.path as osp
+import sys
 import time
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+try:
+    import mmoverlock.cli.quiet_warnings  # noqa: F401  (first: third-party import warnings)
+except ImportError as err:   # a python without the environment: one line, not a traceback
+    raise SystemExit(f"export_onnx.py: error: {err} ({sys.executable}); run the tools with the environment's "
+                     f"python: source .venv/bin/activate (made by make env)") from None
+from mmoverlock.cli.runtime import one_line_errors
+from mmoverlock.deploy.onnx import (OPSET, build_model, check_shape, export, export_target, half_size,
+                                    ort_session)
 
-import mmoverlock  # noqa: F401  (registers OverLoCK; installs the checkpoint allow-list)
-from mmoverlock.models.contmix import adaptive_avg_pool2d_traceable
-from mmoverlock.utils.runtime import sync_bn_to_bn, task_of
-
-OPSET = 17
-
-
-class SegLogits(nn.Module):
-    """mmseg EncoderDecoder -> logits at the input size: (B, 3, H, W) -> (B, classes, H, W)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.model._forward(x)
-        return F.interpolate(logits, size=x.shape[-2:], mode='bilinear',
-                             align_corners=self.model.decode_head.align_corners)
-
-
-class Features(nn.Module):
-    """``extract_feat`` (backbone + neck) of an mmdet detector: (B, 3, H, W) -> tuple of maps."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor):
-        return tuple(self.model.extract_feat(x))
-
-
-class ClsLogits(nn.Module):
-    """mmpretrain ImageClassifier -> (B, classes) logits."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x, mode='tensor')
-
-
-class TraceableAdaptiveAvgPool2d(nn.Module):
-    """``nn.AdaptiveAvgPool2d`` as averaging matmuls: exports with dynamic input sizes (e.g. UperNet's PPM)."""
-
-    def __init__(self, output_size):
-        super().__init__()
-        self.output_size = output_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = self.output_size if isinstance(self.output_size, (tuple, list)) else (self.output_size, ) * 2
-        size = [x.shape[-2 + i] if s is None else s for i, s in enumerate(size)]
-        return adaptive_avg_pool2d_traceable(x, size)
-
-
-def make_pools_traceable(net: nn.Module) -> int:
-    """Replace every ``nn.AdaptiveAvgPool2d`` with output size other than 1 (GlobalAveragePool exports as
-    is) by :class:`TraceableAdaptiveAvgPool2d`. Returns how many were replaced."""
-    count = 0
-    for parent in list(net.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.AdaptiveAvgPool2d and child.output_size not in (1, (1, 1)):
-                setattr(parent, name, TraceableAdaptiveAvgPool2d(child.output_size))
-                count += 1
-    return count
-
-
-def build_model(config: str, checkpoint: str) -> nn.Module:
-    """The config's model on CPU, eval mode, checkpoint loaded (unless ``none``), backbone deployed."""
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    from mmengine.runner import load_checkpoint
-
-    cfg = Config.fromfile(config)
-    sync_bn_to_bn(cfg)
-    task = task_of(cfg)
-    init_default_scope(cfg.default_scope)
-    registry = {'det': 'mmdet', 'seg': 'mmseg', 'cls': 'mmpretrain'}[task]
-    models = __import__(f'{registry}.registry', fromlist=['MODELS']).MODELS
-    cfg.model.pop('pretrained', None)
-    backbone_cfg = cfg.model.get('backbone', {})
-    if isinstance(backbone_cfg.get('init_cfg'), dict) and backbone_cfg['init_cfg'].get('type') == 'Pretrained':
-        backbone_cfg.pop('init_cfg')   # the checkpoint below holds every weight; never download
-    model = models.build(cfg.model)
-    if checkpoint.lower() != 'none':
-        if not osp.isfile(checkpoint):
-            raise FileNotFoundError(f"checkpoint '{checkpoint}' does not exist; expected a .pth file or 'none'")
-        load_checkpoint(model, checkpoint, map_location='cpu', strict=False)
-    else:
-        model.init_weights()
-    model.eval()
-    if hasattr(model.backbone, 'switch_to_deploy'):
-        model.backbone.switch_to_deploy()
-    model.task = task
-    return model
-
-
-def export_target(model: nn.Module, backbone_only: bool) -> nn.Module:
-    if backbone_only:
-        return model.backbone
-    return {'seg': SegLogits, 'det': Features, 'cls': ClsLogits}[model.task](model).eval()
-
-
-def as_list(outputs) -> List[torch.Tensor]:
-    return [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
-
-
-def export(net: nn.Module, shape: Sequence[int], out: str, batch: int = 1) -> List[str]:
-    """Trace ``net`` at (batch, 3, *shape) into ``out``; batch, height and width dynamic. Returns output names.
-    Adaptive pools in ``net`` are made traceable in place (same results)."""
-    make_pools_traceable(net)
-    x = torch.randn(batch, 3, *shape)
-    with torch.no_grad():
-        outputs = as_list(net(x))
-    names = [f'output{i}' for i in range(len(outputs))]
-    dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
-    dynamic.update({n: {0: 'batch'} if o.dim() == 2 else {0: 'batch', 2: f'height{i}', 3: f'width{i}'}
-                    for i, (n, o) in enumerate(zip(names, outputs))})
-    torch.onnx.export(net, (x, ), out, opset_version=OPSET, dynamo=False, input_names=['input'],
-                      output_names=names, dynamic_axes=dynamic)
-    return names
-
-
-def check(net: nn.Module, onnx_file: str, shapes: Sequence[Sequence[int]], batch: int = 1) -> List[dict]:
-    """onnxruntime (CPU) vs PyTorch at each shape: per shape, the max abs error over all outputs and the
-    largest output magnitude."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(onnx_file, providers=['CPUExecutionProvider'])
-    results = []
-    for shape in shapes:
-        x = torch.randn(batch, 3, *shape)
-        with torch.no_grad():
-            expected = [t.numpy() for t in as_list(net(x))]
-        got = session.run(None, {'input': x.numpy()})
-        if [g.shape for g in got] != [e.shape for e in expected]:
-            raise RuntimeError(f'ONNX output shapes {[g.shape for g in got]} != PyTorch '
-                               f'{[e.shape for e in expected]} at input {tuple(x.shape)}')
-        err = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
-        scale = max(float(np.abs(e).max()) for e in expected)
-        results.append(dict(shape=tuple(shape), max_abs_err=err, output_scale=scale))
-    return results
+TOOL = 'export_onnx'
 
 
 def parse_args(argv: Optional[List[str]] = None):
@@ -175,7 +39,8 @@ def parse_args(argv: Optional[List[str]] = None):
     parser.add_argument('checkpoint', help="a .pth file, or 'none' for the config's initial weights")
     parser.add_argument('--shape', type=int, nargs=2, required=True, metavar=('H', 'W'), help='export input size')
     parser.add_argument('--check-shape', type=int, nargs=2, default=None, metavar=('H', 'W'),
-                        help='second size checked with onnxruntime (default: half the export size)')
+                        help='second size checked with onnxruntime (default: half the export size, each side '
+                             'at least 32)')
     parser.add_argument('--out', default=None, help='ONNX file (default: <config name>.onnx)')
     parser.add_argument('--backbone-only', action='store_true', help='export the backbone (its out_indices maps)')
     args = parser.parse_args(argv)
@@ -185,19 +50,40 @@ def parse_args(argv: Optional[List[str]] = None):
     return args
 
 
+def say(message: str) -> None:
+    print(f'{TOOL}: {message}', flush=True)
+
+
 def main(argv: Optional[List[str]] = None) -> List[dict]:
+    """Each phase says what it starts and, when done, how long it took: a real-size model spends minutes in
+    the export and in the onnxruntime checks."""
     args = parse_args(argv)
     out = args.out or osp.splitext(osp.basename(args.config))[0] + ('_backbone' if args.backbone_only else '') + '.onnx'
-    model = build_model(args.config, args.checkpoint)
-    net = export_target(model, args.backbone_only)
-    t0 = time.perf_counter()
-    export(net, args.shape, out)
-    print(f'exported {out} (opset {OPSET}, dynamic batch/height/width) in {time.perf_counter() - t0:.0f} s')
-    other = args.check_shape or [max(32, (s // 2) // 32 * 32) for s in args.shape]
-    results = check(net, out, [args.shape, other])
-    for r in results:
-        print(f"onnxruntime vs PyTorch at {r['shape'][0]}x{r['shape'][1]}: max abs error {r['max_abs_err']:.3e} "
-              f"(output scale {r['output_scale']:.3g})")
+    shapes = [list(args.shape), list(args.check_shape or half_size(args.shape))]
+    with one_line_errors(f'tools/deployment/{TOOL}.py', __file__):
+        t0 = time.perf_counter()
+        say(f'building the model of {args.config} (weights: {args.checkpoint}) ...')
+        model = build_model(args.config, args.checkpoint)
+        net = export_target(model, args.backbone_only)
+        say(f'model built and re-parameterised in {time.perf_counter() - t0:.1f} s')
+
+        t0 = time.perf_counter()
+        say(f'exporting to {out} at 1x3x{shapes[0][0]}x{shapes[0][1]} (opset {OPSET}, dynamic batch/height/width; '
+            f'minutes for a real-size model) ...')
+        export(net, shapes[0], out)
+        say(f'exported {out} ({osp.getsize(out) / 2**20:.1f} MB) in {time.perf_counter() - t0:.1f} s')
+
+        t0 = time.perf_counter()
+        session = ort_session(out)
+        say(f'loaded into onnxruntime in {time.perf_counter() - t0:.1f} s')
+        results = []
+        for shape in shapes:
+            t0 = time.perf_counter()
+            say(f'checking onnxruntime vs PyTorch at {shape[0]}x{shape[1]} ...')
+            r = check_shape(net, session, shape)
+            say(f"onnxruntime vs PyTorch at {shape[0]}x{shape[1]}: max abs error {r['max_abs_err']:.3e} "
+                f"(output scale {r['output_scale']:.3g}) in {time.perf_counter() - t0:.1f} s")
+            results.append(r)
     return results
 
 

@@ -6,8 +6,8 @@ _base_ = [
     'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
     'mmpretrain::_base_/default_runtime.py',
 ]
-# mmoverlock.models.heads (the mmpretrain adapter): the ImageNet head with its Overview-Net auxiliary head
-custom_imports = dict(imports=['mmoverlock', 'mmoverlock.models.heads'], allow_failed_imports=False)
+# mmoverlock.models.mmpretrain (the mmpretrain adapter): the ImageNet head with its Overview-Net auxiliary head
+custom_imports = dict(imports=['mmoverlock', 'mmoverlock.models.mmpretrain'], allow_failed_imports=False)
 
 # ---------------------------------------------------------------------------------------------- model
 model = dict(

@@ -6,8 +6,8 @@ _base_ = [
     'mmdet::_base_/schedules/schedule_1x.py',    # 12 epochs, steps 8/11, linear warm-up 500 iters from 0.001
     'mmdet::_base_/default_runtime.py',
 ]
-# mmoverlock.models.det_tta (the mmdet adapter): test-time augmentation that also merges masks (--tta)
-custom_imports = dict(imports=['mmoverlock', 'mmoverlock.models.det_tta'], allow_failed_imports=False)
+# mmoverlock.models.mmdet (the mmdet adapter): test-time augmentation that also merges masks (--tta)
+custom_imports = dict(imports=['mmoverlock', 'mmoverlock.models.mmdet'], allow_failed_imports=False)
 
 # AdamW lr 2e-4, wd 0.05; no decay for parameters whose *name* contains 'norm' (the release's custom_keys
 # rule, not norm_decay_mult, which would also hit BatchNorm).

@@ -10,8 +10,8 @@ from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import init_default_scope
 from mmengine.utils import import_modules_from_strings
 
+from mmoverlock.cli.runtime import task_of
 from mmoverlock.models.backbones.overlock import resolve_arch
-from mmoverlock.utils.runtime import task_of
 
 from .complexity import ComplexityReport, analyze_complexity, deploy_
 from .reference import FLOPS_SHAPE
@@ -73,7 +73,7 @@ def build_model(cfg: Union[Config, dict], task: Optional[str] = None) -> Tuple[n
     init_default_scope({'det': 'mmdet', 'seg': 'mmseg', 'cls': 'mmpretrain'}[task])
     import mmoverlock  # noqa: F401  (registers OverLoCK)
     if task == 'cls':
-        import mmoverlock.models.heads  # noqa: F401  (registers OverLoCKClsHead)
+        import mmoverlock.models.mmpretrain  # noqa: F401  (registers OverLoCKClsHead)
     model = _registry(task).build(_strip_pretrained(model_cfg))
     return revert_sync_batchnorm(model).eval(), task
 

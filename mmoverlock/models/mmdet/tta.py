@@ -12,7 +12,7 @@ from mmdet.structures.bbox import bbox_flip
 from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 
-from ..registry import MODELS
+from ...registry import MODELS
 
 _MASK_FLIP_DIMS = {'horizontal': (-1, ), 'vertical': (-2, ), 'diagonal': (-2, -1)}
 

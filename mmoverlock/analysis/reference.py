@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 
 import yaml
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))   # the source tree (configs/)
 TASKS = ('cls', 'det', 'seg')
 METAFILES = {task: f'configs/{task}/metafile.yml' for task in TASKS}
 ARCH_NAMES = {'xt': 'OverLoCK-XT', 't': 'OverLoCK-T', 's': 'OverLoCK-S', 'b': 'OverLoCK-B'}

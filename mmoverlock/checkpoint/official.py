@@ -18,7 +18,7 @@ from typing import Dict, Optional
 
 import torch
 
-from .overlock import arch_settings
+from ..models.backbones.overlock import arch_settings
 
 CLS_HEAD_KEYS = {'head.': 'head.main_head.', 'aux_head.': 'head.aux_head.'}
 #: top-level modules of the official dense-prediction models (unchanged in mmdet 3 / mmseg 1)
@@ -27,13 +27,6 @@ SEG_MODULES = ('backbone.', 'decode_head.', 'auxiliary_head.')
 TASKS = ('cls', 'det', 'seg')
 #: the official variants by their short name (the aliases in arch_settings point at the same dicts)
 VARIANTS = ('xt', 't', 's', 'b')
-
-
-def is_deploy_form(state: Dict[str, torch.Tensor]) -> bool:
-    """Whether a state dict holds re-parameterised (deploy-form) DilatedReparamBlocks: one large kernel with
-    a bias (``lk_origin.bias``) and no dilated branches or BNs. Such weights need ``deploy=True``."""
-    return (any(k.endswith('lk_origin.bias') for k in state)
-            and not any(k.endswith('origin_bn.weight') for k in state))
 
 
 def is_official_cls_layout(state: Dict[str, torch.Tensor]) -> bool:

@@ -1,9 +1,9 @@
 """The mmpretrain adapter, imported by the classification configs (``custom_imports``), not by
 ``import mmoverlock``: the ImageNet head with its Overview-Net auxiliary head, the classifier that also reads
 the release's checkpoints, and OverLoCK's ImageNet models in mmpretrain's model hub."""
+from .classifier import OverLoCKClassifier
+from .cls_head import OverLoCKClsHead
 from .model_hub import register_model_hub
-from .overlock_classifier import OverLoCKClassifier
-from .overlock_cls_head import OverLoCKClsHead
 
 register_model_hub()
 

@@ -6,6 +6,7 @@ from typing import List, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmpretrain.models.heads import ClsHead
 
 from ...registry import MODELS
@@ -61,11 +62,14 @@ class OverLoCKClsHead(ClsHead):
         return feats[-2], feats[-1]
 
     def pre_logits(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
-        return self._split(feats)[0]
+        """The features before the final layer (mmpretrain's ``extract_feat(stage='pre_logits')``): the main
+        head's pooled projection, (last (B, C, h, w), overview) -> (B, projection)."""
+        return self.main_head[:-1](self._split(feats)[0]).flatten(1)
 
     def forward(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
         """(last (B, C, h, w), overview (B, e3, h, w)) -> main logits (B, num_classes)."""
-        return self.main_head(self.pre_logits(feats)).flatten(1)
+        classifier = self.main_head[-1]
+        return F.linear(self.pre_logits(feats), classifier.weight.flatten(1), classifier.bias)
 
     def forward_aux(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
         return self.aux_head(self._split(feats)[1]).flatten(1)

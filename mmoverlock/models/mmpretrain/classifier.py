@@ -4,8 +4,8 @@ from typing import Dict
 import torch
 from mmpretrain.models.classifiers import ImageClassifier
 
+from ...checkpoint.official import is_official_cls_layout, official_cls_to_mmpretrain
 from ...registry import MODELS
-from ..backbones.convert import is_official_cls_layout, official_cls_to_mmpretrain
 
 
 @MODELS.register_module()
@@ -33,7 +33,7 @@ class OverLoCKClassifier(ImageClassifier):
         """load_state_dict pre-hook: rename the release's keys in place before any submodule reads them."""
         if prefix:
             return
-        renamed = self.to_model_layout({k: v for k, v in state_dict.items()})
-        if renamed is not state_dict and set(renamed) != set(state_dict):
+        renamed = self.to_model_layout(dict(state_dict))
+        if set(renamed) != set(state_dict):
             state_dict.clear()
             state_dict.update(renamed)

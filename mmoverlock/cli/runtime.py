@@ -1,0 +1,340 @@
+"""Config and launcher helpers shared by tools/train.py and tools/test.py (det, seg and cls alike)."""
+import os
+import os.path as osp
+import traceback
+from contextlib import contextmanager
+from typing import Any, Iterator, List, Optional, Tuple
+
+import torch
+from mmengine.config import Config, ConfigDict
+
+#: default_scope -> task name
+TASKS = {'mmdet': 'det', 'mmseg': 'seg', 'mmpretrain': 'cls'}
+
+#: mmdet-2 style ``--eval`` names -> (task, metric)
+EVAL_METRICS = {
+    'bbox': ('det', 'bbox'), 'segm': ('det', 'segm'), 'proposal': ('det', 'proposal_fast'),
+    'mIoU': ('seg', 'mIoU'), 'mDice': ('seg', 'mDice'), 'mFscore': ('seg', 'mFscore'),
+    'accuracy': ('cls', 'accuracy'),
+}
+
+
+def task_of(cfg: Config) -> str:
+    """'det' | 'seg' | 'cls' from the config's ``default_scope``."""
+    scope = cfg.get('default_scope')
+    if scope not in TASKS:
+        raise ValueError(f"config default_scope='{scope}' is not one of {sorted(TASKS)}; "
+                         f"mmoverlock's tools run mmdet, mmseg and mmpretrain configs")
+    return TASKS[scope]
+
+
+def _walk(node: Any, fn) -> Any:
+    if isinstance(node, dict):
+        node = fn(node)
+        for key in list(node.keys()):
+            node[key] = _walk(node[key], fn)
+    elif isinstance(node, list):
+        return [_walk(v, fn) for v in node]
+    elif isinstance(node, tuple):
+        return tuple(_walk(v, fn) for v in node)
+    return node
+
+
+def sync_bn_to_bn(cfg: Config) -> int:
+    """Replace every ``SyncBN`` norm config by ``BN`` (no CUDA, no NCCL: SyncBN cannot run). Returns count."""
+    count = 0
+
+    def fix(d):
+        nonlocal count
+        if d.get('type') == 'SyncBN':
+            d['type'] = 'BN'
+            count += 1
+        return d
+
+    cfg.model = _walk(cfg.model, fix)
+    if cfg.get('sync_bn'):    # the Runner-level switch (every BN -> SyncBN in distributed runs; cls configs)
+        cfg.pop('sync_bn')
+        count += 1
+    return count
+
+
+@contextmanager
+def _cuda_set_device_disabled():
+    """mmengine 0.10.7's launchers call ``torch.cuda.set_device`` unconditionally; skip it for a moment."""
+    original = torch.cuda.set_device
+    torch.cuda.set_device = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        torch.cuda.set_device = original
+
+
+def init_cpu_distributed(launcher: str, dist_cfg: Optional[dict] = None) -> None:
+    """Start the process group with gloo where there is no CUDA (``--launcher pytorch|slurm`` on CPU).
+
+    The Runner then finds it initialised and skips its own ``init_dist``, which would fail in
+    ``torch.cuda.set_device``. A no-op with CUDA, without a launcher, or when already initialised.
+    """
+    if torch.cuda.is_available() or launcher == 'none' or torch.distributed.is_initialized():
+        return
+    from mmengine.dist import init_dist
+    kwargs = dict(dist_cfg or {})
+    kwargs['backend'] = 'gloo'
+    with _cuda_set_device_disabled():
+        init_dist(launcher, **kwargs)
+
+
+def amp_to_fp32(cfg: Config) -> bool:
+    """Replace a config's ``AmpOptimWrapper`` (mmengine runs it on GPU, NPU or MLU only) by the fp32
+    ``OptimWrapper`` with the same optimizer and clipping. Returns whether there was one."""
+    optim = cfg.get('optim_wrapper')
+    if not isinstance(optim, dict) or str(optim.get('type', '')).split('.')[-1] != 'AmpOptimWrapper':
+        return False
+    optim['type'] = 'OptimWrapper'
+    for key in ('loss_scale', 'dtype', 'use_fsdp'):   # AmpOptimWrapper's own arguments
+        optim.pop(key, None)
+    return True
+
+
+def prepare_for_device(cfg: Config, launcher: str = 'none') -> Optional[str]:
+    """Make a GPU recipe run where there is no CUDA: BN for SyncBN, fp32 for AMP, gloo, DDP without device ids.
+
+    Returns a one-line description of what was changed (None with CUDA, where nothing is)."""
+    if torch.cuda.is_available():
+        return None
+    changes = [f'SyncBN -> BN ({count} places)'] if (count := sync_bn_to_bn(cfg)) else []
+    if amp_to_fp32(cfg):
+        changes.append('AmpOptimWrapper -> OptimWrapper (fp32)')
+    if launcher != 'none':
+        changes.append('DDP over gloo')
+        cfg.setdefault('env_cfg', ConfigDict())
+        cfg.env_cfg.setdefault('dist_cfg', ConfigDict())
+        cfg.env_cfg.dist_cfg['backend'] = 'gloo'
+        wrapper = cfg.get('model_wrapper_cfg') or ConfigDict(
+            type='MMDistributedDataParallel', broadcast_buffers=False,   # as the Runner's default wrapper
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+        wrapper['device_ids'] = None   # a CPU module takes no device ids
+        cfg.model_wrapper_cfg = wrapper
+        init_cpu_distributed(launcher, cfg.env_cfg.dist_cfg)
+    return 'no CUDA device: ' + ', '.join(changes) if changes else None
+
+
+def eval_metrics(names: List[str], task: str) -> List[str]:
+    """Validate ``--eval`` names against the config's task; one-line error otherwise."""
+    metrics = []
+    for name in names:
+        if name not in EVAL_METRICS or EVAL_METRICS[name][0] != task:
+            valid = [k for k, (t, _) in EVAL_METRICS.items() if t == task]
+            raise ValueError(f"--eval {name} does not apply to a {task} config; valid: {valid}")
+        metrics.append(EVAL_METRICS[name][1])
+    return metrics
+
+
+def apply_eval(cfg: Config, names: Optional[List[str]], task: str) -> None:
+    """Map mmdet-2 ``--eval`` names onto the test evaluator."""
+    if not names:
+        return
+    metrics = eval_metrics(names, task)
+    evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
+    first = evaluators[0]
+    if task == 'det':
+        first['metric'] = metrics if len(metrics) > 1 else metrics[0]
+    elif task == 'seg':
+        first['iou_metrics'] = metrics
+    else:
+        first.setdefault('type', 'Accuracy')
+        first.setdefault('topk', (1, 5))
+
+
+def apply_out(cfg: Config, out: Optional[str], task: str) -> None:
+    """``--out results.pkl``: dump raw predictions besides the metrics."""
+    if not out:
+        return
+    if not out.endswith(('.pkl', '.pickle')):
+        raise ValueError(f'--out {out}: the output file must end with .pkl or .pickle')
+    dump = dict(type='DumpDetResults' if task == 'det' else 'DumpResults', out_file_path=out)
+    evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
+    cfg.test_evaluator = list(evaluators) + [dump]
+
+
+def apply_show_dir(cfg: Config, show_dir: Optional[str], task: str) -> None:
+    """``--show-dir DIR``: draw predictions for every test image under DIR (mmengine's visualization hook)."""
+    if not show_dir:
+        return
+    hook = cfg.default_hooks.setdefault('visualization', ConfigDict())
+    if task == 'det':
+        hook.update(type='mmdet.DetVisualizationHook', draw=True, test_out_dir=show_dir)
+    elif task == 'seg':
+        hook.update(type='mmseg.SegVisualizationHook', draw=True, interval=1)
+        cfg.visualizer['save_dir'] = show_dir
+    else:
+        hook.update(type='mmpretrain.VisualizationHook', enable=True, out_dir=show_dir)
+
+
+def apply_tta(cfg: Config) -> None:
+    """``--tta``: wrap the model in the config's ``tta_model`` and test with its ``tta_pipeline``."""
+    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        raise ValueError('--tta: this config defines no tta_model / tta_pipeline')
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+
+def check_checkpoint(path: str, flag: str = 'checkpoint') -> str:
+    """A local checkpoint must exist and read as a PyTorch checkpoint (weights only; a zip file's tensors are
+    memory-mapped, not read; URLs are left to the loader); one-line error otherwise. Whether it fits the model
+    is checked once the model is built (:func:`mmoverlock.engine.check_checkpoint_fits`)."""
+    from ..checkpoint.io import read_checkpoint
+    if path.startswith(('http://', 'https://', 's3://')):
+        return path
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} '{path}' does not exist; expected a .pth file or an http(s) URL")
+    read_checkpoint(path, mmap=True)
+    return path
+
+
+def set_launcher_env(launcher: str, local_rank: Optional[int]) -> None:
+    if launcher != 'none' and 'LOCAL_RANK' not in os.environ and local_rank is not None:
+        os.environ['LOCAL_RANK'] = str(local_rank)
+
+
+def is_main_process() -> bool:
+    """Rank 0 of the processes a launcher started (torchrun's ``RANK``, srun's ``SLURM_PROCID``), or a lone
+    process: the one that prints a run's notices and errors."""
+    for key in ('RANK', 'SLURM_PROCID'):
+        if key in os.environ:
+            return os.environ[key] == '0'
+    return True
+
+
+# ------------------------------------------------------------------------------------------------ config checks
+#: optimizer constructors that give layer-wise lr decay by backbone parameter names: mmdet's and mmseg's know
+#: ConvNeXt (and mmseg's BEiT / MAE) names only
+LAYER_DECAY_CONSTRUCTORS = ('LearningRateDecayOptimizerConstructor', 'LayerDecayOptimizerConstructor')
+#: OverLoCK's optimizer settings (configs/det/_base_/overlock_coco_1x.py): AdamW, no decay on norms
+OVERLOCK_PARAMWISE = "paramwise_cfg=dict(_delete_=True, custom_keys={'norm': dict(decay_mult=0.)})"
+
+
+def check_optim_constructor(cfg: Config) -> None:
+    """A layer-decay constructor of ConvNeXt's configs on an OverLoCK backbone: one line saying what to change
+    (mmdet's raises a bare NotImplementedError when the optimizer is built)."""
+    optim = cfg.get('optim_wrapper')
+    backbone = cfg.get('model', {}).get('backbone') or {}
+    if not isinstance(optim, dict) or not isinstance(backbone, dict):
+        return
+    constructor = str(optim.get('constructor', '')).split('.')[-1]
+    if constructor in LAYER_DECAY_CONSTRUCTORS and 'OverLoCK' in str(backbone.get('type', '')):
+        raise ValueError(
+            f"optim_wrapper.constructor='{constructor}' gives layer-wise lr decay to ConvNeXt / ViT backbones "
+            f"only, not to model.backbone.type='{backbone['type']}'; use OverLoCK's recipe: optim_wrapper = "
+            f"dict(constructor='DefaultOptimWrapperConstructor', {OVERLOCK_PARAMWISE}) (README, 'Usage in your "
+            f"configs')")
+
+
+#: where each task's README explains its data layout
+DATA_DOCS = {'det': 'configs/det/README.md#data', 'seg': 'configs/seg/README.md#data',
+             'cls': 'configs/cls/README.md#data'}
+
+
+def _is_local(path: Any) -> bool:
+    return isinstance(path, str) and bool(path) and '://' not in path and not path.startswith(('s3:', 'petrel:'))
+
+
+def _datasets(node: Any, where: str) -> Iterator[Tuple[str, dict]]:
+    """(config path, dataset config) of a dataset and the datasets a wrapper (Repeat / Concat ...) holds."""
+    if not isinstance(node, dict):
+        return
+    yield where, node
+    if isinstance(node.get('dataset'), dict):
+        yield from _datasets(node['dataset'], where + '.dataset')
+    for i, child in enumerate(node.get('datasets') or []):
+        yield from _datasets(child, f'{where}.datasets.{i}')
+
+
+def _data_paths(dataset: dict) -> Iterator[Tuple[str, str]]:
+    """(key, local path) a dataset config reads, as mmengine's BaseDataset joins them: ``data_root`` first,
+    then ``ann_file`` and every ``data_prefix`` entry under it (absolute ones as they are)."""
+    backend = (dataset.get('backend_args') or {}).get('backend', 'local')
+    root = dataset.get('data_root') or ''
+    if backend != 'local' or (root and not _is_local(root)):
+        return
+    if root:
+        yield 'data_root', root
+    ann_file = dataset.get('ann_file')
+    if _is_local(ann_file):
+        yield 'ann_file', osp.join(root, ann_file)
+    prefix = dataset.get('data_prefix')
+    prefix = {'': prefix} if isinstance(prefix, str) else prefix   # mmpretrain takes a plain folder too
+    for key, value in (prefix.items() if isinstance(prefix, dict) else ()):
+        if isinstance(value, str) and (value or root) and '://' not in value:
+            yield f'data_prefix.{key}' if key else 'data_prefix', osp.join(root, value)
+
+
+def check_data(cfg: Config, loaders: List[str], evaluators: List[str], task: str) -> None:
+    """Every local path the named dataloaders' datasets (and evaluators' ``ann_file``) read must exist, checked
+    before the Runner is built; one line naming the first missing one, the data docs and the override."""
+    overrides, missing = [], None
+    for loader in loaders:
+        dataset = (cfg.get(loader) or {}).get('dataset')
+        for where, node in _datasets(dataset, f'{loader}.dataset'):
+            if 'data_root' in node:
+                overrides.append(f'{where}.data_root=DIR')
+            for key, path in _data_paths(node):
+                if missing is None and not osp.exists(path):
+                    missing = (f'{where}.{key}', path, node.get('data_root'))
+    for name in evaluators:
+        evaluator = cfg.get(name)
+        for i, metric in enumerate(evaluator if isinstance(evaluator, list) else [evaluator]):
+            ann_file = metric.get('ann_file') if isinstance(metric, dict) else None
+            if _is_local(ann_file):
+                where = f'{name}.{i}.ann_file' if isinstance(evaluator, list) else f'{name}.ann_file'
+                overrides.append(f'{where}=FILE')
+                if missing is None and not osp.exists(ann_file):
+                    missing = (where, ann_file, None)
+    if missing is None:
+        return
+    where, path, root = missing
+    root_note = f" (data_root='{root}')" if root and where.split('.')[-1] != 'data_root' else ''
+    raise FileNotFoundError(
+        f"data not found: {where} '{path}' does not exist{root_note}; lay out the data set as "
+        f"{DATA_DOCS.get(task, 'the config')} says, or point the config at yours: --cfg-options "
+        f"{' '.join(overrides)}")
+
+
+# ------------------------------------------------------------------------------------------------ one-line errors
+PACKAGE_DIR = osp.dirname(osp.dirname(osp.abspath(__file__))) + os.sep
+#: what mmoverlock's checks raise (each a one-line message naming the value and the fix)
+CHECK_ERRORS = (ValueError, FileNotFoundError, TypeError)
+
+
+def own_check_error(err: BaseException, *files: str) -> Optional[BaseException]:
+    """The error raised by mmoverlock's own code (or by code in ``files``, e.g. a tool's own checks) in
+    ``err``'s chain (mmengine's registry re-raises a backbone's ValueError with the class names prefixed), or
+    None when the error is not theirs."""
+    own_files = {osp.abspath(f) for f in files}
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for candidate in reversed(chain):   # the innermost first
+        frames = traceback.extract_tb(candidate.__traceback__)
+        where = osp.abspath(frames[-1].filename) if frames else ''
+        if isinstance(candidate, CHECK_ERRORS) and (where.startswith(PACKAGE_DIR) or where in own_files):
+            return candidate
+    return None
+
+
+@contextmanager
+def one_line_errors(tool: str, *files: str):
+    """Around building and running the Runner: an error of mmoverlock's checks (the channel and checkpoint
+    hooks' ``before_run``, the backbone's arguments) ends the tool in one line on stderr, from rank 0 only
+    (the other ranks exit silently with the same status); any other error keeps its traceback. ``files``:
+    more source files whose errors are checks (the tool's own)."""
+    try:
+        yield
+    except CHECK_ERRORS as err:
+        own = own_check_error(err, *files)
+        if own is None:
+            raise
+        raise SystemExit(f'{tool}: error: {own}' if is_main_process() else 1) from None
