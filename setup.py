@@ -27,11 +27,15 @@ def add_mim_files():
     shutil.copy(osp.join(HERE, 'model-index.yml'), target)
 
 
+def requirements(name):
+    """The requirement lines of ``requirements/NAME.txt`` (comments and blank lines dropped)."""
+    with open(osp.join(HERE, 'requirements', f'{name}.txt')) as f:
+        return [line.split('#')[0].strip() for line in f if line.split('#')[0].strip()]
+
+
 add_mim_files()
-# The versions that work together: mmdet 3.3 / mmseg 1.2 refuse mmcv >= 2.2; mmengine 0.10.x.
-DET = ['mmcv>=2.0.0,<2.2.0', 'mmdet>=3.0.0,<3.4']
-SEG = ['mmcv>=2.0.0,<2.2.0', 'mmsegmentation>=1.0.0,<1.3']
-CLS = ['mmpretrain>=1.0.0,<1.3']
+EXTRAS = {name: requirements(name) for name in ('det', 'seg', 'cls', 'gpu', 'deploy', 'timm', 'tests')}
+EXTRAS['all'] = sorted(set(EXTRAS['det'] + EXTRAS['seg'] + EXTRAS['cls']))
 setup(
     name='mmoverlock',
     version=version(),
@@ -42,9 +46,9 @@ setup(
     packages=find_packages(include=['mmoverlock', 'mmoverlock.*']),
     package_data={'mmoverlock': ['.mim/model-index.yml', '.mim/configs/**/*.py', '.mim/configs/**/*.yml']},
     python_requires='>=3.8',
-    # `import mmoverlock` needs torch and mmengine only; each task's library comes with its extra
-    install_requires=['torch>=2.4', 'mmengine>=0.10.0,<0.11'],
-    extras_require={'det': DET, 'seg': SEG, 'cls': CLS, 'all': sorted(set(DET + SEG + CLS)),
-                    'gpu': ['triton>=3.0'], 'deploy': ['onnx', 'onnxruntime'], 'tests': ['pytest']},
+    # `import mmoverlock` needs torch and mmengine only (requirements/runtime.txt); each task's library comes
+    # with its extra, as in OpenMMLab's own packages
+    install_requires=requirements('runtime'),
+    extras_require=EXTRAS,
     license='Apache-2.0',
 )

@@ -1,51 +1,63 @@
 #!/usr/bin/env bash
-# Build (once) and link the Python environment mmoverlock is tested in.
+# Build (once) and link the Python environment mmoverlock is tested in: the CPU lock (requirements/lock/).
 #
 # The environment lives in a cache outside the checkout so a fresh clone (CI, a new worktree) reuses it:
-#   - the venv folder is keyed by requirements/core.txt (torch + mmcv compiled from source, ~10 min);
-#   - the rest (requirements/pins.txt, the torchvision shim) is re-synced when its own hash changes.
-# Env: MMOVERLOCK_CACHE (default ~/.cache/mmoverlock), PYTHON (default python3), MAX_JOBS (mmcv build).
+#   - the venv folder is keyed by the compiled core (lock/cpu-core.txt + lock/mmcv-build.txt: torch, and mmcv
+#     compiled from source against it, ~10 min);
+#   - the rest (lock/cpu.txt, lock/cpu-nodeps.txt, the torchvision shim) is re-synced when its own hash changes.
+# torch: pip takes the newest build the pin matches, so a local CPU wheel (a `+cpu` local version, e.g. in
+# PIP_FIND_LINKS) wins over PyPI's CUDA build; TORCH_INDEX_URL (e.g. PyTorch's CPU index) adds an index for it.
+# The script says which build it installed.
+# Env: MMOVERLOCK_CACHE (default ~/.cache/mmoverlock), PYTHON (the interpreter the venv is made from, default
+# python3), MAX_JOBS (mmcv build), TORCH_INDEX_URL.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+lock=requirements/lock
 python=${PYTHON:-python3}
 cache=${MMOVERLOCK_CACHE:-$HOME/.cache/mmoverlock}
 pyver=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-venv="$cache/venv-py$pyver-$(sha256sum < requirements/core.txt | cut -c1-12)"
-rest_key=$(cat requirements/pins.txt tools/env/torchvision_cpu_shim.py | sha256sum | cut -c1-12)
+venv="$cache/venv-py$pyver-$(cat $lock/cpu-core.txt $lock/mmcv-build.txt | sha256sum | cut -c1-12)"
+rest_key=$(cat $lock/cpu.txt $lock/cpu-nodeps.txt tools/env/torchvision_cpu_shim.py | sha256sum | cut -c1-12)
 
-pin() { grep -hE "^$1==" requirements/core.txt requirements/pins.txt | head -n1; }
+pin() { grep -hE "^$1==" $lock/cpu-core.txt $lock/cpu.txt $lock/cpu-nodeps.txt | head -n1; }
+pins() { grep -vE '^(#|$)' "$1"; }
 vpip() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+torch_index=()
+if [ -n "${TORCH_INDEX_URL:-}" ]; then torch_index=(--extra-index-url "$TORCH_INDEX_URL"); fi
 
 if [ ! -f "$venv/.core-complete" ]; then
     echo "[setup_env] building $venv (first use on this machine: mmcv compiles, ~10 min)"
     rm -rf "$venv"
     mkdir -p "$cache"
     "$python" -m venv "$venv"
-    vpip install "$(pin torch)" "$(pin wheel)" "$(pin numpy)"
-    # mmcv 2.1.0 ships only sources: compile its C++ ops against the torch above, with an old setuptools
-    # (pip notes that torch wants a newer one; the run-time setuptools is restored right after).
-    vpip install "$(sed -n 's/^# mmcv-build: //p' requirements/core.txt)" 2>&1 \
-        | grep -v "dependency conflicts\|requires setuptools" || true
+    vpip install "${torch_index[@]}" "$(pin torch)" "$(pin wheel)" "$(pin numpy)"
+    "$venv/bin/python" -c 'import torch; print("[setup_env] torch", torch.__version__, "(CUDA " + torch.version.cuda
+                           + " build: GBs of CUDA libraries this CPU environment does not use; TORCH_INDEX_URL can"
+                           + " point at a CPU-only index)" if torch.version.cuda else "(CPU-only build)")'
+    # mmcv 2.1.0 ships only sources: compile its C++ ops against the torch above, with the old setuptools its
+    # build needs (pip notes that torch wants a newer one; the run-time setuptools is restored right after).
+    vpip install -r $lock/mmcv-build.txt 2>&1 | grep -v "dependency conflicts\|requires setuptools" || true
     MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
         vpip install --no-build-isolation "$(pin mmcv)" "$(pin mmengine)" "$(pin opencv-python)" "$(pin numpy)"
-    vpip install "$(pin setuptools)" "$(pin torch)"
+    vpip install "${torch_index[@]}" "$(pin setuptools)" "$(pin torch)"
     "$venv/bin/python" -c 'import mmcv.ops; print("[setup_env] mmcv", mmcv.__version__, "built with ops")'
     touch "$venv/.core-complete"
 fi
 
 if [ "$(cat "$venv/.rest-key" 2>/dev/null)" != "$rest_key" ]; then
-    echo "[setup_env] syncing requirements/pins.txt into $venv"
-    # torchvision without its deps: it would otherwise pull another torch.
-    grep -vE '^(#|$|torchvision==)' requirements/pins.txt > "$venv/.reqs"
-    vpip install -r "$venv/.reqs" "$(pin torch)" "$(pin numpy)" "$(pin opencv-python)"
-    vpip install --no-deps "$(pin torchvision)"
+    echo "[setup_env] syncing $lock/cpu.txt and $lock/cpu-nodeps.txt into $venv"
+    pins $lock/cpu.txt > "$venv/.reqs"
+    vpip install "${torch_index[@]}" -r "$venv/.reqs" "$(pin torch)" "$(pin numpy)" "$(pin opencv-python)"
+    # without their dependencies: torchvision and timm would otherwise pull another torch
+    pins $lock/cpu-nodeps.txt > "$venv/.reqs-nodeps"
+    vpip install --no-deps -r "$venv/.reqs-nodeps"
     site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
     cp tools/env/torchvision_cpu_shim.py "$site/_mmoverlock_torchvision_shim.py"
     echo "import _mmoverlock_torchvision_shim" > "$site/_mmoverlock_torchvision_shim.pth"
-    "$venv/bin/python" -c 'import torchvision, mmdet.models, mmseg.models, mmpretrain.models' \
-        && echo "[setup_env] mmdet, mmseg, mmpretrain import"
+    "$venv/bin/python" -c 'import torchvision, timm, mmdet.models, mmseg.models, mmpretrain.models' \
+        && echo "[setup_env] mmdet, mmseg, mmpretrain, timm import"
     echo "$rest_key" > "$venv/.rest-key"
 fi
 
