@@ -1,6 +1,7 @@
 """na2d_av: every implementation against a brute-force loop, gradients, memory, errors."""
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmoverlock.ops import na2d, na2d_av, na2d_av_channels_first, na2d_av_reference, na2d_av_unfold
@@ -49,24 +50,37 @@ def test_all_variants_equal_brute_force(case):
                                expected.permute(0, 1, 4, 2, 3), rtol=1e-12, atol=1e-12)
 
 
-def test_paths_are_the_ones_claimed():
-    """Every case runs the registered op (its autograd node); on CPU its kernel takes the tap loop for
-    TAP_CASE, the dense matmul for DENSE_CASE and the per-window matmuls for EXACT_CASE and WINDOWS_CASE;
-    the traced (export) loop equals all three."""
-    kernels = {'taps': na2d._forward_taps, 'dense': na2d._dense_aggregate, 'windows': na2d._windows_aggregate}
-    for case, path in ((TAP_CASE, 'taps'), (GRADCHECK_TAP_CASE, 'taps'), (DENSE_CASE, 'dense'),
-                       (EXACT_CASE, 'windows'), (WINDOWS_CASE, 'windows')):
-        b, g, c, h, w, k = case
-        by_rule = ('windows' if (h - k + 1) * (w - k + 1) <= na2d.WINDOW_CLASSES_MAX
-                   else 'dense' if h * w <= na2d.DENSE_MAX_RATIO * k * k else 'taps')
-        chosen = 'windows' if na2d.uses_windows(h, w, k) else 'dense' if na2d.uses_dense(h, w, k) else 'taps'
-        assert chosen == by_rule == path
-        attn, value = channels_first(*make(case, requires_grad=False)[:2])
-        attn.requires_grad_()
-        out = na2d_av_channels_first(attn, value, k)
-        assert 'mmoverlock_na2d_av' in type(out.grad_fn).__name__
-        torch.testing.assert_close(kernels[path](attn.detach(), value, k), out)
-        torch.testing.assert_close(na2d._forward_taps(attn, value, k), out)
+#: each CPU path's (forward, backward) kernel in mmoverlock.ops.na2d
+PATH_KERNELS = {'taps': ('_forward_taps', '_taps_backward'), 'dense': ('_dense_aggregate', '_dense_backward'),
+                'windows': ('_windows_aggregate', '_windows_backward')}
+
+
+@pytest.mark.parametrize('case,path', [(TAP_CASE, 'taps'), (GRADCHECK_TAP_CASE, 'taps'), (DENSE_CASE, 'dense'),
+                                       (EXACT_CASE, 'windows'), (WINDOWS_CASE, 'windows')])
+def test_each_case_runs_the_kernel_claimed(case, path, monkeypatch):
+    """The registered op (its autograd node) runs, on CPU, exactly the forward and backward kernel of the
+    path each case stands for -- recorded as they run -- and equals brute force; the traced (export) loop
+    equals it too."""
+    ran = []
+    export_loop = na2d._forward_taps
+    for name in sum(PATH_KERNELS.values(), ()):
+        def spy(*args, _name=name, _kernel=getattr(na2d, name), **kwargs):
+            ran.append(_name)
+            return _kernel(*args, **kwargs)
+        monkeypatch.setattr(na2d, name, spy)
+    attn, value, k = make(case, requires_grad=True)
+    expected = brute_force(attn, value, k)
+    attn_cf, value_cf = (t.detach().requires_grad_() for t in channels_first(attn, value))
+    out = na2d_av_channels_first(attn_cf, value_cf, k)
+    assert 'mmoverlock_na2d_av' in type(out.grad_fn).__name__
+    assert ran == [PATH_KERNELS[path][0]]
+    out.backward(torch.ones_like(out))
+    assert ran == list(PATH_KERNELS[path])
+    torch.testing.assert_close(out, expected.permute(0, 1, 4, 2, 3), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(export_loop(attn_cf, value_cf, k), out)
+    brute_force(attn, value, k).backward(torch.ones_like(expected))
+    torch.testing.assert_close(attn_cf.grad, attn.grad.permute(0, 1, 4, 2, 3), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(value_cf.grad, value.grad.permute(0, 1, 4, 2, 3), rtol=1e-12, atol=1e-12)
 
 
 def test_registered_op_and_its_backward():
@@ -100,13 +114,101 @@ def test_gradients_match_reference(case):
         torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
 
 
+class CopiesOf(TorchDispatchMode):
+    """Records every op that copies a tensor sharing ``source``'s memory (clone, copy_ from it, _to_copy):
+    what ``.contiguous()``, ``.reshape`` of a non-viewable layout or ``.to`` would add."""
+
+    COPIES = {'aten::clone': 0, 'aten::_to_copy': 0, 'aten::copy_': 1}   # op -> index of the copied argument
+
+    def __init__(self, source: torch.Tensor):
+        super().__init__()
+        self.storage = source.untyped_storage().data_ptr()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        index = self.COPIES.get(func._schema.name)
+        if (index is not None and isinstance(args[index], torch.Tensor)
+                and args[index].untyped_storage().data_ptr() == self.storage):
+            self.ops.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
 def test_channel_half_views_need_no_copy():
-    """ContMix passes channel halves of one map (non-contiguous views); results are unchanged."""
+    """ContMix passes channel halves of one map (non-contiguous views): the tap loop (large maps), forward and
+    backward, reads them in place -- no copy of the map -- and the results are unchanged."""
     b, g, c, h, w, k = TAP_CASE
     x = torch.randn(b, 2, g, c, h, w, dtype=torch.float64)
     attn = torch.randn(b, g, k * k, h, w, dtype=torch.float64).softmax(2)
-    torch.testing.assert_close(na2d_av_channels_first(attn, x[:, 1], k),
-                               na2d_av_channels_first(attn, x[:, 1].contiguous(), k))
+    with CopiesOf(x) as copies:                     # the mode detects a copy when there is one
+        x[:, 1].contiguous()
+    assert copies.ops == ['aten::clone']
+    half = x[:, 1]
+    grad = torch.randn(half.shape, dtype=torch.float64)
+    with CopiesOf(x) as copies:                     # the op's CPU kernels (the op hides its inner calls)
+        out = na2d._cpu_forward(attn, half, k)
+        grads = na2d._cpu_backward(grad, attn, half, k, True, True)
+    assert copies.ops == []
+    torch.testing.assert_close(out, na2d_av_channels_first(attn, half.contiguous(), k))
+    expected = na2d._cpu_backward(grad, attn, half.contiguous(), k, True, True)
+    for got, exp in zip(grads, expected):
+        torch.testing.assert_close(got, exp)
+
+
+def layouts(layout, case, device='cpu', dtype=torch.float64):
+    """attn (B, G, k*k, H, W) and value (B, G, C, H, W), requiring grad, in one of the layouts the op takes:
+    contiguous; channels-last (the NATTEN layout permuted, as na2d_av passes it); value the second channel half
+    of a (B, G, 2C, H, W) map (a strided view, as ContMix's halves); H and W strides transposed."""
+    b, g, c, h, w, k = case
+    attn = torch.randn(b, g, k * k, h, w, dtype=dtype, device=device).softmax(2)
+    value = torch.randn(b, g, c, h, w, dtype=dtype, device=device)
+    if layout == 'channels_last':
+        attn, value = (t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) for t in (attn, value))
+    elif layout == 'channel_half':
+        value = torch.cat([torch.randn_like(value), value], 2)[:, :, c:]
+    elif layout == 'transposed_hw':
+        attn, value = (t.transpose(-1, -2).contiguous().transpose(-1, -2) for t in (attn, value))
+    else:
+        assert layout == 'contiguous', layout
+    assert value.is_contiguous() == (layout == 'contiguous')
+    return attn.requires_grad_(), value.requires_grad_()
+
+
+@pytest.mark.parametrize('case', [TAP_CASE, DENSE_CASE, WINDOWS_CASE], ids=['taps', 'dense', 'windows'])
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'channel_half', 'transposed_hw'])
+def test_opcheck_and_contiguous_outputs(case, layout):
+    """torch.library.opcheck (schema, fake tensor, autograd registration, AOT dispatch with dynamic shapes)
+    passes for every CPU path and input layout; the output and both gradients are contiguous."""
+    attn, value = layouts(layout, case)
+    k = case[-1]
+    result = torch.library.opcheck(torch.ops.mmoverlock.na2d_av.default, (attn, value, k))
+    assert set(result.values()) == {'SUCCESS'}, result
+    out = na2d_av_channels_first(attn, value, k)
+    grads = torch.autograd.grad(out, (attn, value), torch.randn(out.shape, dtype=out.dtype))
+    assert out.is_contiguous() and all(g.is_contiguous() for g in grads)   # (what the op returns, not .grad)
+
+
+def test_mixed_dtypes_one_rule_on_every_path():
+    """The public functions promote mixed dtypes to the wider one (as autocast's promote policy); the op
+    itself -- CPU kernel, fake implementation (what torch.compile and CUDA graphs see) and backward -- raises
+    one one-line error naming both dtypes; a non-float dtype is refused the same way."""
+    for case in (TAP_CASE, DENSE_CASE, WINDOWS_CASE):
+        attn, value, k = make(case, dtype=torch.float32)
+        attn_cf, value_cf = channels_first(attn, value)
+        value16 = value_cf.to(torch.bfloat16)
+        out = na2d_av_channels_first(attn_cf, value16, k)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, na2d_av_channels_first(attn_cf, value16.float(), k))
+        assert na2d_av(attn, value.to(torch.bfloat16), k).dtype == torch.float32
+        assert na2d_av_reference(attn, value.to(torch.bfloat16), k).dtype == torch.float32
+        message = 'attn is torch.float32 and value is torch.bfloat16; the op takes one dtype'
+        with pytest.raises(ValueError, match=message):
+            torch.ops.mmoverlock.na2d_av(attn_cf, value16, k)
+        with FakeTensorMode() as mode, pytest.raises(ValueError, match=message):
+            torch.ops.mmoverlock.na2d_av(mode.from_tensor(attn_cf), mode.from_tensor(value16), k)
+        with pytest.raises(ValueError, match=message):
+            torch.ops.mmoverlock.na2d_av_backward(value16, attn_cf, value16, k, True, True)
+    with pytest.raises(ValueError, match='dtype torch.int64 is not supported; use float16, bfloat16'):
+        na2d_av_channels_first(attn_cf.long(), value_cf.long(), k)
 
 
 class LargestTensor(TorchDispatchMode):

@@ -15,9 +15,10 @@ One op, ``torch.ops.mmoverlock.na2d_av`` (channels-first), registered with ``tor
 (one graph node; only attn and value are saved for backward) and a kernel per device:
 
 * **CUDA**: fused Triton kernels (:mod:`mmoverlock.ops.na2d_triton`): one pass over the k*k taps per pixel
-  tile for the forward and grad_attn, an inverse-neighbourhood gather for grad_value;
-* **CPU** (and any device without Triton), chosen by map size; none materialises anything of size
-  C*k*k*H*W, activation memory is O(B*G*H*W*(C + k*k)):
+  tile for the forward and grad_attn, an inverse-neighbourhood gather for grad_value; launched on the
+  tensors' device. Without Triton installed, CUDA runs the CPU kernels below (the same choice by map size);
+* **CPU**, chosen by map size; none materialises anything of size C*k*k*H*W, activation memory is
+  O(B*G*H*W*(C + k*k)):
 
   - the **per-window matmuls** (maps whose pixels share at most ``WINDOW_CLASSES_MAX`` distinct clamped
     windows, e.g. 14x14 with k=13): the pixels of one window form a rectangle, aggregated by one matmul
@@ -30,6 +31,16 @@ One op, ``torch.ops.mmoverlock.na2d_av`` (channels-first), registered with ``tor
     scattered into one (H*W, H*W) aggregation matrix per (batch, group) -- at most ``DENSE_MAX_RATIO``
     times the size of ``attn`` -- and applied with one batched matmul (BLAS), several times faster than
     looping over k*k taps of a tiny map.
+
+One dtype rule on every path: the op takes attn and value of one floating dtype (float16, bfloat16, float32,
+float64) on one device and raises a one-line ``ValueError`` naming both dtypes otherwise -- its CPU, CUDA and
+fake implementations alike; the public functions (:func:`na2d_av_channels_first`, :func:`na2d_av`,
+:func:`triton_na2d_av`) first promote mixed dtypes to ``torch.promote_types`` of the two, as autocast's
+``promote`` policy does. Outputs and gradients are contiguous on every path.
+
+A second op, ``torch.ops.mmoverlock.na2d_av_triton``, runs the Triton kernels on whatever device its tensors
+are on (CUDA, or CPU under Triton's interpreter); it shares the fake implementation and the autograd
+functions of ``mmoverlock::na2d_av`` (:func:`triton_na2d_av` calls it).
 
 TorchScript tracing (e.g. mmengine's FLOP counter) records the op as one node, ``mmoverlock::na2d_av``;
 ONNX export writes it out as the tap loop in standard ops (Slice/Pad/Mul/Add), dynamic sizes kept.
@@ -45,14 +56,16 @@ from .tracing import is_exporting
 
 __all__ = ['na2d_av', 'na2d_av_channels_first', 'na2d_av_reference', 'na2d_av_unfold', 'triton_na2d_av',
            'window_starts', 'window_keys', 'window_classes', 'check_window', 'uses_dense', 'uses_windows',
-           'DENSE_MAX_RATIO', 'WINDOW_CLASSES_MAX']
+           'DENSE_MAX_RATIO', 'WINDOW_CLASSES_MAX', 'SUPPORTED_DTYPES']
 
 #: maps with H*W <= DENSE_MAX_RATIO * k*k use the dense operator (its matrix is <= this many times ``attn``);
-#: 4 is about where the tap loop becomes faster on CPU (tools/analysis/benchmark_contmix.py).
+#: the crossover with the tap loop: tools/analysis/benchmark_cpu_paths.py, figures in docs/benchmarks.md
 DENSE_MAX_RATIO = 4
-#: maps whose pixels share at most this many distinct clamped windows use one matmul per window
-#: (e.g. 14x14 with k=13: 4 windows, 1.8x faster than the dense operator; 7x7 with k=7: 1 window, 5x)
+#: maps whose pixels share at most this many distinct clamped windows use one matmul per window (e.g. 14x14
+#: with k=13: 4 windows; 7x7 with k=7: 1); against the dense operator: the same tool and doc
 WINDOW_CLASSES_MAX = 4
+#: the dtypes every path of the op takes (attn and value of one of them)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_window(height: int, width: int, kernel_size: int) -> None:
@@ -100,7 +113,9 @@ def _forward_taps(attn: torch.Tensor, value: torch.Tensor, kernel_size: int,
             t = a * kernel_size + bb
             shifted = _shifted(value4, a, bb, kernel_size).view(b, g, c, h, w)
             weight = attn[:, :, t:t + 1]
-            if out is None:
+            if out is None and inplace:     # a contiguous output, whatever the inputs' strides
+                out = torch.mul(weight, shifted, out=value.new_empty(value.shape))
+            elif out is None:
                 out = weight * shifted
             elif inplace:
                 out.addcmul_(weight, shifted)
@@ -126,6 +141,41 @@ def _dense_index(height: int, width: int, kernel_size: int, device: torch.device
     key = rows[:, None, :, None] * width + cols[None, :, None, :]                  # (k, k, H, W)
     pixel = torch.arange(height * width, device=device).view(height, width)
     return (pixel * (height * width) + key).flatten()
+
+
+def _check_dtypes(attn: torch.Tensor, value: torch.Tensor) -> None:
+    """The op's one dtype rule (and one device): a one-line error naming what is wrong."""
+    if attn.dtype != value.dtype:
+        raise ValueError(f'na2d_av: attn is {attn.dtype} and value is {value.dtype}; the op takes one dtype '
+                         f'(na2d_av_channels_first promotes both to '
+                         f'{torch.promote_types(attn.dtype, value.dtype)})')
+    if attn.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f'na2d_av: dtype {attn.dtype} is not supported; use float16, bfloat16, float32 or '
+                         f'float64')
+    if attn.device != value.device:
+        raise ValueError(f'na2d_av: attn is on {attn.device} and value on {value.device}; put both on one '
+                         f'device')
+
+
+def _check_inputs(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> None:
+    """Everything the op requires of its (channels-first) inputs: shapes, one dtype, one device."""
+    _check_shapes(attn, value, kernel_size, 'channels_first')
+    _check_dtypes(attn, value)
+
+
+def _check_backward_inputs(grad_out: torch.Tensor, attn: torch.Tensor, value: torch.Tensor) -> None:
+    _check_dtypes(attn, value)
+    if grad_out.shape != value.shape or grad_out.dtype != value.dtype:
+        raise ValueError(f'na2d_av_backward: grad_out {tuple(grad_out.shape)} {grad_out.dtype} does not match '
+                         f'value {tuple(value.shape)} {value.dtype}')
+
+
+def _promoted(attn: torch.Tensor, value: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """attn and value in one dtype: the wider of the two, as autocast's ``promote`` policy casts."""
+    if attn.dtype == value.dtype:
+        return attn, value
+    dtype = torch.promote_types(attn.dtype, value.dtype)
+    return attn.to(dtype), value.to(dtype)
 
 
 def _check_shapes(attn: torch.Tensor, value: torch.Tensor, kernel_size: int, layout: str) -> None:
@@ -172,11 +222,10 @@ def _window_blocks(attn: torch.Tensor, value: torch.Tensor, kernel_size: int):
     matmul operands: (rows, cols, window rows, window cols, values (BG, C, k*k), kernels (BG, k*k, n))."""
     b, g, c, h, w = value.shape
     k = kernel_size
-    attn4, value4 = attn.reshape(b * g, k * k, h, w), value.reshape(b * g, c, h, w)
     for r0, r1, si in window_classes(h, k):
         for c0, c1, sj in window_classes(w, k):
-            window = value4[:, :, si:si + k, sj:sj + k].reshape(b * g, c, k * k)
-            kernels = attn4[:, :, r0:r1, c0:c1].reshape(b * g, k * k, (r1 - r0) * (c1 - c0))
+            window = value[..., si:si + k, sj:sj + k].reshape(b * g, c, k * k)     # copies one window only
+            kernels = attn[..., r0:r1, c0:c1].reshape(b * g, k * k, (r1 - r0) * (c1 - c0))
             yield slice(r0, r1), slice(c0, c1), slice(si, si + k), slice(sj, sj + k), window, kernels
 
 
@@ -186,8 +235,8 @@ def _windows_aggregate(attn: torch.Tensor, value: torch.Tensor, kernel_size: int
     b, g, c, h, w = value.shape
     out = value.new_empty(b * g, c, h, w)
     for rows, cols, _, _, window, kernels in _window_blocks(attn, value, kernel_size):
-        out[:, :, rows, cols] = torch.bmm(window, kernels).view(b * g, c, rows.stop - rows.start,
-                                                                 cols.stop - cols.start)
+        out[:, :, rows, cols] = torch.bmm(window, kernels).view(
+            b * g, c, rows.stop - rows.start, cols.stop - cols.start)
     return out.view(b, g, c, h, w)
 
 
@@ -294,14 +343,25 @@ def _cpu_backward(grad_out, attn, value, kernel_size, attn_grad, value_grad):
 
 @lru_cache(maxsize=1)
 def _triton_kernels():
-    """mmoverlock.ops.na2d_triton, or None where Triton is not installed (CUDA then runs the tap loop)."""
+    """mmoverlock.ops.na2d_triton, or None where Triton is not installed."""
     try:
         from . import na2d_triton
     except ImportError:
-        warnings.warn('mmoverlock: triton is not installed; na2d_av runs its tap loop on CUDA (slow); '
-                      'pip install triton for the fused kernels')
         return None
     return na2d_triton
+
+
+@lru_cache(maxsize=1)
+def _warn_no_triton() -> None:
+    warnings.warn('mmoverlock: triton is not installed; na2d_av runs its CPU kernels on CUDA (slow); '
+                  'pip install triton for the fused kernels')
+
+
+def _require_triton():
+    kernels = _triton_kernels()
+    if kernels is None:
+        raise RuntimeError('na2d_av_triton: triton is not installed (pip install triton)')
+    return kernels
 
 
 def _gradients(grad_attn: Optional[torch.Tensor], grad_value: Optional[torch.Tensor], attn: torch.Tensor,
@@ -312,86 +372,135 @@ def _gradients(grad_attn: Optional[torch.Tensor], grad_value: Optional[torch.Ten
             value.new_empty(0) if grad_value is None else grad_value.contiguous())
 
 
-@torch.library.custom_op('mmoverlock::na2d_av', mutates_args=())
-def _na2d_av_op(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
+# ---------------------------------------------------------------------------------------- the registered ops
+# Registered with torch.library's dispatcher-level API (define / impl / register_fake / register_autograd):
+# unlike the ``torch.library.custom_op`` decorator it adds no per-call wrapper (aliasing checks, a dynamo
+# guard) around the kernels (host time per call: tools/analysis/benchmark_op_overhead.py, docs/benchmarks.md).
+_LIBRARY = torch.library.Library('mmoverlock', 'FRAGMENT')   # (the namespace is shared with other ops)
+_LIBRARY.define('na2d_av(Tensor attn, Tensor value, SymInt kernel_size) -> Tensor')
+_LIBRARY.define('na2d_av_backward(Tensor grad_out, Tensor attn, Tensor value, SymInt kernel_size, bool attn_grad, '
+                'bool value_grad) -> (Tensor, Tensor)')
+_LIBRARY.define('na2d_av_triton(Tensor attn, Tensor value, SymInt kernel_size) -> Tensor')
+_LIBRARY.define('na2d_av_triton_backward(Tensor grad_out, Tensor attn, Tensor value, SymInt kernel_size, '
+                'bool attn_grad, bool value_grad) -> (Tensor, Tensor)')
+
+
+# mmoverlock::na2d_av -- the CPU kernels on CPU, the Triton kernels on CUDA
+def _na2d_av_cpu(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """attn (B, G, k*k, H, W), value (B, G, C, H, W), one dtype -> (B, G, C, H, W), contiguous."""
-    _check_shapes(attn, value, kernel_size, 'channels_first')
+    _check_inputs(attn, value, kernel_size)
     return _cpu_forward(attn, value, kernel_size)
 
 
-@_na2d_av_op.register_kernel('cuda')
 def _na2d_av_cuda(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    _check_shapes(attn, value, kernel_size, 'channels_first')
+    _check_inputs(attn, value, kernel_size)
     kernels = _triton_kernels()
     if kernels is None:
+        _warn_no_triton()
         return _cpu_forward(attn, value, kernel_size)
     return kernels.na2d_av_forward(attn, value, kernel_size)
 
 
-@_na2d_av_op.register_fake
 def _na2d_av_fake(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    _check_shapes(attn, value, kernel_size, 'channels_first')
+    _check_inputs(attn, value, kernel_size)
     return value.new_empty(value.shape)
 
 
-@torch.library.custom_op('mmoverlock::na2d_av_backward', mutates_args=())
-def _na2d_av_backward_op(grad_out: torch.Tensor, attn: torch.Tensor, value: torch.Tensor, kernel_size: int,
-                         attn_grad: bool, value_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+def _na2d_av_backward_cpu(grad_out: torch.Tensor, attn: torch.Tensor, value: torch.Tensor, kernel_size: int,
+                          attn_grad: bool, value_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     """(grad_attn, grad_value) of ``mmoverlock::na2d_av``; an empty tensor for one not asked for."""
+    _check_backward_inputs(grad_out, attn, value)
     return _gradients(*_cpu_backward(grad_out, attn, value, kernel_size, attn_grad, value_grad), attn, value)
 
 
-@_na2d_av_backward_op.register_kernel('cuda')
 def _na2d_av_backward_cuda(grad_out, attn, value, kernel_size, attn_grad, value_grad):
+    _check_backward_inputs(grad_out, attn, value)
     kernels = _triton_kernels()
+    if kernels is None:
+        _warn_no_triton()
     backward = _cpu_backward if kernels is None else kernels.na2d_av_backward
     return _gradients(*backward(grad_out, attn, value, kernel_size, attn_grad, value_grad), attn, value)
 
 
-@_na2d_av_backward_op.register_fake
 def _na2d_av_backward_fake(grad_out, attn, value, kernel_size, attn_grad, value_grad):
+    _check_backward_inputs(grad_out, attn, value)
     return (attn.new_empty(attn.shape if attn_grad else 0), value.new_empty(value.shape if value_grad else 0))
 
 
+# mmoverlock::na2d_av_triton -- the Triton kernels on whatever device the tensors are on
+def _na2d_av_triton(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """The Triton kernels on the tensors' device (CUDA, or CPU under Triton's interpreter)."""
+    _check_inputs(attn, value, kernel_size)
+    return _require_triton().na2d_av_forward(attn, value, kernel_size)
+
+
+def _na2d_av_triton_backward(grad_out: torch.Tensor, attn: torch.Tensor, value: torch.Tensor, kernel_size: int,
+                             attn_grad: bool, value_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(grad_attn, grad_value) of ``mmoverlock::na2d_av_triton``; an empty tensor for one not asked for."""
+    _check_backward_inputs(grad_out, attn, value)
+    return _gradients(*_require_triton().na2d_av_backward(grad_out, attn, value, kernel_size, attn_grad,
+                                                          value_grad), attn, value)
+
+
+_LIBRARY.impl('na2d_av', _na2d_av_cpu, 'CPU')
+_LIBRARY.impl('na2d_av', _na2d_av_cuda, 'CUDA')
+_LIBRARY.impl('na2d_av_backward', _na2d_av_backward_cpu, 'CPU')
+_LIBRARY.impl('na2d_av_backward', _na2d_av_backward_cuda, 'CUDA')
+_LIBRARY.impl('na2d_av_triton', _na2d_av_triton, 'CPU')
+_LIBRARY.impl('na2d_av_triton', _na2d_av_triton, 'CUDA')
+_LIBRARY.impl('na2d_av_triton_backward', _na2d_av_triton_backward, 'CPU')
+_LIBRARY.impl('na2d_av_triton_backward', _na2d_av_triton_backward, 'CUDA')
+for _name in ('na2d_av', 'na2d_av_triton'):
+    torch.library.register_fake(f'mmoverlock::{_name}', _na2d_av_fake, lib=_LIBRARY)
+    torch.library.register_fake(f'mmoverlock::{_name}_backward', _na2d_av_backward_fake, lib=_LIBRARY)
+
+
+# One autograd for both ops: only attn and value are saved; the backward is the matching backward op.
 def _setup_context(ctx, inputs, output) -> None:
     attn, value, kernel_size = inputs
     ctx.save_for_backward(attn, value)      # nothing of size k*k*C*H*W: the backward recomputes
     ctx.kernel_size = kernel_size
 
 
-def _backward(ctx, grad_out: torch.Tensor):
-    attn, value = ctx.saved_tensors
-    attn_grad, value_grad = ctx.needs_input_grad[:2]
-    grad_attn, grad_value = torch.ops.mmoverlock.na2d_av_backward(
-        grad_out, attn, value, ctx.kernel_size, attn_grad, value_grad)
-    return (grad_attn if attn_grad else None), (grad_value if value_grad else None), None
+def _autograd_backward(backward_op):
+    """The backward of an aggregation op whose gradients ``backward_op`` computes."""
+    def backward(ctx, grad_out: torch.Tensor):
+        attn, value = ctx.saved_tensors
+        attn_grad, value_grad = ctx.needs_input_grad[:2]
+        grad_attn, grad_value = backward_op(grad_out, attn, value, ctx.kernel_size, attn_grad, value_grad)
+        return (grad_attn if attn_grad else None), (grad_value if value_grad else None), None
+    return backward
 
 
-_na2d_av_op.register_autograd(_backward, setup_context=_setup_context)
+_NA2D_AV = torch.ops.mmoverlock.na2d_av.default
+_NA2D_AV_TRITON = torch.ops.mmoverlock.na2d_av_triton.default
+torch.library.register_autograd('mmoverlock::na2d_av',
+                                _autograd_backward(torch.ops.mmoverlock.na2d_av_backward.default),
+                                setup_context=_setup_context, lib=_LIBRARY)
+torch.library.register_autograd('mmoverlock::na2d_av_triton',
+                                _autograd_backward(torch.ops.mmoverlock.na2d_av_triton_backward.default),
+                                setup_context=_setup_context, lib=_LIBRARY)
 
 
 def na2d_av_channels_first(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """attn (B, G, k*k, H, W), value (B, G, C, H, W) -> (B, G, C, H, W): ``torch.ops.mmoverlock.na2d_av``
-    after checking shapes and promoting both inputs to one dtype. Under ONNX export the op is written out
-    as its standard-op tap loop (Slice/Pad/Mul/Add)."""
-    _check_shapes(attn, value, kernel_size, 'channels_first')
-    if attn.dtype != value.dtype:
-        dtype = torch.promote_types(attn.dtype, value.dtype)
-        attn, value = attn.to(dtype), value.to(dtype)
+    """attn (B, G, k*k, H, W), value (B, G, C, H, W) -> (B, G, C, H, W), contiguous:
+    ``torch.ops.mmoverlock.na2d_av`` after promoting mixed dtypes to the wider one. Under ONNX export the op
+    is written out as its standard-op tap loop (Slice/Pad/Mul/Add)."""
+    attn, value = _promoted(attn, value)
     if is_exporting():
+        _check_inputs(attn, value, kernel_size)
         return _forward_taps(attn, value, kernel_size)
-    return torch.ops.mmoverlock.na2d_av(attn, value, kernel_size)
+    return _NA2D_AV(attn, value, kernel_size)
 
 
 def triton_na2d_av(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """The fused Triton kernels, called directly (tests, benchmarks): attn (B, G, k*k, H, W), value
-    (B, G, C, H, W) of one dtype -> (B, G, C, H, W), differentiable. CUDA tensors, or CPU tensors under
-    Triton's interpreter (``TRITON_INTERPRET=1`` set before mmoverlock is imported)."""
-    _check_shapes(attn, value, kernel_size, 'channels_first')
-    kernels = _triton_kernels()
-    if kernels is None:
-        raise RuntimeError('triton_na2d_av: triton is not installed (pip install triton)')
-    return kernels.triton_na2d_av(attn, value, kernel_size)
+    """The fused Triton kernels whatever the device (tests, benchmarks): attn (B, G, k*k, H, W), value
+    (B, G, C, H, W) -> (B, G, C, H, W), contiguous, differentiable (``torch.ops.mmoverlock.na2d_av_triton``,
+    mixed dtypes promoted as by :func:`na2d_av_channels_first`). CUDA tensors, or CPU tensors under Triton's
+    interpreter (``TRITON_INTERPRET=1`` set before triton is first imported)."""
+    _require_triton()
+    attn, value = _promoted(attn, value)
+    return _NA2D_AV_TRITON(attn, value, kernel_size)
 
 
 def na2d_av(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -405,6 +514,7 @@ def na2d_av_unfold(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) ->
     """The official NATTEN-free fallback (a baseline): unfold the valid windows, replicate-pad the
     window map, multiply and sum. NATTEN layout; materialises B*G*C*k*k*H*W elements."""
     _check_shapes(attn, value, kernel_size, 'channels_last')
+    attn, value = _promoted(attn, value)
     b, g, h, w, c = value.shape
     k = kernel_size
     before, after = _pads(k)
@@ -419,6 +529,7 @@ def na2d_av_unfold(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) ->
 def na2d_av_reference(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Straightforward gather by explicit window indices (NATTEN layout); for tests and clarity."""
     _check_shapes(attn, value, kernel_size, 'channels_last')
+    attn, value = _promoted(attn, value)
     b, g, h, w, c = value.shape
     k = kernel_size
     taps = torch.arange(k, device=value.device)

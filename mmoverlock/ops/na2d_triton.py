@@ -4,42 +4,82 @@ attn (B, G, k*k, H, W), value (B, G, C, H, W) -> out (B, G, C, H, W); the window
 ``(clamp(i - k // 2, 0, H - k), clamp(j - k // 2, 0, W - k))`` and tap ``t = a * k + b`` is key
 ``(start_i + a, start_j + b)`` (see :mod:`mmoverlock.ops.na2d`).
 
-Three kernels, as NATTEN 0.17's CUDA kernels are organised; one program handles one (batch, group), a tile
-of ``BLOCK_P`` pixels (flattened i * W + j) and a block of ``BLOCK_C`` channels, held as (BLOCK_P, BLOCK_C):
-Triton then lays neighbouring pixels on neighbouring threads, so a warp reads a run of one channel's row:
+Three kernels, as NATTEN 0.17's CUDA kernels are organised. One program handles one (batch, group), a tile of
+pixels and a block of ``BLOCK_C`` channels, held as (pixels, BLOCK_C): Triton then lays neighbouring pixels on
+neighbouring threads, so a warp reads a run of one channel's row:
 
-* **forward** -- loop over the k*k taps; each tap loads the tile's attention weights (BLOCK_P,) and the
-  clamped neighbours of all BLOCK_C channels (BLOCK_P, BLOCK_C), accumulating ``w * v``;
-* **grad_attn** -- loop over the taps: ``grad_attn[t, p] = sum_c grad_out[c, p] * value[c, key(p, t)]``;
-* **grad_value** -- the *inverse neighbourhood* gather: key q receives from every pixel p whose window holds
-  it, at tap ``key - start(p)``. Along one axis those pixels form the range ``[lo(q), hi(q)]`` (wider than
-  k next to a border, where windows are clamped), so the gradient is a gather -- deterministic, no atomics.
+* **forward** -- a tile of ``BLOCK_P`` pixels (flattened i * W + j); a loop over the k*k taps, each loading the
+  tile's attention weights (BLOCK_P,) and the clamped neighbours of all BLOCK_C channels (BLOCK_P, BLOCK_C),
+  accumulating ``w * v``;
+* **grad_attn** -- the same tiles; a loop over the taps:
+  ``grad_attn[t, p] = sum_c grad_out[c, p] * value[c, key(p, t)]``;
+* **grad_value** -- the *inverse neighbourhood* gather over a 2-D tile of ``BLOCK_H x BLOCK_W`` keys: key q
+  receives from every pixel p whose window holds it, at tap ``key - start(p)``. Along one axis those pixels
+  form the range ``[lo(q), hi(q)]``: k wide inside the map, up to k + k // 2 next to a border (windows are
+  clamped there). The loop runs over the widest range of the tile, so an interior tile runs k x k
+  iterations and only tiles that touch a border pay the wider span. A gather: deterministic, no atomics.
+
+Tiles, ``num_warps`` and ``num_stages`` are chosen by ``triton.autotune`` among a few configurations per kernel
+(:data:`FORWARD_CONFIGS`, :data:`GRAD_ATTN_CONFIGS`, :data:`GRAD_VALUE_CONFIGS`), keyed on k, C, the map-size
+class (the next power of two of ``H * W``) and -- Triton adds it to every key -- the tensors' dtypes; the
+channel block is ``min(next_power_of_2(C), MAX_BLOCK_C)``. Under Triton's interpreter every kernel runs one
+fixed configuration (:data:`INTERPRETER_TILES`). Launches run on the tensors' CUDA device, whichever device is
+current.
 
 Accumulation is in fp32 for fp16 / bf16 / fp32 inputs and in fp64 for fp64 (gradcheck). Inputs may be any
 strided views (ContMix passes the channel halves of one map); outputs are contiguous.
 
 This module defines the ``@triton.jit`` functions on import, so ``TRITON_INTERPRET=1`` (Triton's CPU
-interpreter, used by the tests) must be set before it is first imported; :func:`mmoverlock.ops.triton_na2d_av`
-imports it lazily.
+interpreter, used by the tests) must be set before it is first imported; :mod:`mmoverlock.ops.na2d` imports it
+lazily.
 """
+import contextlib
 import os
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
+import triton.testing
 
-__all__ = ['na2d_av_forward', 'na2d_av_backward', 'triton_na2d_av', 'INTERPRET']
+__all__ = ['na2d_av_forward', 'na2d_av_backward', 'INTERPRET', 'MAX_BLOCK_C', 'FORWARD_CONFIGS',
+           'GRAD_ATTN_CONFIGS', 'GRAD_VALUE_CONFIGS', 'INTERPRETER_TILES', 'SUPPORTED_DTYPES']
 
 #: Triton's interpreter (CPU tensors) is active: set before this module was imported.
 INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 #: largest channel block of one program (more channels: more programs, or a loop in grad_attn)
-MAX_BLOCK_C = 64
-#: pixels x channels held in registers per program on a GPU
-GPU_TILE_ELEMENTS = 2048
-#: the interpreter runs every program as numpy calls: few, large programs are much faster there
-INTERPRETER_TILE_ELEMENTS = 1 << 16
+MAX_BLOCK_C = 32
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+#: The configurations ``triton.autotune`` measures on a GPU, per kernel (4 + 3 + 3 per tuning key). Every one
+#: compiles for sm_90 without register spills at k = 13 with channel blocks of 16 and MAX_BLOCK_C, for fp32,
+#: bf16 and fp64 (tests/test_na2d_triton.py::test_kernels_compile_for_hopper_without_spills).
+FORWARD_CONFIGS = [
+    triton.Config({'BLOCK_P': 64}, num_warps=2, num_stages=2),
+    triton.Config({'BLOCK_P': 128}, num_warps=4, num_stages=2),
+    triton.Config({'BLOCK_P': 128}, num_warps=4, num_stages=3),
+    triton.Config({'BLOCK_P': 256}, num_warps=8, num_stages=2),
+]
+GRAD_ATTN_CONFIGS = [
+    triton.Config({'BLOCK_P': 64}, num_warps=2, num_stages=2),
+    triton.Config({'BLOCK_P': 128}, num_warps=4, num_stages=2),
+    triton.Config({'BLOCK_P': 128}, num_warps=4, num_stages=3),
+]
+GRAD_VALUE_CONFIGS = [      # while loops: nothing to pipeline, num_stages stays 1
+    triton.Config({'BLOCK_H': 8, 'BLOCK_W': 16}, num_warps=4, num_stages=1),
+    triton.Config({'BLOCK_H': 4, 'BLOCK_W': 32}, num_warps=4, num_stages=1),
+    triton.Config({'BLOCK_H': 16, 'BLOCK_W': 16}, num_warps=8, num_stages=1),
+]
+#: what decides the best configuration (besides the dtypes, which Triton >= 3 adds to every key); the kernels'
+#: argument PIXEL_CLASS, the next power of two of H * W, is there for this key only (the kernels ignore it)
+TUNING_KEY = ['K', 'C', 'PIXEL_CLASS']
+
+#: The one configuration of each kernel under the interpreter, which runs every program as numpy calls:
+#: few, large programs (clamped to the map: a block never exceeds the next power of two of its extent).
+INTERPRETER_TILES = {'forward': dict(BLOCK_P=1024), 'grad_attn': dict(BLOCK_P=1024),
+                     'grad_value': dict(BLOCK_H=32, BLOCK_W=32)}
 
 
 @triton.jit
@@ -50,11 +90,11 @@ def _clamped_start(pos, length, K: tl.constexpr):
 
 @triton.jit
 def _na2d_av_forward_kernel(
-        attn_ptr, value_ptr, out_ptr, G, C, H, W,
+        attn_ptr, value_ptr, out_ptr, G, C, H, W, PIXEL_CLASS,
         sa_b, sa_g, sa_t, sa_h, sa_w,
         sv_b, sv_g, sv_c, sv_h, sv_w,
         so_b, so_g, so_c, so_h, so_w,
-        K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+        K: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr):
     pid_bg = tl.program_id(0).to(tl.int64)
     batch, group = pid_bg // G, pid_bg % G
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -66,26 +106,28 @@ def _na2d_av_forward_kernel(
     start_i = _clamped_start(i, H, K)
     start_j = _clamped_start(j, W, K)
     attn_tile = attn_ptr + batch * sa_b + group * sa_g + i * sa_h + j * sa_w                 # (P,)
-    value_tile = value_ptr + batch * sv_b + group * sv_g + (c * sv_c)[None, :]               # (1, C)
+    value_base = value_ptr + batch * sv_b + group * sv_g                                     # scalar
+    channel_offsets = (c * sv_c)[None, :]                                                    # (1, C) int32
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC)
     for a in range(K):
         row = (start_i + a) * sv_h
         for b in range(K):
             weight = tl.load(attn_tile + (a * K + b) * sa_t, mask=mask_p, other=0.).to(ACC)
-            neighbour = tl.load(value_tile + (row + (start_j + b) * sv_w)[:, None], mask=mask, other=0.)
+            neighbour = tl.load(value_base + (channel_offsets + (row + (start_j + b) * sv_w)[:, None]), mask=mask,
+                                other=0.)
             acc += weight[:, None] * neighbour.to(ACC)
-    out_tile = out_ptr + batch * so_b + group * so_g + (c * so_c)[None, :] + (i * so_h + j * so_w)[:, None]
+    out_tile = out_ptr + batch * so_b + group * so_g + ((c * so_c)[None, :] + (i * so_h + j * so_w)[:, None])
     tl.store(out_tile, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _na2d_av_grad_attn_kernel(
-        grad_out_ptr, value_ptr, grad_attn_ptr, G, C, H, W,
+        grad_out_ptr, value_ptr, grad_attn_ptr, G, C, H, W, PIXEL_CLASS,
         sg_b, sg_g, sg_c, sg_h, sg_w,
         sv_b, sv_g, sv_c, sv_h, sv_w,
         sa_b, sa_g, sa_t, sa_h, sa_w,
-        K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, NUM_C_BLOCKS: tl.constexpr,
-        ACC: tl.constexpr):
+        K: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr, NUM_C_BLOCKS: tl.constexpr,
+        BLOCK_P: tl.constexpr):
     pid_bg = tl.program_id(0).to(tl.int64)
     batch, group = pid_bg // G, pid_bg % G
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -95,26 +137,28 @@ def _na2d_av_grad_attn_kernel(
     j = p % W
     start_i = _clamped_start(i, H, K)
     start_j = _clamped_start(j, W, K)
-    grad_out_tile = grad_out_ptr + batch * sg_b + group * sg_g + (i * sg_h + j * sg_w)[:, None]   # (P, 1)
-    value_tile = value_ptr + batch * sv_b + group * sv_g
+    grad_out_base = grad_out_ptr + batch * sg_b + group * sg_g                                     # scalar
+    pixel_offsets = (i * sg_h + j * sg_w)[:, None]                                                # (P, 1)
+    value_base = value_ptr + batch * sv_b + group * sv_g                                          # scalar
     grad_attn_tile = grad_attn_ptr + batch * sa_b + group * sa_g + i * sa_h + j * sa_w            # (P,)
-    if NUM_C_BLOCKS == 1:   # the usual case (C <= 64): grad_out of the tile stays in registers
+    if NUM_C_BLOCKS == 1:   # the usual case (C <= BLOCK_C): grad_out of the tile stays in registers
         mask = mask_p[:, None] & (c < C)[None, :]
-        grad_out = tl.load(grad_out_tile + (c * sg_c)[None, :], mask=mask, other=0.).to(ACC)
+        grad_out = tl.load(grad_out_base + ((c * sg_c)[None, :] + pixel_offsets), mask=mask, other=0.).to(ACC)
     for a in range(K):
         row = (start_i + a) * sv_h
         for b in range(K):
             key = (row + (start_j + b) * sv_w)[:, None]
             if NUM_C_BLOCKS == 1:
-                neighbour = tl.load(value_tile + (c * sv_c)[None, :] + key, mask=mask, other=0.)
+                neighbour = tl.load(value_base + ((c * sv_c)[None, :] + key), mask=mask, other=0.)
                 total = tl.sum(grad_out * neighbour.to(ACC), axis=1)
             else:
                 total = tl.zeros((BLOCK_P, ), dtype=ACC)
                 for c0 in range(0, NUM_C_BLOCKS * BLOCK_C, BLOCK_C):
                     cc = c0 + c
                     mask_c = mask_p[:, None] & (cc < C)[None, :]
-                    go = tl.load(grad_out_tile + (cc * sg_c)[None, :], mask=mask_c, other=0.).to(ACC)
-                    neighbour = tl.load(value_tile + (cc * sv_c)[None, :] + key, mask=mask_c, other=0.)
+                    go = tl.load(grad_out_base + ((cc * sg_c)[None, :] + pixel_offsets), mask=mask_c,
+                                 other=0.).to(ACC)
+                    neighbour = tl.load(value_base + ((cc * sv_c)[None, :] + key), mask=mask_c, other=0.)
                     total += tl.sum(go * neighbour.to(ACC), axis=1)
             tl.store(grad_attn_tile + (a * K + b) * sa_t, total.to(grad_attn_ptr.dtype.element_ty), mask=mask_p)
 
@@ -130,27 +174,31 @@ def _inverse_range(q, length, K: tl.constexpr):
 
 @triton.jit
 def _na2d_av_grad_value_kernel(
-        grad_out_ptr, attn_ptr, grad_value_ptr, G, C, H, W,
+        grad_out_ptr, attn_ptr, grad_value_ptr, G, C, H, W, PIXEL_CLASS,
         sg_b, sg_g, sg_c, sg_h, sg_w,
         sa_b, sa_g, sa_t, sa_h, sa_w,
         sv_b, sv_g, sv_c, sv_h, sv_w,
-        K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+        K: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr, BLOCK_H: tl.constexpr,
+        BLOCK_W: tl.constexpr):
     pid_bg = tl.program_id(0).to(tl.int64)
     batch, group = pid_bg // G, pid_bg % G
-    q = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    tiles_w = tl.cdiv(W, BLOCK_W)
+    tile = tl.program_id(1)
+    local = tl.arange(0, BLOCK_H * BLOCK_W)
+    qi = (tile // tiles_w) * BLOCK_H + local // BLOCK_W
+    qj = (tile % tiles_w) * BLOCK_W + local % BLOCK_W
     c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_q = q < H * W
+    mask_q = (qi < H) & (qj < W)
     mask_c = (c < C)[None, :]
-    qi = q // W
-    qj = q % W
     lo_i, hi_i = _inverse_range(qi, H, K)
     lo_j, hi_j = _inverse_range(qj, W, K)
     # loop bounds: the widest range in the tile (k inside the map, up to k + k // 2 next to a border)
     span_i = tl.max(tl.where(mask_q, hi_i - lo_i + 1, 0), axis=0)
     span_j = tl.max(tl.where(mask_q, hi_j - lo_j + 1, 0), axis=0)
-    attn_tile = attn_ptr + batch * sa_b + group * sa_g
-    grad_out_tile = grad_out_ptr + batch * sg_b + group * sg_g + (c * sg_c)[None, :]
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC)
+    attn_base = attn_ptr + batch * sa_b + group * sa_g                          # scalar
+    grad_out_base = grad_out_ptr + batch * sg_b + group * sg_g                  # scalar
+    channel_offsets = (c * sg_c)[None, :]                                       # (1, C) int32
+    acc = tl.zeros((BLOCK_H * BLOCK_W, BLOCK_C), dtype=ACC)
     # (while loops: a range() bound computed in the kernel does not run under the interpreter with numpy >= 2)
     di = tl.full((), 0, tl.int32)
     while di < span_i:
@@ -162,43 +210,96 @@ def _na2d_av_grad_value_kernel(
             j = lo_j + dj
             ok = ok_i & (j <= hi_j)
             tap = tap_row * K + qj - _clamped_start(j, W, K)
-            weight = tl.load(attn_tile + tap * sa_t + i * sa_h + j * sa_w, mask=ok, other=0.).to(ACC)
-            grad_out = tl.load(grad_out_tile + (i * sg_h + j * sg_w)[:, None], mask=ok[:, None] & mask_c,
-                               other=0.)
+            weight = tl.load(attn_base + (tap * sa_t + i * sa_h + j * sa_w), mask=ok, other=0.).to(ACC)
+            grad_out = tl.load(grad_out_base + (channel_offsets + (i * sg_h + j * sg_w)[:, None]),
+                               mask=ok[:, None] & mask_c, other=0.)
             acc += weight[:, None] * grad_out.to(ACC)
             dj += 1
         di += 1
-    grad_value_tile = (grad_value_ptr + batch * sv_b + group * sv_g + (c * sv_c)[None, :]
-                       + (qi * sv_h + qj * sv_w)[:, None])
+    grad_value_tile = (grad_value_ptr + batch * sv_b + group * sv_g
+                       + ((c * sv_c)[None, :] + (qi * sv_h + qj * sv_w)[:, None]))
     tl.store(grad_value_tile, acc.to(grad_value_ptr.dtype.element_ty), mask=mask_q[:, None] & mask_c)
 
 
-def _blocks(channels: int, pixels: int) -> Tuple[int, int]:
-    """(BLOCK_P, BLOCK_C): powers of two (tl.arange needs them), pixels x channels <= the tile budget."""
-    block_c = min(triton.next_power_of_2(channels), MAX_BLOCK_C)
-    budget = INTERPRETER_TILE_ELEMENTS if INTERPRET else GPU_TILE_ELEMENTS
-    block_p = max(16, min(budget // block_c, triton.next_power_of_2(pixels), 1024 if INTERPRET else 128))
-    return block_p, block_c
+def _cdiv(numerator: int, denominator: int) -> int:
+    """Ceiling division on the host (``triton.cdiv`` is a constexpr-function wrapper in Triton 3.x, several
+    times slower per call; the launch path calls this a few times per op call)."""
+    return -(-numerator // denominator)
+
+
+def _next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n, for n >= 1, on the host (see :func:`_cdiv`)."""
+    return 1 << (n - 1).bit_length()
+
+
+def _tuned(kernel, configs):
+    """``kernel`` under ``triton.autotune`` over ``configs`` (on a GPU); None under the interpreter, which runs
+    the plain kernel with :data:`INTERPRETER_TILES`."""
+    if INTERPRET:
+        return None
+    return triton.autotune(configs=configs, key=TUNING_KEY, do_bench=_quick_bench)(kernel)
+
+
+def _quick_bench(fn, quantiles=None):
+    """Triton's benchmark with a short budget per configuration: a 5 ms warm-up and 25 ms of timed runs."""
+    return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
+
+
+#: the plain kernels and their tuned forms (None under the interpreter), by name
+KERNELS = {'forward': _na2d_av_forward_kernel, 'grad_attn': _na2d_av_grad_attn_kernel,
+           'grad_value': _na2d_av_grad_value_kernel}
+TUNED_KERNELS = {'forward': _tuned(_na2d_av_forward_kernel, FORWARD_CONFIGS),
+                 'grad_attn': _tuned(_na2d_av_grad_attn_kernel, GRAD_ATTN_CONFIGS),
+                 'grad_value': _tuned(_na2d_av_grad_value_kernel, GRAD_VALUE_CONFIGS)}
+
+
+def _launch(name: str, grid, args: tuple, tiles: Optional[Dict[str, int]]) -> None:
+    """Launch kernel ``name``: with the given ``tiles`` (meta-parameters, e.g. ``dict(BLOCK_P=32)``: the plain
+    kernel), else the interpreter's fixed tiles, else the autotuned kernel."""
+    if tiles is not None:
+        KERNELS[name][grid](*args, **tiles)
+    elif INTERPRET:
+        KERNELS[name][grid](*args, **_interpreter_tiles(name, args))
+    else:
+        TUNED_KERNELS[name][grid](*args)
+
+
+def _interpreter_tiles(name: str, args: tuple) -> Dict[str, int]:
+    """:data:`INTERPRETER_TILES`, clamped to the map (args[5:7] are H and W)."""
+    height, width = args[5], args[6]
+    tiles = INTERPRETER_TILES[name]
+    if name == 'grad_value':
+        return dict(BLOCK_H=min(tiles['BLOCK_H'], _next_power_of_2(height)),
+                    BLOCK_W=min(tiles['BLOCK_W'], _next_power_of_2(width)))
+    return dict(BLOCK_P=max(16, min(tiles['BLOCK_P'], _next_power_of_2(height * width))))
+
+
+def _device_guard(tensor: torch.Tensor):
+    """The tensor's CUDA device made current around the launches (Triton launches on the current device)."""
+    if tensor.device.type == 'cuda':
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
+
+
+def _block_c(channels: int) -> int:
+    return min(_next_power_of_2(channels), MAX_BLOCK_C)
 
 
 def _accumulator(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _check(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> None:
+def _check(attn: torch.Tensor, value: torch.Tensor) -> None:
+    """One-line errors for what the kernels cannot take (shapes are checked by :mod:`mmoverlock.ops.na2d`)."""
     if attn.device != value.device or attn.dtype != value.dtype:
-        raise ValueError(f'triton_na2d_av: attn and value must share device and dtype, got '
+        raise ValueError(f'triton na2d_av: attn and value must share device and dtype, got '
                          f'{attn.device}/{attn.dtype} and {value.device}/{value.dtype}')
-    if attn.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise ValueError(f'triton_na2d_av: dtype {attn.dtype} is not supported; use float16, bfloat16, '
+    if attn.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f'triton na2d_av: dtype {attn.dtype} is not supported; use float16, bfloat16, '
                          f'float32 or float64')
     if attn.device.type == 'cpu' and not INTERPRET:
-        raise RuntimeError('triton_na2d_av: CPU tensors need Triton\'s interpreter: set TRITON_INTERPRET=1 '
+        raise RuntimeError('triton na2d_av: CPU tensors need Triton\'s interpreter: set TRITON_INTERPRET=1 '
                            'before importing mmoverlock, or pass CUDA tensors')
-
-
-def _launch_grid(bg: int, pixels: int, block_p: int, channel_blocks: int = 1) -> Tuple[int, int, int]:
-    return bg, triton.cdiv(pixels, block_p), channel_blocks
 
 
 def _output(buffer: Optional[torch.Tensor], like: torch.Tensor, name: str) -> torch.Tensor:
@@ -206,68 +307,56 @@ def _output(buffer: Optional[torch.Tensor], like: torch.Tensor, name: str) -> to
     if buffer is None:
         return torch.empty(like.shape, dtype=like.dtype, device=like.device)
     if buffer.shape != like.shape or buffer.dtype != like.dtype or buffer.device != like.device:
-        raise ValueError(f'triton_na2d_av: {name} buffer {tuple(buffer.shape)} {buffer.dtype} {buffer.device} '
+        raise ValueError(f'triton na2d_av: {name} buffer {tuple(buffer.shape)} {buffer.dtype} {buffer.device} '
                          f'does not match {tuple(like.shape)} {like.dtype} {like.device}')
     return buffer
 
 
 def na2d_av_forward(attn: torch.Tensor, value: torch.Tensor, kernel_size: int,
-                    out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    out: Optional[torch.Tensor] = None, tiles: Optional[Dict[str, int]] = None) -> torch.Tensor:
     """attn (B, G, k*k, H, W), value (B, G, C, H, W) of one dtype -> (B, G, C, H, W), contiguous unless
-    written into ``out`` (a buffer of value's shape and dtype, any strides)."""
-    _check(attn, value, kernel_size)
+    written into ``out`` (a buffer of value's shape and dtype, any strides). ``tiles`` (e.g.
+    ``dict(BLOCK_P=32)``) replaces the tuned or fixed tile configuration."""
+    _check(attn, value)
     b, g, c, h, w = value.shape
     out = _output(out, value, 'out')
-    block_p, block_c = _blocks(c, h * w)
-    grid = _launch_grid(b * g, h * w, block_p, triton.cdiv(c, block_c))
-    _na2d_av_forward_kernel[grid](
-        attn, value, out, g, c, h, w, *attn.stride(), *value.stride(), *out.stride(),
-        K=kernel_size, BLOCK_P=block_p, BLOCK_C=block_c, ACC=_accumulator(value.dtype))
+    block_c = _block_c(c)
+    args = (attn, value, out, g, c, h, w, _next_power_of_2(h * w), *attn.stride(), *value.stride(),
+            *out.stride(), kernel_size, block_c, _accumulator(value.dtype))
+    channel_blocks = _cdiv(c, block_c)
+    with _device_guard(value):
+        _launch('forward', lambda meta: (b * g, _cdiv(h * w, meta['BLOCK_P']), channel_blocks), args, tiles)
     return out
 
 
 def na2d_av_backward(grad_out: torch.Tensor, attn: torch.Tensor, value: torch.Tensor, kernel_size: int,
                      attn_grad: bool = True, value_grad: bool = True,
-                     grad_attn: Optional[torch.Tensor] = None, grad_value: Optional[torch.Tensor] = None
+                     grad_attn: Optional[torch.Tensor] = None, grad_value: Optional[torch.Tensor] = None,
+                     tiles: Optional[Dict[str, Dict[str, int]]] = None
                      ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """Gradients of :func:`na2d_av_forward`: (grad_attn like attn, grad_value like value), contiguous unless
-    written into the given buffers; None for a gradient not asked for."""
-    _check(attn, value, kernel_size)
-    grad_out = grad_out.to(value.dtype)
+    """Gradients of :func:`na2d_av_forward`: grad_out (B, G, C, H, W) -> (grad_attn like attn, grad_value like
+    value), contiguous unless written into the given buffers; None for a gradient not asked for. ``tiles``
+    (``{'grad_attn': dict(BLOCK_P=...), 'grad_value': dict(BLOCK_H=..., BLOCK_W=...)}``) replaces the tuned or
+    fixed tile configurations."""
+    _check(attn, value)
+    if grad_out.dtype != value.dtype:
+        raise ValueError(f'triton na2d_av: grad_out is {grad_out.dtype}, expected {value.dtype} like value')
     b, g, c, h, w = value.shape
-    block_p, block_c = _blocks(c, h * w)
-    acc = _accumulator(value.dtype)
+    block_c = _block_c(c)
+    channel_blocks = _cdiv(c, block_c)
+    common = (g, c, h, w, _next_power_of_2(h * w))
+    constexprs = (kernel_size, block_c, _accumulator(value.dtype))
+    tiles = tiles or {}
     grad_attn = _output(grad_attn, attn, 'grad_attn') if attn_grad else None
     grad_value = _output(grad_value, value, 'grad_value') if value_grad else None
-    if attn_grad:
-        _na2d_av_grad_attn_kernel[_launch_grid(b * g, h * w, block_p)](
-            grad_out, value, grad_attn, g, c, h, w, *grad_out.stride(), *value.stride(), *grad_attn.stride(),
-            K=kernel_size, BLOCK_P=block_p, BLOCK_C=block_c, NUM_C_BLOCKS=triton.cdiv(c, block_c), ACC=acc)
-    if value_grad:
-        _na2d_av_grad_value_kernel[_launch_grid(b * g, h * w, block_p, triton.cdiv(c, block_c))](
-            grad_out, attn, grad_value, g, c, h, w, *grad_out.stride(), *attn.stride(), *grad_value.stride(),
-            K=kernel_size, BLOCK_P=block_p, BLOCK_C=block_c, ACC=acc)
+    with _device_guard(value):
+        if attn_grad:
+            _launch('grad_attn', lambda meta: (b * g, _cdiv(h * w, meta['BLOCK_P']), 1),
+                    (grad_out, value, grad_attn, *common, *grad_out.stride(), *value.stride(), *grad_attn.stride(),
+                     *constexprs, channel_blocks), tiles.get('grad_attn'))
+        if value_grad:
+            _launch('grad_value', lambda meta: (b * g, _cdiv(h, meta['BLOCK_H'])
+                                                * _cdiv(w, meta['BLOCK_W']), channel_blocks),
+                    (grad_out, attn, grad_value, *common, *grad_out.stride(), *attn.stride(), *grad_value.stride(),
+                     *constexprs), tiles.get('grad_value'))
     return grad_attn, grad_value
-
-
-class _TritonNA2DAV(torch.autograd.Function):
-    """The Triton kernels with autograd, outside the registered op (tests, benchmarks, CPU interpreter)."""
-
-    @staticmethod
-    def forward(ctx, attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
-        ctx.save_for_backward(attn, value)
-        ctx.kernel_size = kernel_size
-        return na2d_av_forward(attn, value, kernel_size)
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        attn, value = ctx.saved_tensors
-        grad_attn, grad_value = na2d_av_backward(grad_out, attn, value, ctx.kernel_size,
-                                                 ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-        return grad_attn, grad_value, None
-
-
-def triton_na2d_av(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Differentiable Triton ``na2d_av``, channels-first: attn (B, G, k*k, H, W), value (B, G, C, H, W)
-    -> (B, G, C, H, W). CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``."""
-    return _TritonNA2DAV.apply(attn, value, kernel_size)
