@@ -74,8 +74,8 @@ def test_forced_paths_fp64(shape, k, d, paths, channels_last, bias):
 def test_public_fp32(shape, k, d, channels_last, bias):
     """depthwise_conv2d in fp32 vs F.conv2d in fp64: within 1e-5 relative (of the max), like fp32 conv."""
     x, w, b, gy = _inputs(shape, k, torch.float32, channels_last, bias, seed=1)
-    ref = _run(lambda x_, w_, b_: _ref(x_, w_, b_, d), *(t.double() if t is not None else None
-                                                       for t in (x, w, b, gy)))
+    ref = _run(lambda x_, w_, b_: _ref(x_, w_, b_, d),
+               *(t.double() if t is not None else None for t in (x, w, b, gy)))
     got = _run(lambda x_, w_, b_: depthwise_conv2d(x_, w_, b_, d), x, w, b, gy)
     for r, g_ in zip(ref, got):
         assert g_.dtype == torch.float32
@@ -222,3 +222,251 @@ def test_dilated_reparam_block_equals_plain_convs(kernel_size):
         block.switch_to_deploy()
         assert isinstance(block.lk_origin, DepthwiseConv2d) and block.deployed
         torch.testing.assert_close(block(x), expected, rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------ the op and the choice
+from mmoverlock.ops import depthwise as dw  # noqa: E402
+
+
+def test_bad_choice_is_one_line():
+    with pytest.raises(ValueError, match=r"choice='fast' is not one of \('auto', 'torch', 'triton'\)"):
+        depthwise_conv2d(torch.randn(1, 2, 5, 5), torch.randn(2, 1, 3, 3), None, 1, 'fast')
+
+
+@pytest.mark.parametrize('k,d,channels_last,bias', [(17, 1, True, True), (9, 2, False, False), (3, 1, True, True)])
+def test_registered_op_cpu_kernels_and_autograd(k, d, channels_last, bias):
+    """torch.ops.mmoverlock.depthwise_conv2d on CPU (its default kernels: the CPU paths) with autograd
+    through mmoverlock::depthwise_conv2d_backward equals F.conv2d in fp64; memory format kept."""
+    x, w, b, gy = _inputs((2, 3, 11, 10), k, torch.float64, channels_last, bias)
+    ref = _run(lambda x_, w_, b_: _ref(x_, w_, b_, d), x, w, b, gy)
+    got = _run(lambda x_, w_, b_: torch.ops.mmoverlock.depthwise_conv2d(x_, w_, b_, d, 'auto'), x, w, b, gy)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert got[0].is_contiguous(memory_format=fmt) and got[1].is_contiguous(memory_format=fmt)
+    for r, g_ in zip(ref, got):
+        assert _rel(g_, r) < 1e-12
+
+
+def test_opcheck():
+    """torch.library.opcheck: schema, fake implementation (what torch.compile sees), autograd registration
+    and AOT dispatch of the op, channels-last and contiguous, with and without bias."""
+    for channels_last, bias in ((True, True), (False, False)):
+        x, w, b, _ = _inputs((2, 3, 7, 6), 5, torch.float64, channels_last, bias)
+        x.requires_grad_()
+        w.requires_grad_()
+        torch.library.opcheck(torch.ops.mmoverlock.depthwise_conv2d.default, (x, w, b, 2, 'auto'))
+
+
+def test_torch_flop_counter_counts_the_op_as_its_conv():
+    """torch.utils.flop_counter counts the op's forward as F.conv2d of the same shapes (2 FLOPs per
+    multiply-add), and its backward as two such convs (input and weight gradient)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    dw.register_flop_formulas()
+    x = torch.randn(2, 3, 9, 8, requires_grad=True)
+    w = torch.randn(3, 1, 7, 7, requires_grad=True)
+    conv = 2 * (2 * 3 * 9 * 8 * 7 * 7)
+    for fn in (lambda: torch.ops.mmoverlock.depthwise_conv2d(x, w, None, 2, 'auto'), lambda: _ref(x, w, None, 2)):
+        with torch.no_grad(), FlopCounterMode(display=False) as mode:
+            fn()
+        assert mode.get_total_flops() == conv
+    with FlopCounterMode(display=False) as mode:
+        torch.ops.mmoverlock.depthwise_conv2d(x, w, None, 2, 'auto').sum().backward()
+    assert mode.get_total_flops() == 3 * conv
+
+
+def test_tracing_records_a_conv_and_mmengine_counts_it():
+    """TorchScript tracing (mmengine's FLOP counter, get_flops.py) records the depthwise convs as
+    aten::_convolution, which the counter charges k*k multiply-adds per output element: the conv's count."""
+    from mmengine.analysis import FlopAnalyzer
+
+    from mmoverlock.models.layers import ResDWConv
+    model = nn.Sequential(DepthwiseConv2d(4, 7), DepthwiseConv2d(4, 3, dilation=2), ResDWConv(4)).eval()
+    x = torch.randn(1, 4, 10, 12)
+    graph = str(torch.jit.trace(model, (x, )).inlined_graph)
+    assert 'mmoverlock::' not in graph and graph.count('aten::_convolution') == 3
+    assert FlopAnalyzer(model, (x, )).total() == 4 * 10 * 12 * (7 * 7 + 3 * 3 + 3 * 3)
+
+
+def test_onnx_export_writes_conv(tmp_path):
+    """Under ONNX export the depthwise convs (dilated, deployed with bias, ResDWConv) are plain Conv nodes."""
+    onnx = pytest.importorskip('onnx')
+    from mmoverlock.models.layers import ResDWConv
+    model = nn.Sequential(DepthwiseConv2d(4, 3, dilation=3), DepthwiseConv2d(4, 7, bias=True), ResDWConv(4)).eval()
+    out = str(tmp_path / 'dw.onnx')
+    torch.onnx.export(model, (torch.randn(1, 4, 12, 12), ), out, opset_version=17, dynamo=False)
+    graph = onnx.load(out).graph
+    convs = [n for n in graph.node if n.op_type == 'Conv']
+    assert len(convs) == 3 and all(n.domain in ('', 'ai.onnx') for n in graph.node), \
+        [(n.op_type, n.domain) for n in graph.node]
+    groups = [next(a.i for a in n.attribute if a.name == 'group') for n in convs]
+    dilations = [list(next(a.ints for a in n.attribute if a.name == 'dilations')) for n in convs]
+    assert groups == [4, 4, 4] and dilations == [[3, 3], [1, 1], [1, 1]]
+
+
+def test_pick_keeps_pytorch_unless_clearly_faster():
+    assert dw.pick({'torch': 10., 'triton': 9.6, 'fft': 9.7}) == 'torch'        # within MIN_GAIN = 5 %
+    assert dw.pick({'torch': 10., 'triton': 9.4, 'fft': 9.7}) == 'triton'
+    assert dw.pick({'torch': 10., 'triton': 4., 'fft': 3.}) == 'fft'
+    assert dw.pick({'torch': 1., 'triton': 4.}) == 'torch'
+    assert dw.pick({'torch': 10., 'triton': 8.}, min_gain=0.25) == 'torch'
+    with pytest.raises(ValueError, match=r"the timings \['fft', 'triton'\] lack the baseline 'torch'"):
+        dw.pick({'triton': 1., 'fft': 2.})
+
+
+@pytest.fixture
+def injected(monkeypatch):
+    """Injected timings for select(): {name: ms}; records what was timed; fresh cache, tuning flags off."""
+    state = dict(times={}, timed=[])
+
+    def timer(name, fn, device):
+        state['timed'].append(name)
+        return state['times'][name]
+    monkeypatch.setattr(dw, 'TIMER', timer)
+    monkeypatch.setattr(torch.backends.cudnn, 'deterministic', False)
+    dw.clear_choices()
+    yield state
+    dw.clear_choices()
+
+
+def _candidates(calls, names=('torch', 'triton', 'fft')):
+    return {n: (lambda n=n: calls.append(n)) for n in names}
+
+
+def test_select_measures_once_per_key_and_caches(injected):
+    calls = []
+    injected['times'] = {'torch': 5., 'triton': 2., 'fft': 3.}
+    key = ('weight_grad', 'cpu', 'float32', 'contiguous', 2, 64, 208, 336, 17, 1, False)
+    assert dw.select(key, _candidates(calls), 'auto', torch.device('cpu')) == 'triton'
+    assert sorted(injected['timed']) == ['fft', 'torch', 'triton']
+    assert sorted(calls) == ['fft', 'torch', 'triton']            # one untimed run each (Triton compiles there)
+    injected['times'] = {'torch': 1., 'triton': 9., 'fft': 9.}   # not measured again: the cache answers
+    assert dw.select(key, _candidates(calls), 'auto', torch.device('cpu')) == 'triton'
+    assert len(injected['timed']) == 3 and dw.chosen() == {key: 'triton'}
+    other = key[:-2] + (2, False)                                 # another dilation: measured
+    assert dw.select(other, _candidates(calls), 'auto', torch.device('cpu')) == 'torch'
+    assert len(injected['timed']) == 6 and dw.chosen()[other] == 'torch'
+    dw.clear_choices()
+    assert dw.chosen() == {}
+
+
+def test_select_fixed_and_deterministic_choices_measure_nothing(injected, monkeypatch):
+    calls = []
+    injected['times'] = {'torch': 5., 'triton': 1., 'fft': 1.}
+    key = ('forward', 'cpu', 'float32', 'contiguous', 1, 8, 16, 16, 7, 1, True)
+    assert dw.select(key, _candidates(calls), 'torch', torch.device('cpu')) == 'torch'
+    assert dw.select(key, _candidates(calls), 'triton', torch.device('cpu')) == 'triton'
+    monkeypatch.setattr(torch.backends.cudnn, 'deterministic', True)
+    assert dw.deterministic_requested()
+    assert dw.select(key, _candidates(calls), 'auto', torch.device('cpu')) == 'torch'
+    assert dw.select(key, _candidates(calls), 'triton', torch.device('cpu')) == 'triton'
+    monkeypatch.setattr(torch.backends.cudnn, 'deterministic', False)
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert dw.deterministic_requested()
+        assert dw.select(key, _candidates(calls), 'auto', torch.device('cpu')) == 'torch'
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert not dw.deterministic_requested()
+    assert injected['timed'] == [] and calls == [] and dw.chosen() == {}
+    with pytest.raises(RuntimeError, match=r"choice='triton' is not available here \(candidates: \['fft', "
+                                           r"'torch'\]\); pip install triton"):
+        dw.select(key, _candidates(calls, ('torch', 'fft')), 'triton', torch.device('cpu'))
+
+
+def test_select_leaves_out_a_failing_alternative(injected):
+    injected['times'] = {'torch': 5., 'triton': 1., 'fft': 3.}
+
+    def oom():
+        raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
+    candidates = dict(_candidates([]), triton=oom)
+    key = ('weight_grad', 'cpu', 'bfloat16', 'channels_last', 2, 64, 208, 336, 17, 1, False)
+    with pytest.warns(UserWarning, match="candidate 'triton' failed .*OutOfMemoryError: CUDA out of memory"):
+        assert dw.select(key, candidates, 'auto', torch.device('cpu')) == 'fft'
+    with pytest.raises(torch.OutOfMemoryError):                   # PyTorch's own failure is the user's
+        dw.select(key[:-2] + (3, False), dict(candidates, torch=oom), 'auto', torch.device('cpu'))
+
+
+def test_choice_key_buckets_sizes():
+    x = torch.randn(2, 8, 200, 334)
+    assert dw.choice_key('forward', x, 17, 1) == ('forward', 'cpu', 'float32', 'contiguous', 2, 8, 208, 336, 17, 1,
+                                                  False)
+    assert dw.choice_key('forward', torch.randn(2, 8, 193, 321), 17, 1) == dw.choice_key('forward', x, 17, 1)
+    assert dw.choice_key('forward', x.contiguous(memory_format=torch.channels_last), 17, 1)[3] == 'channels_last'
+    assert dw.choice_key('forward', x.bfloat16(), 17, 1)[2] == 'bfloat16'
+    assert dw.choice_key('forward', x, 17, 1) != dw.choice_key('forward', torch.randn(2, 8, 200, 337), 17, 1)
+
+
+@pytest.mark.parametrize('winner', ['torch', 'fft'])
+def test_cuda_kernels_without_triton_candidates(injected, monkeypatch, winner):
+    """The op's CUDA kernels, run on CPU tensors with Triton left out: the weight gradient by PyTorch or the
+    FFT as the injected timings say; equal to F.conv2d either way."""
+    monkeypatch.setattr(dw, '_triton_for', lambda x: None)
+    injected['times'] = {'torch': 5., 'fft': 1. if winner == 'fft' else 9.}
+    x, w, b, gy = _inputs((2, 3, 12, 11), 13, torch.float64, True, True)
+    ref = _run(lambda x_, w_, b_: _ref(x_, w_, b_, 1), x, w, b, gy)
+    y = dw._depthwise_cuda(x, w, b, 1, 'auto')
+    gx, gw, gb = dw._depthwise_backward_cuda(gy, x, w, 1, 'auto', True, True, True)
+    for r, g_ in zip(ref, (y, gx, gw, gb)):
+        assert _rel(g_, r) < 1e-12
+    assert sorted(dw.chosen().values()) == sorted(['torch', 'torch', winner])
+    gx_only = dw._depthwise_backward_cuda(gy, x, w, 1, 'torch', True, False, False)
+    assert gx_only[1].numel() == 0 and gx_only[2].numel() == 0 and _rel(gx_only[0], ref[1]) < 1e-12
+
+
+def test_backbone_depthwise_convs_go_through_the_op(monkeypatch):
+    """Every DepthwiseConv2d / ResDWConv of the backbone calls depthwise_conv2d with the backbone's
+    depthwise_choice (also after switch_to_deploy)."""
+    from mmoverlock.models import layers
+    from mmoverlock.models.backbones.overlock import OverLoCK
+    arch = dict(depth=[1, 1, 1, 1], sub_depth=[1, 1], embed_dim=[8, 16, 32, 48], kernel_size=[7, 5, 5, 5],
+                mlp_ratio=[2, 2, 2, 2], sub_num_heads=[1, 1], sub_mlp_ratio=[2, 2])
+    with pytest.raises(ValueError, match=r"depthwise_choice='cudnn' is not one of \('auto', 'torch', 'triton'\)"):
+        OverLoCK(arch, depthwise_choice='cudnn')
+    model = OverLoCK(arch, depthwise_choice='torch').eval()
+    convs = [m for m in model.modules() if isinstance(m, (layers.DepthwiseConv2d, layers.ResDWConv))]
+    assert len(convs) > 20 and {m.choice for m in convs} == {'torch'}
+    plain_depthwise = [name for name, m in model.named_modules()
+                       if type(m) is torch.nn.Conv2d and m.groups > 1 and m.groups == m.in_channels]
+    assert plain_depthwise == []
+    calls = []
+    real = layers.depthwise_conv2d
+
+    def spy(x, weight, bias=None, dilation=1, choice='auto'):
+        calls.append(choice)
+        return real(x, weight, bias, dilation, choice)
+    monkeypatch.setattr(layers, 'depthwise_conv2d', spy)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert len(calls) == len(convs) and set(calls) == {'torch'}
+    model.switch_to_deploy()
+    deployed = [m for m in model.modules() if isinstance(m, (layers.DepthwiseConv2d, layers.ResDWConv))]
+    assert {m.choice for m in deployed} == {'torch'}
+    assert layers.set_depthwise_choice(model, 'auto') == len(deployed)
+
+
+def test_cuda_autocast_casts_as_conv2d_does():
+    """Under CUDA autocast the op's inputs are cast as F.conv2d's are: floating tensors other than fp64 to
+    the autocast dtype; fp64 and None kept."""
+    x, w = torch.randn(1, 2, 4, 4), torch.randn(2, 1, 3, 3, dtype=torch.float64)
+    cast_x, cast_w, cast_b = dw._autocast_cuda(x, w, None)
+    assert cast_x.dtype == torch.get_autocast_dtype('cuda') and cast_w.dtype == torch.float64 and cast_b is None
+
+
+def test_plain_conv_where_every_pass_runs_pytorch(injected, monkeypatch):
+    """depthwise_conv2d skips the op (calls F.conv2d) for 'torch', for 'auto' in deterministic runs, and for
+    'auto' once the three passes of the key chose 'torch'; not while one pass is unmeasured or chose another."""
+    x = torch.randn(2, 8, 30, 40)
+    assert dw.plain_conv(x, 7, 2, False, 'torch')
+    assert not dw.plain_conv(x, 7, 2, False, 'triton')
+    assert not dw.plain_conv(x, 7, 2, False, 'auto')                       # nothing chosen yet
+    injected['times'] = {'torch': 1., 'triton': 2., 'fft': 3.}
+    for name in ('forward', 'input_grad'):
+        dw.select(dw.choice_key(name, x, 7, 2), _candidates([]), 'auto', x.device)
+    assert not dw.plain_conv(x, 7, 2, False, 'auto')                       # weight gradient not measured
+    dw.select(dw.choice_key('weight_grad', x, 7, 2), _candidates([]), 'auto', x.device)
+    assert dw.plain_conv(x, 7, 2, False, 'auto')
+    assert not dw.plain_conv(x, 7, 2, True, 'auto')                        # the forward with bias: not measured
+    injected['times'] = {'torch': 5., 'triton': 2., 'fft': 3.}
+    assert dw.select(dw.choice_key('forward', x, 7, 2, True), _candidates([]), 'auto', x.device) == 'triton'
+    assert not dw.plain_conv(x, 7, 2, True, 'auto')
+    monkeypatch.setattr(torch.backends.cudnn, 'deterministic', True)
+    assert dw.plain_conv(x, 7, 2, True, 'auto') and not dw.plain_conv(x, 7, 2, True, 'triton')

@@ -1,18 +1,64 @@
-"""tools/analysis/gpu_check.py runs its non-Triton rows on a CPU (``--device cpu``) and prints one table."""
-import importlib.util
+"""tools/analysis/gpu_check.py runs its non-Triton rows on a CPU (``--device cpu``) and prints one table; rows a, b
+and d need no OpenMMLab package beyond mmengine (checked with mmcv, mmdet, mmseg, mmpretrain and pytest blocked
+from import, as on a bare GPU machine)."""
+import json
+import os
 import os.path as osp
+import shlex
+import subprocess
+import sys
+import warnings
 
 import pytest
 import torch
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from .conftest import ROOT, load_tool
+
+#: what a bare GPU environment lacks (torch, triton, numpy and mmengine are there)
+ABSENT = ('mmcv', 'mmdet', 'mmseg', 'mmpretrain', 'pytest')
+
+# Runs a script as __main__ with some top-level packages made unimportable: argv = packages, script, args.
+RUN_WITHOUT = r'''
+import importlib.abc, runpy, sys
+absent = set(sys.argv[1].split(','))
+
+
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition('.')[0] in absent:
+            raise ModuleNotFoundError(f'No module named {name!r} (blocked by the test)', name=name)
+        return None
+
+
+sys.meta_path.insert(0, Absent())
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+'''
 
 
 def load_gpu_check():
-    spec = importlib.util.spec_from_file_location('gpu_check', osp.join(ROOT, 'tools', 'analysis', 'gpu_check.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('analysis/gpu_check')
+
+
+def run_without(absent, args, tmp_path):
+    """gpu_check.py run in a fresh interpreter with ``absent`` unimportable; its rows (from --json)."""
+    out = tmp_path / 'rows.json'
+    script = osp.join(ROOT, 'tools', 'analysis', 'gpu_check.py')
+    proc = subprocess.run([sys.executable, '-c', RUN_WITHOUT, ','.join(absent), script, *args, '--json', str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())['rows']
+
+
+def documented_cpu_command():
+    """The CPU command of docs/gpu.md, which the script's docstring gives too."""
+    with open(osp.join(ROOT, 'docs', 'gpu.md')) as f:
+        lines = [line for line in f if 'gpu_check.py --device cpu' in line]
+    assert len(lines) == 1, lines
+    command = lines[0].split('#')[0].strip()
+    assert command in load_gpu_check().__doc__
+    return shlex.split(command)[2:]
 
 
 def test_feature_sizes_follow_the_strided_convs():
@@ -21,15 +67,12 @@ def test_feature_sizes_follow_the_strided_convs():
     assert [gpu_check.feature_size(1333, s) for s in (4, 8, 16, 32)] == [334, 167, 84, 42]
 
 
-CPU_ARGS = ['--device', 'cpu', '--image', '224', '224', '--batch', '1', '--dtypes', 'fp32', '--warmup', '0',
-            '--repeats', '1']
-
-
-def test_gpu_check_cpu_rows(capsys):
-    gpu_check = load_gpu_check()
-    rows = gpu_check.main(CPU_ARGS + ['--rows', 'a', 'b', 'd'])
-    table = capsys.readouterr().out
-    assert table.count('\n| a |') == len([r for r in rows if r['row'] == 'a'])
+def test_documented_cpu_run_without_openmmlab_packages(tmp_path):
+    """The documented CPU command, with mmcv, mmdet, mmseg, mmpretrain and pytest unimportable: rows a, b and d
+    run (ConvNeXt-T from torchvision), the op and the backbone give bitwise-equal results twice."""
+    args = documented_cpu_command()
+    assert args[:2] == ['--device', 'cpu'] and args[args.index('--rows') + 1:] == ['a', 'b', 'd']
+    rows = run_without(ABSENT, args, tmp_path)
     by_row = {key: [r for r in rows if r['row'] == key] for key in 'abd'}
     # a: four Focus-Net shapes x five implementations; Triton needs CUDA, the others are timed
     assert len(by_row['a']) == 4 * 5
@@ -40,19 +83,54 @@ def test_gpu_check_cpu_rows(capsys):
             assert r['ms'] > 0 and r['peak_mib'] is None, r
     assert {r['case'].split(':')[0] for r in by_row['a']} == {'OverLoCK-T stage 3', 'OverLoCK-T stage 4',
                                                               'OverLoCK-S stage 3', 'OverLoCK-S stage 4'}
-    # b: ConvNeXt-T and OverLoCK-T training steps in fp32 (AMP needs CUDA), the ratio in OverLoCK's note
+    # b: ConvNeXt-T (torchvision's: mmpretrain is absent) and OverLoCK-T training steps in fp32
     fp32 = [r for r in by_row['b'] if r['dtype'] == 'fp32']
-    assert [r['impl'].split(' (')[0] for r in fp32] == ['ConvNeXt-T', 'OverLoCK-T'] and all(r['ms'] > 0 for r in fp32)
-    assert 'the time of ConvNeXt-T' in fp32[1]['note']
+    assert [r['impl'] for r in fp32] == ['ConvNeXt-T (torchvision)', 'OverLoCK-T (detection layout)']
+    assert all(r['ms'] > 0 for r in fp32) and 'the time of ConvNeXt-T' in fp32[1]['note']
     assert all(r['note'] == 'AMP needs CUDA' for r in by_row['b'] if r['dtype'] != 'fp32')
-    # d: the op and the backbone give bitwise-equal gradients twice
-    assert [r['note'] for r in by_row['d']] == ['bitwise equal', 'bitwise equal']
+    # d: the op and the backbone bitwise equal twice; nothing non-deterministic by design on a CPU
+    assert [(r['note'], r['nondeterministic_by_design'], r['ok']) for r in by_row['d']] == [
+        ('bitwise equal', [], True)] * 2
+
+
+def test_convnext_row_skipped_with_its_reason_without_mmpretrain_and_torchvision(tmp_path):
+    rows = run_without(ABSENT + ('torchvision', ), ['--device', 'cpu', '--rows', 'b'], tmp_path)
+    convnext = [r for r in rows if r['impl'] == 'convnext_t']
+    assert len(convnext) == 2 and all('ConvNeXt-T needs mmpretrain or torchvision' in r['note'] for r in convnext)
+    assert [r['impl'] for r in rows if 'ms' in r] == ['OverLoCK-T (detection layout)']
+
+
+def test_small_maps_are_skipped_with_the_reason(capsys):
+    """At 128x160 the stride-16 and -32 maps (8x10, 4x5) are smaller than k = 13 and 7: row a says so; row d
+    checks the op at a k x k map."""
+    rows = load_gpu_check().main(['--device', 'cpu', '--image', '128', '160', '--rows', 'a'])
+    assert [r['note'] for r in rows] == ['skipped: the 8x10 map is smaller than k=13 (use a larger --image)',
+                                         'skipped: the 4x5 map is smaller than k=7 (use a larger --image)'] * 2
+    op_row = load_gpu_check().determinism_rows(
+        load_gpu_check().parse_args(['--device', 'cpu', '--image', '128', '160']), torch.device('cpu'))[0]
+    assert op_row['case'] == 'na2d_av op, B1 G8 C16 13x13 k13' and op_row['note'] == 'bitwise equal'
+
+
+def test_nondeterministic_ops_are_named_from_pytorchs_own_warnings():
+    """What ``torch.use_deterministic_algorithms(True, warn_only=True)`` reports is collected by name (here two
+    reports in PyTorch's wording, one repeated), and the setting is restored."""
+    gpu_check = load_gpu_check()
+
+    def backward_with_atomics():
+        assert torch.are_deterministic_algorithms_enabled()
+        for op in ('adaptive_avg_pool2d_backward_cuda', 'upsample_bilinear2d_backward_out_cuda',
+                   'adaptive_avg_pool2d_backward_cuda'):
+            warnings.warn(f"{op} does not have a deterministic implementation, but you set "
+                          f"'torch.use_deterministic_algorithms(True, warn_only=True)'.")
+    assert gpu_check.nondeterministic_ops(backward_with_atomics) == [
+        'adaptive_avg_pool2d_backward_cuda', 'upsample_bilinear2d_backward_out_cuda']
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_gpu_check_detector_row():
     """Row c: one training iteration of the shipped Cascade Mask R-CNN OverLoCK-T on random data (mmdet and
     mmcv's ops are installed here); ~30 s on one CPU thread, most of it the three 4conv1fc RoI heads."""
-    rows = load_gpu_check().main(CPU_ARGS + ['--rows', 'c'])
+    rows = load_gpu_check().main(['--device', 'cpu', '--rows', 'c'])
     assert len(rows) == 1 and rows[0]['ms'] > 0 and 'note' not in rows[0], rows
 
 

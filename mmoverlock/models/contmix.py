@@ -16,8 +16,8 @@ from mmengine.model import BaseModule
 from ..ops import is_exporting, is_tracing, na2d_av_channels_first
 from ..ops.na2d import window_keys
 from ..registry import MODELS
-from .layers import (GRN, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale, PointwiseConv2d, ResDWConv,
-                     SEModule)
+from .layers import (GRN, DepthwiseConv2d, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale,
+                     PointwiseConv2d, ResDWConv, SEModule)
 
 NUM_REGIONS = 7  # default: the context is pooled to 7 x 7 = 49 region centres (official)
 
@@ -307,7 +307,7 @@ class ContMixBlock(_ContMixBase):
         self.dwconv1 = ResDWConv(out_dim, 3)
         self.norm1 = LayerNorm2d(out_dim)
         self.fusion = nn.Sequential(
-            nn.Conv2d(out_dim, out_dim, 3, padding=1, groups=out_dim), nn.BatchNorm2d(out_dim), nn.GELU(),
+            DepthwiseConv2d(out_dim, 3, bias=True), nn.BatchNorm2d(out_dim), nn.GELU(),
             PointwiseConv2d(out_dim, dim), GRN(dim))
         self.dyconv_proj = nn.Sequential(PointwiseConv2d(dim, dim, bias=False), nn.BatchNorm2d(dim))
         self.lepe = nn.Sequential(DilatedReparamBlock(dim, kernel_size, deploy), nn.BatchNorm2d(dim))
@@ -358,4 +358,3 @@ class ContMixBlock(_ContMixBase):
 
     def switch_to_deploy(self) -> None:
         self.lepe[0].switch_to_deploy()
-

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import is_tracing
-from ..ops.depthwise import depthwise_conv2d
+from ..ops.depthwise import CHOICES, depthwise_conv2d
 
 # UniRepLKNet's dilated re-parameterisation table: large kernel K -> (branch kernels, dilations).
 DILATED_BRANCHES: Dict[int, Tuple[List[int], List[int]]] = {
@@ -81,7 +81,8 @@ class GRN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_contiguous():
             gx = torch.linalg.vector_norm(x, ord=2, dim=(-1, -2), keepdim=True, dtype=torch.float32)
-        else:  # channels-last: a spatial vector_norm is ~15x slower there than a square-sum on CPU
+        else:  # channels-last: a square-sum, faster than a spatial vector_norm there on CPU
+            # (tools/analysis/benchmark_layers.py, docs/benchmarks.md)
             gx = x.float().square().sum(dim=(-1, -2), keepdim=True).sqrt()
         nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
         # (gamma * nx + 1) * x + beta in one pass
@@ -110,7 +111,8 @@ class ResDWConv(nn.Conv2d):
     """Residual depthwise conv ``x + dwconv(x)``; it is the conv itself (its weight sits at its own name).
 
     Computed as one conv whose kernel has 1 added at its centre (the identity folded in: one pass over
-    the map instead of two; same parameters and gradients).
+    the map instead of two; same parameters and gradients), by :func:`mmoverlock.ops.depthwise_conv2d`
+    (PyTorch's conv on CPU; on CUDA the candidate ``choice`` selects). (B, C, H, W) -> (B, C, H, W).
     """
 
     def __init__(self, dim: int, kernel_size: int = 3):
@@ -118,16 +120,19 @@ class ResDWConv(nn.Conv2d):
         identity = torch.zeros(1, 1, kernel_size, kernel_size)
         identity[..., kernel_size // 2, kernel_size // 2] = 1
         self.register_buffer('identity_kernel', identity, persistent=False)   # not in the state dict
+        self.choice = 'auto'
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight + self.identity_kernel.to(self.weight.dtype), self.bias)
+        return depthwise_conv2d(x, self.weight + self.identity_kernel.to(self.weight.dtype), self.bias, 1,
+                                self.choice)
 
 
 class PointwiseConv2d(nn.Conv2d):
     """A 1x1 ``nn.Conv2d`` (same parameters) that runs as a matmul over channels on channels-last maps.
 
-    On CPU a single-threaded 1x1 conv of a channels-last map takes PyTorch's im2col path, ~1.7x slower
-    than ``F.linear`` on the NHWC view; other inputs use the conv. (B, C_in, H, W) -> (B, C_out, H, W).
+    On CPU a 1x1 conv of a channels-last map takes PyTorch's im2col path, slower than ``F.linear`` on the
+    NHWC view (tools/analysis/benchmark_layers.py, docs/benchmarks.md); other inputs use the conv.
+    (B, C_in, H, W) -> (B, C_out, H, W).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, bias: bool = True):
@@ -147,15 +152,31 @@ class PointwiseConv2d(nn.Conv2d):
 class DepthwiseConv2d(nn.Conv2d):
     """A stride-1 depthwise ``nn.Conv2d`` with 'same' padding (same parameters) computed by
     :func:`mmoverlock.ops.depthwise.depthwise_conv2d`: on CPU the large-kernel weight gradient by FFT and the
-    dilated kernels on their polyphase sub-grids (several times faster, equal up to rounding); elsewhere
-    PyTorch's own conv. (B, C, H, W) -> (B, C, H, W)."""
+    dilated kernels on their polyphase sub-grids (several times faster, equal up to rounding); on CUDA the
+    fastest of PyTorch's conv, the Triton kernels and the FFT weight gradient, by measurement
+    (``choice='auto'``; see :func:`set_depthwise_choice`). (B, C, H, W) -> (B, C, H, W)."""
 
     def __init__(self, channels: int, kernel_size: int, dilation: int = 1, bias: bool = False):
         super().__init__(channels, channels, kernel_size, padding=dilation * (kernel_size - 1) // 2,
                          dilation=dilation, groups=channels, bias=bias)
+        self.choice = 'auto'
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return depthwise_conv2d(x, self.weight, self.bias, self.dilation[0])
+        return depthwise_conv2d(x, self.weight, self.bias, self.dilation[0], self.choice)
+
+
+def set_depthwise_choice(model: nn.Module, choice: str) -> int:
+    """Set how every depthwise conv of ``model`` (:class:`DepthwiseConv2d`, :class:`ResDWConv`) picks its
+    kernels on CUDA: 'auto' (measured on first use, cached), 'torch' (PyTorch's conv) or 'triton'.
+    Returns the number of convs set."""
+    if choice not in CHOICES:
+        raise ValueError(f'depthwise_choice={choice!r} is not one of {CHOICES}')
+    count = 0
+    for module in model.modules():
+        if isinstance(module, (DepthwiseConv2d, ResDWConv)):
+            module.choice = choice
+            count += 1
+    return count
 
 
 def fuse_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -225,6 +246,7 @@ class DilatedReparamBlock(nn.Module):
             kernel = kernel + F.pad(dense, [pad] * 4)
             bias = bias + branch_b
         conv = DepthwiseConv2d(kernel.shape[0], self.kernel_size, bias=True).to(kernel.device, kernel.dtype)
+        conv.choice = self.lk_origin.choice
         conv.weight.copy_(kernel)
         conv.bias.copy_(bias)
         self.lk_origin = conv

@@ -4,7 +4,8 @@ Rows (``--rows``, default all):
 
 * **a** -- aggregation ``na2d_av`` forward+backward at the OverLoCK-T and -S Focus-Net stage-3/4 shapes of a
   COCO batch (800x1333, batch 2; the large-kernel half of a block), fp32 and bf16: the fused Triton kernels,
-  the tap loop (the CPU kernel run on the device), the official unfold fallback, a cuDNN depthwise conv of
+  the op's CPU kernels run on the device (per-window matmuls, dense operator or tap loop by map size; the
+  baseline of the speed-up notes), the official unfold fallback, a cuDNN depthwise conv of
   the same k (the speed to aim at) and the relative-position-bias + softmax over taps that produces the
   kernels (whether fusing it into the forward could pay). Time and peak memory growth.
 * **b** -- a training step of the OverLoCK-T detection backbone at 800x1333 batch 2 (forward, sum of output
@@ -13,30 +14,41 @@ Rows (``--rows``, default all):
 * **c** -- one training iteration of the shipped Cascade Mask R-CNN OverLoCK-T model
   (configs/det/cascade_overlock_t_3x_coco.py, SyncBN as BN, random weights) on random 800x1333 images with
   random boxes and masks (needs mmdet and mmcv's compiled ops).
-* **d** -- two backward passes bitwise equal: the aggregation op, and the backbone with deterministic cuDNN.
+* **d** -- determinism: the aggregation op's output and gradients bitwise equal over two runs (a failure
+  otherwise: its kernels use no atomics); the backbone's gradients with deterministic cuDNN, compared the same
+  way, with the ops PyTorch lists as non-deterministic on the device named in the note (on CUDA the backward
+  of the 7x7 region pooling, ``adaptive_avg_pool2d``, and of ``upsample_bilinear2d`` use atomics).
+* **e** -- the backbone's depthwise convs (OverLoCK-T/S stages 1-3 at the image size: every train-form branch
+  of the DilatedReparamBlocks, the deploy form's merged kernel, the 3x3 ResDWConvs), forward + backward, fp32
+  and bf16: PyTorch (cuDNN), the Triton kernels, PyTorch with the FFT weight gradient, and the automatic choice
+  of ``mmoverlock.ops.depthwise_conv2d`` (what it picked per pass in the note); then row b's OverLoCK-T
+  training step with ``depthwise_choice='auto'`` and ``'torch'`` (AMP off and on).
 
 Time is the median of ``--repeats`` runs after ``--warmup`` (CUDA synchronised; Triton's compilation falls
 in the warm-up); memory is ``torch.cuda.max_memory_allocated`` growth over the inputs (CUDA only). A row that
-cannot run says why in its note. On a CPU (``--device cpu``) the non-Triton rows run, for checking the script:
+cannot run says why in its note (an aggregation map smaller than its kernel, a package that is missing).
 
-    python tools/analysis/gpu_check.py                                 # the whole check on a GPU (< 8 min)
-    python tools/analysis/gpu_check.py --device cpu --image 128 160 --rows a b d --repeats 1
+Rows a, b and d need only torch, triton, numpy and mmengine (and mmoverlock): ConvNeXt-T comes from mmpretrain,
+else torchvision, else its row is skipped with the reason; row c needs mmdet and mmcv. On a CPU
+(``--device cpu``) the non-Triton rows run, for checking the script (at 224x224, batch 1, fp32, one run):
+
+    python tools/analysis/gpu_check.py --json gpu_check.json      # the whole check on a GPU
+    python tools/analysis/gpu_check.py --device cpu --rows a b d   # checks the script on a CPU
 """
 import argparse
 import json
 import os.path as osp
+import re
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+import warnings
+from typing import Callable, Dict, List
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-
-from overlock_analysis.shapes import focus_aggregation_shapes  # noqa: E402
+from mmoverlock.analysis.shapes import focus_aggregation_shapes
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 CASCADE_T = 'configs/det/cascade_overlock_t_3x_coco.py'
@@ -75,8 +87,9 @@ def measure(fn: Callable[[], None], device: torch.device, warmup: int, repeats: 
 
 
 # ----------------------------------------------------------------------------------------------- row a
-class _TapLoop(torch.autograd.Function):
-    """The op's CPU kernels (tap loop / dense by map size) with autograd, on any device."""
+class _CPUKernels(torch.autograd.Function):
+    """The op's CPU kernels (per-window matmuls, dense operator or tap loop by map size) with autograd, run on
+    any device: what CUDA runs without Triton."""
 
     @staticmethod
     def forward(ctx, attn, value, kernel_size):
@@ -117,6 +130,10 @@ def aggregation_rows(args, device) -> List[dict]:
             h, w = feature_size(h0, stride), feature_size(w0, stride)
             c = dim // (2 * groups)
             case = f'{model} stage {stage}: B{args.batch} G{groups} C{c} {h}x{w} k{k}'
+            if min(h, w) < k:
+                rows.append(dict(row='a', case=case, impl='-', dtype='-',
+                                 note=f'skipped: the {h}x{w} map is smaller than k={k} (use a larger --image)'))
+                continue
             for dtype_name in args.dtypes:
                 dtype = DTYPES[dtype_name]
                 torch.manual_seed(0)
@@ -128,7 +145,7 @@ def aggregation_rows(args, device) -> List[dict]:
                 bias = torch.randn(groups, k * k, h, w, device=device, dtype=dtype)
                 impls = {
                     'triton': lambda a, v: _triton(a, v, k),
-                    'tap loop': lambda a, v: _TapLoop.apply(a, v, k),
+                    'CPU kernels': lambda a, v: _CPUKernels.apply(a, v, k),
                     'unfold': lambda a, v: _unfold(a, v, k),
                     'cuDNN depthwise conv': lambda a, v: _depthwise(a, v, k, weight),
                     'bias + softmax over taps': lambda a, v: (a + bias).float().softmax(2).to(dtype),
@@ -146,7 +163,7 @@ def aggregation_rows(args, device) -> List[dict]:
                         torch.autograd.backward(out, grad if out.shape == grad.shape else torch.ones_like(out))
                         a_in.grad = v_in.grad = None
                     rows.append(_run(row, step, device, args))
-    _add_ratios(rows, 'tap loop', 'speed-up vs tap loop')
+    _add_ratios(rows, 'CPU kernels', 'speed-up vs CPU kernels')
     return rows
 
 
@@ -170,13 +187,18 @@ def _add_ratios(rows: List[dict], baseline: str, label: str) -> None:
 
 # ----------------------------------------------------------------------------------------------- row b
 def _convnext_t():
-    """mmpretrain's ConvNeXt-T (4 stage outputs), else torchvision's; (model, name)."""
+    """mmpretrain's ConvNeXt-T (4 stage outputs), else torchvision's; (model, name). ImportError naming both
+    where neither is installed."""
     try:
         from mmpretrain.models.backbones import ConvNeXt
         return ConvNeXt('tiny', out_indices=(0, 1, 2, 3), gap_before_final_norm=False), 'ConvNeXt-T (mmpretrain)'
     except ImportError:
+        pass
+    try:
         from torchvision.models import convnext_tiny
-        return convnext_tiny().features, 'ConvNeXt-T (torchvision)'
+    except ImportError as err:
+        raise ImportError(f'ConvNeXt-T needs mmpretrain or torchvision, neither is installed ({err})') from err
+    return convnext_tiny().features, 'ConvNeXt-T (torchvision)'
 
 
 def _overlock_t_det():
@@ -209,7 +231,7 @@ def backbone_rows(args, device) -> List[dict]:
             try:
                 model, name = factory()
             except ImportError as err:
-                rows.append(dict(row, impl=factory.__name__.strip('_'), note=f'not importable: {err}'))
+                rows.append(dict(row, impl=factory.__name__.strip('_'), note=f'skipped: {err}'))
                 continue
             row['impl'] = name
             if amp and device.type != 'cuda':
@@ -257,16 +279,16 @@ def _random_det_batch(batch: int, size, device, num_classes: int = 80):
 
 
 def detector_rows(args, device) -> List[dict]:
-    row = dict(row='c', case=f'Cascade Mask R-CNN OverLoCK-T, {args.image[0]}x{args.image[1]} batch '
-                              f'{args.batch}', impl='one training iteration', dtype='fp32')
+    case = f'Cascade Mask R-CNN OverLoCK-T, {args.image[0]}x{args.image[1]} batch {args.batch}'
+    row = dict(row='c', case=case, impl='one training iteration', dtype='fp32')
     try:
+        import mmcv.ops  # noqa: F401  (RoIAlign)
+        from mmdet.registry import MODELS
         from mmengine.config import Config
         from mmengine.registry import init_default_scope
 
         import mmoverlock  # noqa: F401
-        from mmdet.registry import MODELS
-        from mmoverlock.utils.runtime import sync_bn_to_bn
-        import mmcv.ops  # noqa: F401  (RoIAlign)
+        from mmoverlock.cli.runtime import sync_bn_to_bn
     except ImportError as err:
         return [dict(row, note=f'skipped: {err} (needs mmdet and mmcv with its compiled ops)')]
     cfg = Config.fromfile(osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), CASCADE_T))
@@ -291,20 +313,51 @@ def detector_rows(args, device) -> List[dict]:
 
 
 # ----------------------------------------------------------------------------------------------- row d
+#: the Focus-Net stage-3 aggregation of OverLoCK-T (groups, channels per group, kernel) that row d checks
+DETERMINISM_OP = (8, 16, 13)
+
+
+def nondeterministic_ops(fn: Callable[[], object]) -> List[str]:
+    """The ops ``fn`` runs that have no deterministic implementation on this device, by PyTorch's own list:
+    what ``torch.use_deterministic_algorithms(True, warn_only=True)`` warns about (none on a CPU)."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            fn()
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    names = []
+    for warning in caught:
+        match = re.match(r'(\S+) does not have a deterministic implementation', str(warning.message))
+        if match and match.group(1) not in names:
+            names.append(match.group(1))
+    return names
+
+
 def determinism_rows(args, device) -> List[dict]:
+    """Row d: the aggregation op's output and gradients must be bitwise equal over two runs (its kernels use no
+    atomics); the backbone's gradients are compared too, and the ops that are non-deterministic by design on
+    this device (PyTorch's list, e.g. adaptive_avg_pool2d's and upsample_bilinear2d's backward on CUDA) are
+    named, so a difference they explain is not reported as a failure."""
     rows = []
-    _, groups, k, stride = (256, 8, 13, 16)
-    h, w = feature_size(args.image[0], 16), feature_size(args.image[1], 16)
+    groups, channels, k = DETERMINISM_OP
+    # a stride-16 map of the image, at least k on each side
+    h, w = (max(feature_size(length, 16), k) for length in args.image)
     torch.manual_seed(0)
     attn = torch.randn(args.batch, groups, k * k, h, w, device=device).softmax(2).requires_grad_()
-    value = torch.randn(args.batch, groups, 16, h, w, device=device, requires_grad=True)
+    value = torch.randn(args.batch, groups, channels, h, w, device=device, requires_grad=True)
     grad = torch.randn_like(value)
 
-    def op_grads():
+    def op_outputs():
         from mmoverlock.ops import na2d_av_channels_first
-        return torch.autograd.grad(na2d_av_channels_first(attn, value, k), (attn, value), grad)
+        out = na2d_av_channels_first(attn, value, k)
+        return (out, *torch.autograd.grad(out, (attn, value), grad))
 
-    cases = [(f'na2d_av op, B{args.batch} G{groups} C16 {h}x{w} k{k}', op_grads)]
+    cases = [(f'na2d_av op, B{args.batch} G{groups} C{channels} {h}x{w} k{k}', 'forward + backward twice',
+              op_outputs)]
     try:
         model, _ = _overlock_t_det()
         model.to(device).train()
@@ -314,26 +367,175 @@ def determinism_rows(args, device) -> List[dict]:
             torch.manual_seed(1)                   # the same drop-path draws in both passes
             loss = sum(o.mean() for o in model(images))
             return torch.autograd.grad(loss, list(model.parameters()))
-        cases.append(('OverLoCK-T backbone (cudnn.deterministic)', backbone_grads))
+        cases.append(('OverLoCK-T backbone (cudnn.deterministic)', 'backward twice', backbone_grads))
     except ImportError as err:
-        rows.append(dict(row='d', case='OverLoCK-T backbone', impl='-', dtype='fp32', note=f'not importable: {err}'))
+        rows.append(dict(row='d', case='OverLoCK-T backbone', impl='-', dtype='fp32', note=f'skipped: {err}'))
     deterministic = torch.backends.cudnn.deterministic
     torch.backends.cudnn.deterministic = True
     try:
-        for case, fn in cases:
+        for case, impl, fn in cases:
+            by_design = nondeterministic_ops(fn)
             first, second = fn(), fn()
             equal = all(torch.equal(a, b) for a, b in zip(first, second))
             worst = max((a - b).abs().max().item() for a, b in zip(first, second))
-            rows.append(dict(row='d', case=case, impl='backward twice', dtype='fp32',
-                             note='bitwise equal' if equal else f'NOT bitwise equal (max diff {worst:.3g})',
-                             bitwise_equal=equal))
+            if equal:
+                note = 'bitwise equal'
+            elif by_design:
+                note = f'differs by {worst:.3g}: non-deterministic by design here: {", ".join(by_design)}'
+            else:
+                note = f'NOT bitwise equal (max diff {worst:.3g})'
+            rows.append(dict(row='d', case=case, impl=impl, dtype='fp32', note=note, bitwise_equal=equal,
+                             nondeterministic_by_design=by_design, ok=equal or bool(by_design)))
     finally:
         torch.backends.cudnn.deterministic = deterministic
     return rows
 
 
+# ----------------------------------------------------------------------------------------------- row e
+def depthwise_conv_cases(image, variants=('t', 's'), stages=(1, 2, 3)) -> Dict[tuple, List[str]]:
+    """The backbone's depthwise convs at stages 1-3 of an ``image`` (H, W) batch: {(C, H, W, k, dilation,
+    bias): ['T/S s1 train lk', ...]}, shapes shared by OverLoCK-T and -S listed once. Train form: each
+    DilatedReparamBlock's large kernel and dilated branches; deploy form: the merged kernel with bias; and the
+    two 3x3 ResDWConvs (map and MLP hidden width) of every block."""
+    from mmoverlock.models.backbones.overlock import resolve_arch
+    from mmoverlock.models.layers import DILATED_BRANCHES
+    cases: Dict[tuple, List[tuple]] = {}
+    for variant in variants:
+        arch = resolve_arch(variant)
+        for stage in stages:
+            dim, k = arch['embed_dim'][stage - 1], arch['kernel_size'][stage - 1]
+            h, w = feature_size(image[0], 2 ** (stage + 1)), feature_size(image[1], 2 ** (stage + 1))
+            hidden = int(dim * arch['mlp_ratio'][stage - 1])
+            branches = [(dim, bk, bd, False, 'train branch') for bk, bd in zip(*DILATED_BRANCHES[k])]
+            convs = [(dim, k, 1, False, 'train lk'), *branches, (dim, k, 1, True, 'deploy merged'),
+                     (dim, 3, 1, True, 'ResDWConv'), (hidden, 3, 1, True, 'ResDWConv hidden')]
+            for c, kk, d, bias, role in convs:
+                cases.setdefault((c, h, w, kk, d, bias), []).append((variant.upper(), stage, role))
+    return {shape: _where(uses) for shape, uses in cases.items()}
+
+
+def _where(uses) -> List[str]:
+    """[(variant, stage, role)] -> ['T/S s1 train lk', ...]: the variants sharing a stage and role joined."""
+    variants: Dict[tuple, List[str]] = {}
+    for variant, stage, role in uses:
+        variants.setdefault((stage, role), []).append(variant)
+    return [f"{'/'.join(v)} s{stage} {role}" for (stage, role), v in variants.items()]
+
+
+class _FFTWeightGrad(torch.autograd.Function):
+    """PyTorch's forward and input gradient with the FFT weight gradient, on any device."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, dilation):
+        k = weight.shape[-1]
+        ctx.save_for_backward(x, weight)
+        ctx.dilation = dilation
+        return F.conv2d(x, weight, bias, 1, dilation * (k - 1) // 2, dilation, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from mmoverlock.ops import depthwise
+        x, weight = ctx.saved_tensors
+        k, d = weight.shape[-1], ctx.dilation
+        grad_x = depthwise._conv_bwd(grad_out, x, weight, d * (k - 1) // 2, d, [True, False, False])[0]
+        grad_w = depthwise._fft_weight_grad_any(x, grad_out, k, d)
+        return grad_x, grad_w, grad_out.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None, None
+
+
+def _auto_note(x, k: int, d: int, bias: bool) -> str:
+    """What the automatic choice picked for this conv (CUDA), or the CPU rule's paths."""
+    from mmoverlock.ops import depthwise
+    if x.device.type != 'cuda':
+        return 'CPU rule (fwd, input grad, weight grad) = ({})'.format(', '.join(depthwise.choose_paths(x, k, d)))
+    chosen = depthwise.chosen()
+    picks = [chosen.get(depthwise.choice_key(name, x, k, d, bias if name == depthwise.FORWARD else False), '?')
+             for name in (depthwise.FORWARD, depthwise.INPUT_GRAD, depthwise.WEIGHT_GRAD)]
+    return 'auto picked fwd {}, input grad {}, weight grad {}'.format(*picks)
+
+
+def depthwise_rows(args, device) -> List[dict]:
+    """Row e: each depthwise conv forward + backward by PyTorch, the Triton kernels, PyTorch with the FFT
+    weight gradient, and the automatic choice (what it picked in the note); then row b's OverLoCK-T training
+    step with the choice 'auto' and 'torch' (PyTorch's conv everywhere)."""
+    from mmoverlock.ops import depthwise, depthwise_conv2d, triton_depthwise_conv2d
+    rows = []
+    depthwise.clear_choices()
+    for (c, h, w, k, d, bias), where in depthwise_conv_cases(args.image).items():
+        case = f"{'; '.join(where)}: B{args.batch} C{c} {h}x{w} k{k} d{d}{' +bias' if bias else ''}"
+        for dtype_name in args.dtypes:
+            dtype = DTYPES[dtype_name]
+            torch.manual_seed(0)
+            x = torch.randn(args.batch, c, h, w, device=device, dtype=dtype)
+            weight = (torch.randn(c, 1, k, k, device=device) / k).to(dtype)
+            b = torch.randn(c, device=device, dtype=dtype) if bias else None
+            grad = torch.randn_like(x)
+            impls = {
+                'PyTorch': lambda x_, w_, b_: F.conv2d(x_, w_, b_, 1, d * (k - 1) // 2, d, c),
+                'Triton': lambda x_, w_, b_: triton_depthwise_conv2d(x_, w_, b_, d),
+                'PyTorch + FFT weight grad': lambda x_, w_, b_: _FFTWeightGrad.apply(x_, w_, b_, d),
+                'auto': lambda x_, w_, b_: depthwise_conv2d(x_, w_, b_, d, 'auto'),
+            }
+            for impl, fn in impls.items():
+                row = dict(row='e', case=case, impl=impl, dtype=dtype_name)
+                if impl == 'Triton' and device.type != 'cuda':
+                    rows.append(dict(row, note='needs CUDA'))
+                    continue
+                leaves = [t.detach().requires_grad_() for t in (x, weight, b) if t is not None]
+
+                def step(fn=fn, leaves=leaves):
+                    out = fn(*leaves) if len(leaves) == 3 else fn(*leaves, None)
+                    torch.autograd.backward(out, grad)
+                    for t in leaves:
+                        t.grad = None
+                if impl == 'auto' and device.type == 'cuda':
+                    step()                          # the measurement on first use stays out of the timing
+                rows.append(_run(row, step, device, args))
+                if impl == 'auto':
+                    rows[-1]['picked'] = _auto_note(leaves[0], k, d, bias)
+    _add_ratios(rows, 'PyTorch', 'speed-up vs PyTorch')
+    for row in rows:
+        if 'picked' in row:
+            row['note'] = f"{row['note']}; {row['picked']}" if 'note' in row else row['picked']
+    rows += _training_step_choice_rows(args, device)
+    return rows
+
+
+def _training_step_choice_rows(args, device) -> List[dict]:
+    """Row b's OverLoCK-T training step with the depthwise choice 'auto', then 'torch'."""
+    from mmoverlock.models.layers import set_depthwise_choice
+    from mmoverlock.ops import depthwise
+    rows = []
+    case = f'training step (row b), {args.image[0]}x{args.image[1]} batch {args.batch}'
+    for amp in (False, True):
+        for choice in ('auto', 'torch'):
+            row = dict(row='e', case=case, impl=f'OverLoCK-T, depthwise_choice={choice!r}',
+                       dtype='AMP fp16' if amp else 'fp32')
+            if device.type != 'cuda':
+                rows.append(dict(row, note='the choice applies on CUDA only (the CPU runs its fixed rule)'))
+                continue
+            model, _ = _overlock_t_det()
+            set_depthwise_choice(model, choice)
+            model.to(device).train()
+            torch.manual_seed(0)
+            images = torch.randn(args.batch, 3, *args.image, device=device)
+            step = training_step(model, images, amp)
+            if choice == 'auto':
+                depthwise.clear_choices()
+                step()                              # the measurement on first use stays out of the timing
+            rows.append(_run(row, step, device, args))
+            del model, images, step
+            torch.cuda.empty_cache()
+    for row in rows:
+        base = next((r for r in rows if r['impl'].endswith("'torch'") and r['dtype'] == row['dtype']
+                     and 'ms' in r), None)
+        if base and 'ms' in row and row is not base:
+            row['note'] = f"{base['ms'] / row['ms']:.2f}x the speed of depthwise_choice='torch'"
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------- main
-ROWS = {'a': aggregation_rows, 'b': backbone_rows, 'c': detector_rows, 'd': determinism_rows}
+ROWS = {'a': aggregation_rows, 'b': backbone_rows, 'c': detector_rows, 'd': determinism_rows,
+        'e': depthwise_rows}
 
 
 def format_table(rows: List[dict]) -> str:
@@ -346,19 +548,28 @@ def format_table(rows: List[dict]) -> str:
     return '\n'.join(lines)
 
 
+#: what a run measures unless told: the COCO training batch on a GPU; a quick check of the script on a CPU
+GPU_DEFAULTS = dict(image=(800, 1333), batch=2, dtypes=list(DTYPES), warmup=2, repeats=5)
+CPU_DEFAULTS = dict(image=(224, 224), batch=1, dtypes=['fp32'], warmup=0, repeats=1)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default='cuda', help="'cuda' (default) or 'cpu' (the non-Triton rows)")
     parser.add_argument('--rows', nargs='+', default=list(ROWS), choices=list(ROWS))
-    parser.add_argument('--image', type=int, nargs=2, default=(800, 1333), metavar=('H', 'W'))
-    parser.add_argument('--batch', type=int, default=2)
-    parser.add_argument('--dtypes', nargs='+', default=list(DTYPES), choices=list(DTYPES))
-    parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--image', type=int, nargs=2, metavar=('H', 'W'), help='default 800 1333 (CPU: 224 224)')
+    parser.add_argument('--batch', type=int, help='default 2 (CPU: 1)')
+    parser.add_argument('--dtypes', nargs='+', choices=list(DTYPES), help='default fp32 bf16 (CPU: fp32)')
+    parser.add_argument('--warmup', type=int, help='default 2 (CPU: 0)')
+    parser.add_argument('--repeats', type=int, help='default 5 (CPU: 1)')
     parser.add_argument('--json', help='also write the rows to this file')
     args = parser.parse_args(argv)
     if args.device not in ('cpu', 'cuda'):
         parser.error(f"--device {args.device!r}: expected 'cuda' or 'cpu'")
+    defaults = CPU_DEFAULTS if args.device == 'cpu' else GPU_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: no CUDA device here; use --device cpu for the non-Triton rows')
     return args

@@ -23,11 +23,11 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ...checkpoint.load import load_overlock_checkpoint
 from ...registry import MODELS
 from ..contmix import ContMixBlock
 from ..layers import (GRN, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale, PointwiseConv2d, ResDWConv,
-                      SEModule)
-from .checkpoint import load_overlock_checkpoint
+                      SEModule, set_depthwise_choice)
 
 ARCH_KEYS = ('depth', 'sub_depth', 'embed_dim', 'kernel_size', 'mlp_ratio', 'sub_num_heads', 'sub_mlp_ratio')
 
@@ -163,14 +163,17 @@ class OverLoCK(BaseModule):
         with_cp: gradient checkpointing per block.
         deploy: build the re-parameterised (inference) form directly.
         in_channels: image channels.
+        depthwise_choice: how the depthwise convs pick their kernels on CUDA (:mod:`mmoverlock.ops.depthwise`):
+            'auto' (default; PyTorch's conv, the Triton kernels or the FFT weight gradient, whichever measured
+            fastest on first use; PyTorch's conv in deterministic runs), 'torch' or 'triton'. CPU ignores it.
         init_cfg: e.g. ``dict(type='Pretrained', checkpoint=FILE_OR_URL, prefix='backbone.')``; official
-            ImageNet checkpoints load without a key map (see :mod:`.checkpoint`).
+            ImageNet checkpoints load without a key map (see :mod:`mmoverlock.checkpoint`).
     """
 
     def __init__(self, arch: Union[str, dict] = 't', out_indices: Sequence[int] = (0, 1, 2, 3),
                  layout: str = 'detection', drop_path_rate: float = 0.,
                  frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False, deploy: bool = False,
-                 in_channels: int = 3, init_cfg: Optional[dict] = None):
+                 in_channels: int = 3, depthwise_choice: str = 'auto', init_cfg: Optional[dict] = None):
         super().__init__(init_cfg)
         self.arch = arch = resolve_arch(arch)
         if isinstance(out_indices, int):
@@ -179,6 +182,10 @@ class OverLoCK(BaseModule):
         if bad or not out_indices:
             raise ValueError(f'OverLoCK: out_indices={tuple(out_indices)} out of range; each must be in '
                              f'0..3 (stages) or 4 (Overview-Net map)')
+        repeated = sorted({int(i) for i in out_indices if list(out_indices).count(i) > 1})
+        if repeated:
+            raise ValueError(f'OverLoCK: out_indices={tuple(out_indices)} repeats {repeated}; name each map once, '
+                             f'e.g. out_indices={tuple(sorted({int(i) for i in out_indices}))}')
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f'OverLoCK: frozen_stages={frozen_stages} out of range; expected -1 (none), '
                              f'0 (stem) or 1..4')
@@ -227,6 +234,7 @@ class OverLoCK(BaseModule):
             if self.fuses_overview:
                 self.extra_norm.append(LayerNorm2d(e[3]))
                 self.h_proj = nn.Sequential(nn.Conv2d(e[3], e[3] + ctx_dim, 1), LayerScale(e[3] + ctx_dim, 1e-5))
+        set_depthwise_choice(self, depthwise_choice)
         self._freeze_stages()
 
     # ------------------------------------------------------------------ init, freezing, deploy
