@@ -1,0 +1,347 @@
+"""OverLoCK in timm (>= 1.0): ``import mmoverlock.timm`` registers ``overlock_xt``, ``overlock_t``, ``overlock_s``
+and ``overlock_b`` with timm's model registry.
+
+``import mmoverlock`` does not import this module (nor timm). The models wrap the same
+:class:`~mmoverlock.models.backbones.overlock.OverLoCK` backbone as the OpenMMLab configs (``backbone``, the
+ImageNet layout) and add the release's ImageNet head (``head``); their state dict is mmpretrain's layout
+(``backbone.*``, ``head.main_head.*``, ``head.aux_head.*``), so a timm-trained checkpoint also loads into the
+mmpretrain classifier and, with ``prefix='backbone.'``, into the dense-task backbones.
+
+``timm.create_model(name, ...)``:
+
+* ``pretrained=True``: the release's ImageNet-1K weights (tag ``.in1k``, the default); ``name + '.in1k_reparam'``
+  the deploy-form weights (the model is built with ``deploy=True``);
+* ``pretrained_cfg_overlay=dict(file=PATH)``: the same from a local file, offline, in any layout
+  :func:`checkpoint_filter_fn` reads;
+* ``features_only=True``: the four stage maps (strides 4, 8, 16, 32; ``out_indices``), timm's
+  ``FeatureGetterNet`` over :meth:`OverLoCKTimm.forward_intermediates`;
+* ``num_classes=N``: new classifiers (N = 0: the pooled pre-logits); ``deploy=True``: the re-parameterised
+  backbone; ``aux_logits=True``: ``dict(main=..., aux=...)`` in training mode, as the release's train.py expects.
+"""
+import contextlib
+from typing import Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+from mmengine.model.weight_init import trunc_normal_
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models._features import feature_take_indices
+
+from .checkpoint.io import extract_state_dict, has_train_form_blocks, is_deploy_form, shape_mismatches
+from .checkpoint.load import reparam_state_dict
+from .checkpoint.official import is_official_cls_layout, official_cls_to_mmpretrain
+from .models.backbones.overlock import OverLoCK, resolve_arch
+
+__all__ = ['OverLoCKTimm', 'OverLoCKHead', 'checkpoint_filter_fn', 'VARIANTS', 'CROP_PCT']
+
+#: timm name -> the backbone's arch
+VARIANTS = {'overlock_xt': 'xt', 'overlock_t': 't', 'overlock_s': 's', 'overlock_b': 'b'}
+#: the release's ImageNet test crop per variant (its model default_cfg)
+CROP_PCT = {'overlock_xt': 0.925, 'overlock_t': 0.95, 'overlock_s': 0.95, 'overlock_b': 0.975}
+RELEASE_URL = 'https://github.com/LMMMEng/OverLoCK/releases/download/v1/{}_in1k_224{}.pth'
+#: the classifier layers timm replaces when num_classes differs from the weights'
+CLASSIFIERS = ('head.main_head.4', 'head.aux_head.2')
+REPARAM_TAG = 'in1k_reparam'
+#: keyword arguments of timm.create_model that build_model_with_cfg consumes itself
+BUILD_KWARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'pretrained_strict', 'features_only',
+                'out_indices', 'feature_cls', 'pretrained_model_args')
+MODEL_KWARGS = ('arch', 'num_classes', 'in_chans', 'global_pool', 'projection', 'drop_rate', 'drop_path_rate',
+                'deploy', 'aux_logits', 'device', 'dtype')
+
+
+def _init_convs(module: nn.Module) -> None:
+    """The release's init: trunc-normal (std 0.02) conv weights, zero biases."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class OverLoCKHead(nn.Module):
+    """The release's ImageNet head (the layers of :class:`~mmoverlock.models.mmpretrain.OverLoCKClsHead`,
+    without mmpretrain).
+
+    * ``main_head``: conv1x1(in -> projection, no bias) BN SiLU avg-pool conv1x1(projection -> classes) on the
+      last map (B, in_chs, h, w) -> (B, num_classes).
+    * ``aux_head``: BN avg-pool conv1x1(overview -> classes) on the Overview-Net map (B, overview_chs, h, w)
+      -> (B, num_classes); deep supervision in training only (the release weights its loss 0.4).
+
+    ``drop`` (dropout before the classifier, timm's ``drop_rate``) has no weights; the release uses none.
+    """
+
+    def __init__(self, in_chs: int, overview_chs: int, num_classes: int, projection: int = 1024,
+                 drop_rate: float = 0.):
+        super().__init__()
+        self.overview_chs, self.projection = overview_chs, projection
+        self.main_head = nn.Sequential(
+            nn.Conv2d(in_chs, projection, 1, bias=False), nn.BatchNorm2d(projection), nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Identity())
+        self.aux_head = nn.Sequential(nn.BatchNorm2d(overview_chs), nn.AdaptiveAvgPool2d(1), nn.Identity())
+        self.drop = nn.Dropout(drop_rate)
+        self.reset(num_classes)
+
+    def reset(self, num_classes: int) -> None:
+        """New classifiers for ``num_classes`` (trunc-normal init); 0 removes them and the auxiliary head."""
+        if num_classes > 0:
+            self.main_head[4] = nn.Conv2d(self.projection, num_classes, 1)
+            if self.aux_head is None:
+                self.aux_head = nn.Sequential(nn.BatchNorm2d(self.overview_chs), nn.AdaptiveAvgPool2d(1),
+                                              nn.Identity())
+            self.aux_head[2] = nn.Conv2d(self.overview_chs, num_classes, 1)
+            _init_convs(self.main_head[4])
+            _init_convs(self.aux_head[2])
+        else:
+            self.main_head[4] = nn.Identity()
+            self.aux_head = None
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, in_chs, h, w) -> logits (B, num_classes), or with ``pre_logits`` the pooled (B, projection)."""
+        x = self.main_head[:4](x)
+        if pre_logits:
+            return x.flatten(1)
+        return self.main_head[4](self.drop(x)).flatten(1)
+
+    def forward_aux(self, overview: torch.Tensor) -> torch.Tensor:
+        """Overview-Net map (B, overview_chs, h, w) -> auxiliary logits (B, num_classes)."""
+        return self.aux_head(overview).flatten(1)
+
+
+class OverLoCKTimm(nn.Module):
+    """OverLoCK ImageNet classifier with timm's model interface, around the one OverLoCK backbone.
+
+    Args:
+        arch: the backbone's arch: 'xt' | 't' | 's' | 'b' or a dict (see :func:`resolve_arch`).
+        num_classes: classes (0: ``forward`` returns the pooled (B, projection) pre-logits).
+        in_chans: image channels; the released weights take 3 and only 3 is supported.
+        global_pool: 'avg' only (the release's head pools after its 1x1 projection).
+        projection: hidden width of the head (1024 in the release).
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth of the backbone (the release trains with XT 0.1, T 0.15, S 0.4, B 0.5).
+        deploy: build the re-parameterised backbone (for the ``*_reparam.pth`` weights).
+        aux_logits: in training mode, return ``dict(main=logits, aux=overview_logits)``.
+        device, dtype: where and in which dtype to build the parameters (e.g. ``device='meta'``).
+    """
+
+    def __init__(self, arch: Union[str, dict] = 't', num_classes: int = 1000, in_chans: int = 3,
+                 global_pool: str = 'avg', projection: int = 1024, drop_rate: float = 0.,
+                 drop_path_rate: float = 0., deploy: bool = False, aux_logits: bool = False,
+                 device: Optional[Union[str, torch.device]] = None, dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        if in_chans != 3:
+            raise ValueError(f'OverLoCK (timm): in_chans={in_chans} is not supported; the stem and the released '
+                             f'weights take RGB images, in_chans=3')
+        if global_pool != 'avg':
+            raise ValueError(f"OverLoCK (timm): global_pool='{global_pool}' is not supported; the head pools "
+                             f"after its projection ('avg'); use forward_features for the unpooled map")
+        if num_classes < 0:
+            raise ValueError(f'OverLoCK (timm): num_classes={num_classes} must be >= 0')
+        self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, global_pool
+        self.drop_rate, self.aux_logits, self.grad_checkpointing = drop_rate, aux_logits, False
+        arch = resolve_arch(arch)
+        e = arch['embed_dim']
+        ctx = e[3] // 4
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            self.backbone = OverLoCK(arch, out_indices=(3, 4), layout='classification',
+                                     drop_path_rate=drop_path_rate, deploy=deploy)
+            self.head = OverLoCKHead(e[3] + ctx, e[3], num_classes, projection, drop_rate)
+            self.backbone.init_weights()      # the release's init (trunc-normal convs), no checkpoint
+            _init_convs(self.head)
+        if dtype is not None:
+            self.to(dtype)
+        self.num_features = e[3] + ctx
+        self.head_hidden_size = projection
+        self.feature_info = [
+            dict(num_chs=c, reduction=r, module=f'backbone.{m}')
+            for c, r, m in zip((e[0], e[1], e[2] + ctx, e[3] + ctx), (4, 8, 16, 32),
+                               ('blocks1', 'blocks2', 'sub_blocks3', 'sub_blocks4'))]
+        self._register_load_state_dict_pre_hook(self._read_release_layout)
+
+    # ------------------------------------------------------------------ timm interface
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Gradient checkpointing per block (the backbone's ``with_cp``)."""
+        self.grad_checkpointing = self.backbone.with_cp = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.main_head[4]
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New (main and auxiliary) classifiers for ``num_classes``; 0 leaves the pooled pre-logits."""
+        if global_pool not in (None, 'avg'):
+            raise ValueError(f"OverLoCK (timm): global_pool='{global_pool}' is not supported; only 'avg'")
+        self.num_classes = num_classes
+        device = self.head.main_head[0].weight.device
+        dtype = self.head.main_head[0].weight.dtype
+        self.head.reset(num_classes)
+        self.head.to(device, dtype)
+
+    def switch_to_deploy(self) -> None:
+        """Re-parameterise the backbone in place (``timm.utils.reparameterize_model`` calls this too)."""
+        self.backbone.switch_to_deploy()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> the last map (B, num_features, H/32, W/32)."""
+        return self.backbone.forward_features(x)[3]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Last map (B, num_features, h, w) -> logits (B, num_classes), or the pooled (B, projection)."""
+        if self.head is None:
+            raise RuntimeError('OverLoCK (timm): the head was pruned (features_only); use forward_intermediates')
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
+        """(B, 3, H, W) -> logits (B, num_classes); with ``aux_logits`` in training mode
+        ``dict(main=logits, aux=logits of the Overview-Net head)``."""
+        maps = self.backbone.forward_features(x)
+        logits = self.forward_head(maps[3])
+        if self.aux_logits and self.training and self.head.aux_head is not None:
+            return dict(main=logits, aux=self.head.forward_aux(maps[4]))
+        return logits
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
+                              intermediates_only: bool = False
+                              ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """(B, 3, H, W) -> the stage maps at ``indices`` (0-3: strides 4, 8, 16, 32; channels
+        ``feature_info``), alone or after the last map. The Focus-Net needs the Overview-Net (stage 4) for
+        stage 3, so the whole backbone always runs (``stop_early`` changes nothing); the ImageNet model has
+        no output norms (``norm`` changes nothing)."""
+        if output_fmt != 'NCHW':
+            raise ValueError(f"OverLoCK (timm): output_fmt='{output_fmt}' is not supported; only 'NCHW'")
+        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+        maps = self.backbone.forward_features(x)
+        intermediates = [maps[i] for i in take_indices]
+        if intermediates_only:
+            return intermediates
+        return maps[3], intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the head (every stage is needed for any map); returns the absolute indices kept."""
+        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+        if prune_head:
+            self.head, self.num_classes = None, 0
+        return take_indices
+
+    # ------------------------------------------------------------------ checkpoints
+    def _read_release_layout(self, state_dict, prefix, *args) -> None:
+        """load_state_dict pre-hook: the release's layout (backbone keys at the top level, ``head.*``,
+        ``aux_head.*``) renamed in place, so ``model.load_state_dict(release_state_dict)`` works."""
+        if prefix or not is_official_cls_layout(state_dict):
+            return
+        renamed = official_cls_to_mmpretrain(dict(state_dict))
+        state_dict.clear()
+        state_dict.update(renamed)
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: OverLoCKTimm) -> Dict[str, torch.Tensor]:
+    """An OverLoCK ImageNet checkpoint in any layout the project reads -> this model's state dict.
+
+    Reads the release's layout (backbone at the top level, ``head.*``, ``aux_head.*``), mmpretrain's
+    (``backbone.*``, ``head.main_head.*``, ``head.aux_head.*``, = this model's), nested under ``state_dict`` /
+    ``model`` / ``state_dict_ema`` or with a ``module.`` prefix; train-form weights into a deploy-form model are
+    re-parameterised on the way. Deploy-form weights into a train-form model, and weights of another arch, raise
+    a one-line error.
+    """
+    state = extract_state_dict(state_dict)
+    if is_official_cls_layout(state):
+        state = official_cls_to_mmpretrain(state)
+    own = model.state_dict()
+    if not any(k.startswith('backbone.patch_embed1.') for k in state):
+        raise ValueError(f'checkpoint is not an OverLoCK ImageNet model (keys like {list(state)[:3]}); expected the '
+                         f"release's layout or mmpretrain's ('backbone.*', 'head.main_head.*')")
+    if has_train_form_blocks(state) and not has_train_form_blocks(own):
+        state = reparam_state_dict(state)
+    elif is_deploy_form(state) and has_train_form_blocks(own):
+        raise ValueError("checkpoint is re-parameterised (deploy form, e.g. *_reparam.pth); create the model with "
+                         f"deploy=True or the '.{REPARAM_TAG}' tag to load it")
+    if model.head is None or model.head.aux_head is None:
+        state = {k: v for k, v in state.items() if not k.startswith('head.aux_head.')}
+    mismatched = shape_mismatches(own, {k: v for k, v in state.items() if not k.startswith(CLASSIFIERS)})
+    if mismatched:
+        raise ValueError(f'checkpoint does not fit this model ({len(mismatched)} shape mismatches, another arch or '
+                         f'projection?): ' + '; '.join(mismatched[:3]) + (' ...' if len(mismatched) > 3 else ''))
+    return state
+
+
+def _check_kwargs(variant: str, kwargs: dict) -> None:
+    unsupported = sorted(set(kwargs) - set(BUILD_KWARGS) - set(MODEL_KWARGS))
+    if unsupported:
+        raise ValueError(f'{variant}: unsupported argument(s) {unsupported}; supported: {list(MODEL_KWARGS)} '
+                         f'and timm\'s features_only, out_indices, pretrained_cfg(_overlay)')
+    if kwargs.get('features_only'):
+        feature_cls = kwargs.get('feature_cls', 'getter')
+        if feature_cls != 'getter':
+            raise ValueError(f"{variant}: feature_cls={feature_cls!r} is not supported; OverLoCK's stages do not "
+                             f"run in sequence (the Focus-Net reads the Overview-Net): use feature_cls='getter'")
+        out_indices = kwargs.get('out_indices', (0, 1, 2, 3))
+        if isinstance(out_indices, int):
+            bad = not 0 < out_indices <= 4
+        else:
+            bad = not out_indices or any(not -4 <= int(i) < 4 for i in out_indices)
+        if bad:
+            raise ValueError(f'{variant}: out_indices={out_indices} out of range; the four stage maps are '
+                             f'0..3 (strides 4, 8, 16, 32) or -4..-1, or an int n in 1..4 for the last n')
+
+
+def _create_overlock(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    _check_kwargs(variant, kwargs)
+    # the deploy-form weights need the re-parameterised backbone
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'))
+    kwargs.setdefault('deploy', cfg.tag == REPARAM_TAG)
+    kwargs.setdefault('arch', VARIANTS[variant])
+    return build_model_with_cfg(
+        OverLoCKTimm, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+        **kwargs)
+
+
+def _cfg(url: str = '', **kwargs) -> dict:
+    return {
+        'url': url,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.95, 'interpolation': 'bicubic',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'backbone.patch_embed1.0', 'classifier': CLASSIFIERS,
+        'paper_ids': 'arXiv:2502.20087',
+        'paper_name': 'OverLoCK: An Overview-first-Look-Closely-next ConvNet with Context-Mixing Dynamic Kernels',
+        'origin_url': 'https://github.com/LMMMEng/OverLoCK',
+        **kwargs
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    f'{name}.{tag}': _cfg(RELEASE_URL.format(name, suffix), crop_pct=CROP_PCT[name], **extra)
+    for name in VARIANTS
+    for tag, suffix, extra in (('in1k', '', {}),
+                               (REPARAM_TAG, '_reparam', dict(notes=('deploy form (re-parameterised): '
+                                                                     'the model is built with deploy=True',))))
+})
+
+
+@register_model
+def overlock_xt(pretrained: bool = False, **kwargs) -> OverLoCKTimm:
+    """OverLoCK-XT (16.5M params, 82.7 top-1 at 224)."""
+    return _create_overlock('overlock_xt', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def overlock_t(pretrained: bool = False, **kwargs) -> OverLoCKTimm:
+    """OverLoCK-T (33.5M params, 84.2 top-1 at 224)."""
+    return _create_overlock('overlock_t', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def overlock_s(pretrained: bool = False, **kwargs) -> OverLoCKTimm:
+    """OverLoCK-S (56.2M params, 84.8 top-1 at 224)."""
+    return _create_overlock('overlock_s', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def overlock_b(pretrained: bool = False, **kwargs) -> OverLoCKTimm:
+    """OverLoCK-B (94.9M params, 85.1 top-1 at 224)."""
+    return _create_overlock('overlock_b', pretrained=pretrained, **kwargs)
