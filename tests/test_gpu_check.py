@@ -140,3 +140,22 @@ def test_gpu_check_refuses_cuda_without_a_gpu(capsys):
     with pytest.raises(SystemExit):
         load_gpu_check().main(['--device', 'cuda'])
     assert 'no CUDA device here; use --device cpu' in capsys.readouterr().err
+
+
+def test_a_failing_row_loses_no_finished_row(tmp_path, capsys, monkeypatch):
+    """Rows are printed (and the JSON written) as each finishes: a row that raises becomes a 'failed' line,
+    the rows before and after it are kept, and the run ends with a one-line non-zero exit."""
+    gpu_check = load_gpu_check()
+
+    def broken(args, device):
+        raise RuntimeError('CUDA error: an illegal memory access was encountered\nmore lines')
+    monkeypatch.setitem(gpu_check.ROWS, 'c', broken)
+    monkeypatch.setitem(gpu_check.ROWS, 'a', lambda args, device: [dict(row='a', case='first', ms=1.5)])
+    monkeypatch.setitem(gpu_check.ROWS, 'd', lambda args, device: [dict(row='d', case='last', note='ok')])
+    out_json = tmp_path / 'rows.json'
+    with pytest.raises(SystemExit, match=r'row\(s\) c failed'):
+        gpu_check.main(['--device', 'cpu', '--rows', 'a', 'c', 'd', '--json', str(out_json)])
+    lines = capsys.readouterr().out.splitlines()
+    failed = '| c | - | - | - | - | - | failed: RuntimeError: CUDA error: an illegal memory access was encountered |'
+    assert lines[-3:] == ['| a | first | - | - | 1.50 | - |  |', failed, '| d | last | - | - | - | - | ok |']
+    assert [r['row'] for r in json.loads(out_json.read_text())['rows']] == ['a', 'c', 'd']

@@ -27,6 +27,8 @@ Rows (``--rows``, default all):
 Time is the median of ``--repeats`` runs after ``--warmup`` (CUDA synchronised; Triton's compilation falls
 in the warm-up); memory is ``torch.cuda.max_memory_allocated`` growth over the inputs (CUDA only). A row that
 cannot run says why in its note (an aggregation map smaller than its kernel, a package that is missing).
+Rows are printed as they finish; a row that raises becomes a 'failed' line and the run exits non-zero at the
+end, so a crash loses no finished row.
 
 Rows a, b and d need only torch, triton, numpy and mmengine (and mmoverlock): ConvNeXt-T comes from mmpretrain,
 else torchvision, else its row is skipped with the reason; row c needs mmdet and mmcv. On a CPU
@@ -538,14 +540,18 @@ ROWS = {'a': aggregation_rows, 'b': backbone_rows, 'c': detector_rows, 'd': dete
         'e': depthwise_rows}
 
 
-def format_table(rows: List[dict]) -> str:
-    lines = ['| row | case | implementation | dtype | ms | peak MiB | note |', '|---|---|---|---|---:|---:|---|']
+TABLE_HEADER = ['| row | case | implementation | dtype | ms | peak MiB | note |', '|---|---|---|---|---:|---:|---|']
+
+
+def format_rows(rows: List[dict]) -> List[str]:
+    """The table lines of ``rows`` (no header)."""
+    lines = []
     for r in rows:
         ms = f"{r['ms']:.2f}" if 'ms' in r else '-'
         peak = f"{r['peak_mib']:.0f}" if r.get('peak_mib') is not None else '-'
         lines.append(f"| {r['row']} | {r['case']} | {r.get('impl', '-')} | {r.get('dtype', '-')} | {ms} | {peak} | "
                      f"{r.get('note', '')} |")
-    return '\n'.join(lines)
+    return lines
 
 
 #: what a run measures unless told: the COCO training batch on a GPU; a quick check of the script on a CPU
@@ -581,15 +587,26 @@ def main(argv=None) -> List[dict]:
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
     print(f'# gpu_check on {name}: torch {torch.__version__}, image {args.image[0]}x{args.image[1]}, batch '
           f'{args.batch}, median of {args.repeats} after {args.warmup} warm-up', flush=True)
-    rows = []
+    # each row's lines are printed (and the JSON rewritten) as soon as the row finishes, so a row that fails
+    # loses nothing measured before it; its failure becomes a line of the table and the run exits non-zero
+    print('\n'.join(TABLE_HEADER), flush=True)
+    rows, failed = [], []
     for key in args.rows:
         start = time.perf_counter()
-        rows += ROWS[key](args, device)
+        try:
+            new = ROWS[key](args, device)
+        except Exception as err:   # a failing row must not lose the others: reported, then the exit code
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ''
+            new = [dict(row=key, case='-', note=f'failed: {type(err).__name__}: {first}')]
+            failed.append(key)
+        rows += new
+        print('\n'.join(format_rows(new)), flush=True)
         print(f'# row {key}: {time.perf_counter() - start:.0f} s', file=sys.stderr, flush=True)
-    print(format_table(rows))
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(dict(device=name, torch=torch.__version__, args=vars(args), rows=rows), f, indent=1)
+        if args.json:
+            with open(args.json, 'w') as f:
+                json.dump(dict(device=name, torch=torch.__version__, args=vars(args), rows=rows), f, indent=1)
+    if failed:
+        raise SystemExit(f'gpu_check: row(s) {" ".join(failed)} failed (see the table); the other rows are above')
     return rows
 
 
