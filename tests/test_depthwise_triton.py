@@ -302,7 +302,7 @@ def test_kernels_compile_for_hopper_without_spills():
 def test_errors_are_one_line(monkeypatch):
     m = kernels()
     x, w, b, _ = make((1, 3, 6, 6), 3, torch.float32)
-    with pytest.raises(ValueError, match=r"must share x's device and dtype \(cpu, torch.float32\), got cpu, "
+    with pytest.raises(ValueError, match=r"must share device and dtype with x \(cpu, torch.float32\), got cpu, "
                                          r'torch.float64' if not CUDA else 'must share'):
         triton_depthwise_conv2d(x, w.double(), b)
     with pytest.raises(ValueError, match='dtype torch.int32 is not supported; use float16'):

@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_common import check_kernel_tensors, output_buffer
+
 __all__ = ['depthwise_forward', 'depthwise_input_grad', 'depthwise_weight_grad', 'triton_depthwise_conv2d',
            'INTERPRET', 'tile_config', 'weight_grad_chunks']
 
@@ -153,26 +155,12 @@ def _check(x: torch.Tensor, weight: Optional[torch.Tensor], others=(), kernel_si
         got = tuple(weight.shape) if weight is not None else f'kernel_size={k}'
         raise ValueError(f'triton_depthwise_conv2d: expected x (N, C, H, W) and weight (C, 1, k, k) with odd k, '
                          f'got {tuple(x.shape)} and {got}')
-    for t in (weight, *others):
-        if t is not None and (t.device != x.device or t.dtype != x.dtype):
-            raise ValueError(f'triton_depthwise_conv2d: all tensors must share x\'s device and dtype '
-                             f'({x.device}, {x.dtype}), got {t.device}, {t.dtype}')
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise ValueError(f'triton_depthwise_conv2d: dtype {x.dtype} is not supported; use float16, bfloat16, '
-                         f'float32 or float64')
-    if x.device.type == 'cpu' and not INTERPRET:
-        raise RuntimeError('triton_depthwise_conv2d: CPU tensors need Triton\'s interpreter: set '
-                           'TRITON_INTERPRET=1 before importing mmoverlock, or pass CUDA tensors')
+    check_kernel_tensors('triton_depthwise_conv2d', 'x', x, (weight, *others), INTERPRET)
 
 
 def _output(buffer: Optional[torch.Tensor], like: torch.Tensor, name: str) -> torch.Tensor:
     """A new tensor like ``like`` in its memory format, or ``buffer`` (any strides) after checking it fits."""
-    if buffer is None:
-        return torch.empty(like.shape, dtype=like.dtype, device=like.device, memory_format=memory_format(like))
-    if buffer.shape != like.shape or buffer.dtype != like.dtype or buffer.device != like.device:
-        raise ValueError(f'triton_depthwise_conv2d: {name} buffer {tuple(buffer.shape)} {buffer.dtype} '
-                         f'{buffer.device} does not match {tuple(like.shape)} {like.dtype} {like.device}')
-    return buffer
+    return output_buffer('triton_depthwise_conv2d', buffer, like, name, memory_format(like))
 
 
 def _conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dilation: int,

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from .tracing import is_exporting
+from .triton_common import SUPPORTED_DTYPES
 
 __all__ = ['na2d_av', 'na2d_av_channels_first', 'na2d_av_reference', 'na2d_av_unfold', 'triton_na2d_av',
            'window_starts', 'window_keys', 'window_classes', 'check_window', 'uses_dense', 'uses_windows',
@@ -64,8 +65,6 @@ DENSE_MAX_RATIO = 4
 #: maps whose pixels share at most this many distinct clamped windows use one matmul per window (e.g. 14x14
 #: with k=13: 4 windows; 7x7 with k=7: 1); against the dense operator: the same tool and doc
 WINDOW_CLASSES_MAX = 4
-#: the dtypes every path of the op takes (attn and value of one of them)
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_window(height: int, width: int, kernel_size: int) -> None:

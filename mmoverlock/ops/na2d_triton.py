@@ -42,6 +42,8 @@ import triton
 import triton.language as tl
 import triton.testing
 
+from .triton_common import SUPPORTED_DTYPES, check_kernel_tensors, output_buffer
+
 __all__ = ['na2d_av_forward', 'na2d_av_backward', 'INTERPRET', 'MAX_BLOCK_C', 'FORWARD_CONFIGS',
            'GRAD_ATTN_CONFIGS', 'GRAD_VALUE_CONFIGS', 'INTERPRETER_TILES', 'SUPPORTED_DTYPES']
 
@@ -51,7 +53,6 @@ INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
 #: largest channel block of one program (more channels: more programs, or a loop in grad_attn)
 MAX_BLOCK_C = 32
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 #: The configurations ``triton.autotune`` measures on a GPU, per kernel (4 + 3 + 3 per tuning key). Every one
 #: compiles for sm_90 without register spills at k = 13 with channel blocks of 16 and MAX_BLOCK_C, for fp32,
@@ -291,25 +292,12 @@ def _accumulator(dtype: torch.dtype):
 
 def _check(attn: torch.Tensor, value: torch.Tensor) -> None:
     """One-line errors for what the kernels cannot take (shapes are checked by :mod:`mmoverlock.ops.na2d`)."""
-    if attn.device != value.device or attn.dtype != value.dtype:
-        raise ValueError(f'triton na2d_av: attn and value must share device and dtype, got '
-                         f'{attn.device}/{attn.dtype} and {value.device}/{value.dtype}')
-    if attn.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f'triton na2d_av: dtype {attn.dtype} is not supported; use float16, bfloat16, '
-                         f'float32 or float64')
-    if attn.device.type == 'cpu' and not INTERPRET:
-        raise RuntimeError('triton na2d_av: CPU tensors need Triton\'s interpreter: set TRITON_INTERPRET=1 '
-                           'before importing mmoverlock, or pass CUDA tensors')
+    check_kernel_tensors('triton na2d_av', 'attn', attn, (value, ), INTERPRET)
 
 
 def _output(buffer: Optional[torch.Tensor], like: torch.Tensor, name: str) -> torch.Tensor:
     """A new contiguous tensor like ``like``, or ``buffer`` (any strides) after checking it fits."""
-    if buffer is None:
-        return torch.empty(like.shape, dtype=like.dtype, device=like.device)
-    if buffer.shape != like.shape or buffer.dtype != like.dtype or buffer.device != like.device:
-        raise ValueError(f'triton na2d_av: {name} buffer {tuple(buffer.shape)} {buffer.dtype} {buffer.device} '
-                         f'does not match {tuple(like.shape)} {like.dtype} {like.device}')
-    return buffer
+    return output_buffer('triton na2d_av', buffer, like, name)
 
 
 def na2d_av_forward(attn: torch.Tensor, value: torch.Tensor, kernel_size: int,
