@@ -107,11 +107,16 @@ def _shrink_scales(d):
         d['scales'] = [tuple(s // SHRINK for s in scale) for scale in d['scales']]
 
 
-def derive_tiny(config: str, data_root: str, dst: str) -> str:
-    """The shipped config with a tiny backbone, narrow heads, 1/6 scales and the tiny COCO set."""
+def derive_tiny(config: str, data_root: str, dst: str, overlock: bool = True, neck: list = TINY_FPN_IN,
+                val_interval: int = None) -> str:
+    """A det config with a tiny OverLoCK (``neck``: the neck's in_channels) -- or, without ``overlock``, its own
+    backbone without its download --, narrow heads, 1/6 scales and the tiny COCO set; one epoch (2 iterations),
+    validated after it unless ``val_interval`` says otherwise."""
     cfg = Config.fromfile(config)
-    cfg.model.backbone.update(arch=TINY, init_cfg=None)
-    cfg.model.neck.in_channels = TINY_FPN_IN
+    cfg.model.backbone.init_cfg = None
+    if overlock:
+        cfg.model.backbone.arch = TINY
+        cfg.model.neck.in_channels = neck
     _walk(cfg.model, _narrow_heads)
     for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         split = 'train' if name == 'train_dataloader' else 'val'
@@ -119,10 +124,13 @@ def derive_tiny(config: str, data_root: str, dst: str) -> str:
         cfg[name].dataset.update(data_root=data_root, ann_file=f'annotations/instances_{split}.json',
                                  data_prefix=dict(img=f'{split}/'), metainfo=dict(classes=CLASSES))
         _walk(cfg[name].dataset.pipeline, _shrink_scales)
-    _walk(cfg.tta_pipeline, _shrink_scales)
+    if 'tta_pipeline' in cfg:
+        _walk(cfg.tta_pipeline, _shrink_scales)
     for name in ('val_evaluator', 'test_evaluator'):
         cfg[name].ann_file = osp.join(data_root, 'annotations', 'instances_val.json')
     cfg.train_cfg.max_epochs = 1              # 2 images, batch 1: 2 iterations, then validation
+    if val_interval is not None:
+        cfg.train_cfg.val_interval = val_interval
     cfg.default_hooks.logger.interval = 1
     cfg.dump(dst)
     return dst

@@ -33,7 +33,7 @@ from mmoverlock import OverLoCK
 from mmoverlock.checkpoint import read_checkpoint
 
 from .conftest import ROOT, load_tool
-from .test_det import CLASSES, TINY, TINY_FPN_IN, _narrow_heads, _shrink_scales, _walk, make_coco
+from .test_det import TINY, TINY_FPN_IN, derive_tiny, make_coco
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONWARNINGS='ignore')
 MASK_RCNN = osp.join(ROOT, 'configs', 'det', 'mask_rcnn_overlock_t_1x_coco.py')
@@ -78,27 +78,8 @@ def coco(tmp_path_factory):
 
 def tiny(config: str, coco: str, dst: str, overlock: bool = True, neck: list = TINY_FPN_IN,
          validate: bool = False) -> str:
-    """``config`` on the tiny COCO set: a tiny OverLoCK (and ``neck`` as the neck's in_channels) or the config's
-    own backbone without its download, narrow heads, 1/6 scales, one epoch of 2 iterations."""
-    cfg = Config.fromfile(config)
-    cfg.model.backbone.init_cfg = None
-    if overlock:
-        cfg.model.backbone.arch = TINY
-        cfg.model.neck.in_channels = neck
-    _walk(cfg.model, _narrow_heads)
-    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        split = 'train' if name == 'train_dataloader' else 'val'
-        cfg[name].update(batch_size=1, num_workers=0, persistent_workers=False)
-        cfg[name].dataset.update(data_root=coco, ann_file=f'annotations/instances_{split}.json',
-                                 data_prefix=dict(img=f'{split}/'), metainfo=dict(classes=CLASSES))
-        _walk(cfg[name].dataset.pipeline, _shrink_scales)
-    for name in ('val_evaluator', 'test_evaluator'):
-        cfg[name].ann_file = osp.join(coco, 'annotations', 'instances_val.json')
-    cfg.train_cfg.max_epochs = 1
-    cfg.train_cfg.val_interval = 1 if validate else 2
-    cfg.default_hooks.logger.interval = 1
-    cfg.dump(dst)
-    return dst
+    """``config`` on the tiny COCO set (test_det's derive_tiny), validated only with ``validate``."""
+    return derive_tiny(config, coco, dst, overlock=overlock, neck=neck, val_interval=1 if validate else 2)
 
 
 # ============================================================================ 1. which python
