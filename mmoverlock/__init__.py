@@ -3,20 +3,20 @@
 ``import mmoverlock`` -- what a config's ``custom_imports=dict(imports=['mmoverlock'])`` does -- registers the
 models in mmoverlock's own registries (scope ``mmoverlock``: configs say ``type='mmoverlock.OverLoCK'``) and
 allow-lists the few non-tensor types of mmengine checkpoints with torch's
-``torch.serialization.add_safe_globals``. It changes nothing else. The hooks (``mmoverlock.engine``) are
+``torch.serialization.add_safe_globals`` (torch >= 2.4; older torch has no allow-list:
+:mod:`mmoverlock.utils.compat`). It changes nothing else. The hooks (``mmoverlock.engine``) are
 imported by mmengine's registry when a config first names one; the mmpretrain head
 (``mmoverlock.models.mmpretrain``) and the mmdet TTA model (``mmoverlock.models.mmdet``) by the configs that use
 them, so a segmentation user never imports mmdet or mmpretrain.
 """
-import torch
-
 from . import ops  # noqa: F401  (registers the op torch.ops.mmoverlock.na2d_av)
 from .models import ContMix, ContMixBlock, OverLoCK
 from .registry import HOOKS, MODELS
+from .utils.compat import add_safe_globals
 from .utils.safe_load import SAFE_GLOBALS
 
 __version__ = '0.1.0'
 
-torch.serialization.add_safe_globals(SAFE_GLOBALS)
+add_safe_globals(SAFE_GLOBALS)
 
 __all__ = ['OverLoCK', 'ContMix', 'ContMixBlock', 'MODELS', 'HOOKS', '__version__']

@@ -11,6 +11,19 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
 
+from mmoverlock.utils import compat  # noqa: E402  (after TRITON_INTERPRET: imports no triton)
+
+#: tests of what FakeTensor / torch.compile / AOT dispatch see of mmoverlock's ops: torch 2.1 registers no fake
+#: implementation (docs/compat.md); they skip there, naming the version
+needs_fake_impl = pytest.mark.skipif(
+    compat.FAKE_REGISTRATION is None,
+    reason=f'torch {torch.__version__} registers no fake implementation of custom ops (torch.library.impl_abstract '
+           f'arrived in torch 2.2), so FakeTensor and torch.compile cannot trace mmoverlock ops')
+#: tests that call torch.library.opcheck (torch >= 2.4)
+needs_opcheck = pytest.mark.skipif(not hasattr(torch.library, 'opcheck'),
+                                   reason=f'torch.library.opcheck arrived in torch 2.4; this is torch '
+                                          f'{torch.__version__}')
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DATA = osp.join(osp.dirname(__file__), 'data')
 FIXTURE = osp.join(DATA, 'overlock_tiny_fixture.pt')
@@ -20,6 +33,15 @@ LAYOUTS = osp.join(DATA, 'state_dict_layout')
 #: fixtures that train or test through the tools: a test using one is an integration test (``make test-fast``
 #: leaves it out); other integration tests carry ``@pytest.mark.integration`` themselves
 INTEGRATION_FIXTURES = ('tiny_run', 'mask_rcnn_run', 'coco', 'data_root')
+
+
+def pytest_sessionstart(session):
+    """First line of every run, -q included: the torch and Triton it uses (``make test-compat`` shows its lane
+    really runs torch 2.1)."""
+    from mmoverlock.utils.compat import triton_version
+    reporter = session.config.pluginmanager.get_plugin('terminalreporter')
+    if reporter is not None:
+        reporter.write_line(f'mmoverlock tests: torch {torch.__version__}, triton {triton_version()}')
 
 
 def pytest_collection_modifyitems(config, items):

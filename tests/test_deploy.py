@@ -9,7 +9,7 @@ from mmoverlock import OverLoCK
 from mmoverlock.deploy import onnx as onnx_export
 from mmoverlock.models.contmix import adaptive_avg_pool2d_traceable, fit_size_traceable, small_map_size
 
-from .conftest import load_tool
+from .conftest import load_tool, needs_fake_impl
 
 
 def _deployed_backbone(arch):
@@ -76,6 +76,7 @@ def test_export_cli_backbone_only(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@needs_fake_impl
 def test_torch_compile_one_graph_same_output(fixture):
     """The deployed backbone is captured by TorchDynamo as one graph (``fullgraph=True`` raises on any graph
     break) and gives the eager output; both ContMix map-size paths are in it at 96x128. The inductor backend

@@ -11,6 +11,9 @@ import torch.nn.functional as F
 from mmoverlock.models.layers import DILATED_BRANCHES, DepthwiseConv2d, DilatedReparamBlock
 from mmoverlock.ops.depthwise import (_DepthwiseConv2d, _merge_phases, _split_phases, choose_paths,
                                       depthwise_conv2d, fft_weight_grad)
+from mmoverlock.utils import compat
+
+from .conftest import needs_opcheck
 
 
 def _ref(x, w, b, d):
@@ -246,6 +249,7 @@ def test_registered_op_cpu_kernels_and_autograd(k, d, channels_last, bias):
         assert _rel(g_, r) < 1e-12
 
 
+@needs_opcheck
 def test_opcheck():
     """torch.library.opcheck: schema, fake implementation (what torch.compile sees), autograd registration
     and AOT dispatch of the op, channels-last and contiguous, with and without bias."""
@@ -292,7 +296,7 @@ def test_onnx_export_writes_conv(tmp_path):
     from mmoverlock.models.layers import ResDWConv
     model = nn.Sequential(DepthwiseConv2d(4, 3, dilation=3), DepthwiseConv2d(4, 7, bias=True), ResDWConv(4)).eval()
     out = str(tmp_path / 'dw.onnx')
-    torch.onnx.export(model, (torch.randn(1, 4, 12, 12), ), out, opset_version=17, dynamo=False)
+    torch.onnx.export(model, (torch.randn(1, 4, 12, 12), ), out, opset_version=17, **compat.onnx_export_kwargs())
     graph = onnx.load(out).graph
     convs = [n for n in graph.node if n.op_type == 'Conv']
     assert len(convs) == 3 and all(n.domain in ('', 'ai.onnx') for n in graph.node), \
@@ -376,12 +380,12 @@ def test_select_leaves_out_a_failing_alternative(injected):
     injected['times'] = {'torch': 5., 'triton': 1., 'fft': 3.}
 
     def oom():
-        raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
+        raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
     candidates = dict(_candidates([]), triton=oom)
     key = ('weight_grad', 'cpu', 'bfloat16', 'channels_last', 2, 64, 208, 336, 17, 1, False)
     with pytest.warns(UserWarning, match="candidate 'triton' failed .*OutOfMemoryError: CUDA out of memory"):
         assert dw.select(key, candidates, 'auto', torch.device('cpu')) == 'fft'
-    with pytest.raises(torch.OutOfMemoryError):                   # PyTorch's own failure is the user's
+    with pytest.raises(torch.cuda.OutOfMemoryError):                   # PyTorch's own failure is the user's
         dw.select(key[:-2] + (3, False), dict(candidates, torch=oom), 'auto', torch.device('cpu'))
 
 
@@ -448,7 +452,7 @@ def test_cuda_autocast_casts_as_conv2d_does():
     the autocast dtype; fp64 and None kept."""
     x, w = torch.randn(1, 2, 4, 4), torch.randn(2, 1, 3, 3, dtype=torch.float64)
     cast_x, cast_w, cast_b = dw._autocast_cuda(x, w, None)
-    assert cast_x.dtype == torch.get_autocast_dtype('cuda') and cast_w.dtype == torch.float64 and cast_b is None
+    assert cast_x.dtype == compat.autocast_dtype('cuda') and cast_w.dtype == torch.float64 and cast_b is None
 
 
 def test_plain_conv_where_every_pass_runs_pytorch(injected, monkeypatch):

@@ -6,6 +6,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmoverlock.ops import na2d, na2d_av, na2d_av_channels_first, na2d_av_reference, na2d_av_unfold
 
+from .conftest import needs_fake_impl, needs_opcheck
+
 # (B, G, C, H, W, k): the tap loop (H*W > 4k^2), the dense operator (small maps), the per-window matmuls
 # (at most 4 distinct windows: a map of exactly k, one of k + 1).
 TAP_CASE = (2, 2, 3, 9, 11, 3)
@@ -173,15 +175,23 @@ def layouts(layout, case, device='cpu', dtype=torch.float64):
     return attn.requires_grad_(), value.requires_grad_()
 
 
+@needs_opcheck
 @pytest.mark.parametrize('case', [TAP_CASE, DENSE_CASE, WINDOWS_CASE], ids=['taps', 'dense', 'windows'])
 @pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'channel_half', 'transposed_hw'])
-def test_opcheck_and_contiguous_outputs(case, layout):
+def test_opcheck(case, layout):
     """torch.library.opcheck (schema, fake tensor, autograd registration, AOT dispatch with dynamic shapes)
-    passes for every CPU path and input layout; the output and both gradients are contiguous."""
+    passes for every CPU path and input layout."""
+    attn, value = layouts(layout, case)
+    result = torch.library.opcheck(torch.ops.mmoverlock.na2d_av.default, (attn, value, case[-1]))
+    assert set(result.values()) == {'SUCCESS'}, result
+
+
+@pytest.mark.parametrize('case', [TAP_CASE, DENSE_CASE, WINDOWS_CASE], ids=['taps', 'dense', 'windows'])
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'channel_half', 'transposed_hw'])
+def test_contiguous_outputs(case, layout):
+    """For every CPU path and input layout the output and both gradients are contiguous."""
     attn, value = layouts(layout, case)
     k = case[-1]
-    result = torch.library.opcheck(torch.ops.mmoverlock.na2d_av.default, (attn, value, k))
-    assert set(result.values()) == {'SUCCESS'}, result
     out = na2d_av_channels_first(attn, value, k)
     grads = torch.autograd.grad(out, (attn, value), torch.randn(out.shape, dtype=out.dtype))
     assert out.is_contiguous() and all(g.is_contiguous() for g in grads)   # (what the op returns, not .grad)
@@ -189,8 +199,8 @@ def test_opcheck_and_contiguous_outputs(case, layout):
 
 def test_mixed_dtypes_one_rule_on_every_path():
     """The public functions promote mixed dtypes to the wider one (as autocast's promote policy); the op
-    itself -- CPU kernel, fake implementation (what torch.compile and CUDA graphs see) and backward -- raises
-    one one-line error naming both dtypes; a non-float dtype is refused the same way."""
+    itself -- CPU kernel and backward (the fake implementation: the next test) -- raises one one-line error
+    naming both dtypes; a non-float dtype is refused the same way."""
     for case in (TAP_CASE, DENSE_CASE, WINDOWS_CASE):
         attn, value, k = make(case, dtype=torch.float32)
         attn_cf, value_cf = channels_first(attn, value)
@@ -203,12 +213,21 @@ def test_mixed_dtypes_one_rule_on_every_path():
         message = 'attn is torch.float32 and value is torch.bfloat16; the op takes one dtype'
         with pytest.raises(ValueError, match=message):
             torch.ops.mmoverlock.na2d_av(attn_cf, value16, k)
-        with FakeTensorMode() as mode, pytest.raises(ValueError, match=message):
-            torch.ops.mmoverlock.na2d_av(mode.from_tensor(attn_cf), mode.from_tensor(value16), k)
         with pytest.raises(ValueError, match=message):
             torch.ops.mmoverlock.na2d_av_backward(value16, attn_cf, value16, k, True, True)
     with pytest.raises(ValueError, match='dtype torch.int64 is not supported; use float16, bfloat16'):
         na2d_av_channels_first(attn_cf.long(), value_cf.long(), k)
+
+
+@needs_fake_impl
+def test_fake_implementation_refuses_mixed_dtypes():
+    """The fake implementation (what torch.compile and CUDA graphs see) raises the kernels' one-line error."""
+    message = 'attn is torch.float32 and value is torch.bfloat16; the op takes one dtype'
+    for case in (TAP_CASE, DENSE_CASE, WINDOWS_CASE):
+        attn, value, k = make(case, dtype=torch.float32)
+        attn_cf, value16 = channels_first(attn, value.to(torch.bfloat16))
+        with FakeTensorMode() as mode, pytest.raises(ValueError, match=message):
+            torch.ops.mmoverlock.na2d_av(mode.from_tensor(attn_cf), mode.from_tensor(value16), k)
 
 
 class LargestTensor(TorchDispatchMode):
@@ -280,6 +299,7 @@ def test_cuda_matches_cpu(case):
         torch.testing.assert_close(g_gpu.cpu(), g_ref, rtol=1e-4, atol=1e-5)
 
 
+@needs_fake_impl
 def test_torch_compile_sees_one_node_and_saves_only_the_inputs():
     """torch.compile (fullgraph) captures the op as one forward node and its backward as one node; the
     tensors saved between them are attn and value, nothing of size k*k*C*H*W."""

@@ -7,9 +7,11 @@ import struct
 import zipfile
 from typing import Dict, List, Optional
 from urllib.error import URLError
+from urllib.parse import urlparse
 
 import torch
 
+from ..utils import compat
 from ..utils.safe_load import SAFE_GLOBALS
 
 #: the wrappers a checkpoint may hold its weights under (mmengine, the release, EMA weights)
@@ -63,32 +65,62 @@ def read_checkpoint(source: str, map_location='cpu', mmap: bool = False) -> dict
     Raises a one-line error for a missing, truncated or non-checkpoint file (random bytes, a text file, an
     HTML page): ``checkpoint 'x' is corrupt or not a PyTorch checkpoint (...)``. ``mmap``: map a local zip
     checkpoint's tensors instead of reading them (a quick check of a large file).
+
+    torch < 2.4 has no allow-list for ``weights_only=True``; there the same allow-list is enforced by a
+    restricted unpickler (:func:`mmoverlock.utils.compat.safe_load_kwargs`), so the same checkpoints load and
+    the same are refused; a URL is downloaded into torch hub's cache first, as ``load_state_dict_from_url`` does.
     """
     # Process-wide and idempotent (``import mmoverlock`` adds the same list). A
     # ``torch.serialization.safe_globals`` context would *remove* the entries on exit.
-    torch.serialization.add_safe_globals(SAFE_GLOBALS)
+    load_kwargs = compat.safe_load_kwargs(SAFE_GLOBALS)
     is_url = isinstance(source, str) and source.startswith(('http://', 'https://'))
     if not is_url and not os.path.isfile(source):
         raise FileNotFoundError(f"checkpoint '{source}' does not exist; expected a .pth file or an http(s) URL")
-    if not is_url:
-        sniff_checkpoint(source)
+    path = source
     try:
-        if is_url:
+        if is_url and load_kwargs['weights_only']:
             return torch.hub.load_state_dict_from_url(source, map_location=map_location, weights_only=True)
-        return torch.load(source, map_location=map_location, weights_only=True,
-                          mmap=mmap and zipfile.is_zipfile(source))
+        if is_url:     # torch < 2.4: the hub's download and cache, then the restricted load below
+            path = _hub_download(source)
     except URLError as err:
         raise ValueError(f"checkpoint '{source}' could not be downloaded ({err.reason}); "
                          f"download it and pass the local file") from None
     except pickle.UnpicklingError as err:
-        detail = _weights_only_detail(err)
-        if not _ALLOW_LIST_REFUSAL.search(detail):   # broken bytes the unpickler could not parse
-            raise _corrupt(source, detail) from None
-        raise ValueError(f"checkpoint '{source}' holds objects outside the allow-list and was not loaded "
-                         f"(weights_only): {detail}") from None
+        raise _refusal(source, err) from None
     except _UNREADABLE as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise _corrupt(source, f'{type(err).__name__}: {first}' if isinstance(err, LookupError) else first) from None
+        raise _unreadable(source, err) from None
+    sniff_checkpoint(path)
+    try:
+        return torch.load(path, map_location=map_location, mmap=mmap and zipfile.is_zipfile(path), **load_kwargs)
+    except pickle.UnpicklingError as err:
+        raise _refusal(source, err) from None
+    except _UNREADABLE as err:
+        raise _unreadable(source, err) from None
+
+
+def _refusal(source: str, err: pickle.UnpicklingError) -> ValueError:
+    """The one-line error of an unpickler's refusal: an object outside the allow-list, or broken bytes."""
+    detail = _weights_only_detail(err)
+    if not _ALLOW_LIST_REFUSAL.search(detail):   # broken bytes the unpickler could not parse
+        return _corrupt(source, detail)
+    return ValueError(f"checkpoint '{source}' holds objects outside the allow-list and was not loaded "
+                      f"(weights_only): {detail}")
+
+
+def _unreadable(source: str, err: Exception) -> ValueError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return _corrupt(source, f'{type(err).__name__}: {first}' if isinstance(err, LookupError) else first)
+
+
+def _hub_download(url: str) -> str:
+    """The file of ``url`` in torch hub's checkpoint cache (downloaded once), where
+    ``torch.hub.load_state_dict_from_url`` keeps it."""
+    folder = os.path.join(torch.hub.get_dir(), 'checkpoints')
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, os.path.basename(urlparse(url).path))
+    if not os.path.isfile(path):
+        torch.hub.download_url_to_file(url, path, progress=False)
+    return path
 
 
 def extract_state_dict(checkpoint: dict, prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ..cli.runtime import sync_bn_to_bn, task_of
 from ..engine.load_check import check_checkpoint_fits
 from ..models.contmix import adaptive_avg_pool2d_traceable
+from ..utils import compat
 
 OPSET = 17
 
@@ -132,8 +133,8 @@ def export(net: nn.Module, shape: Sequence[int], out: str, batch: int = 1) -> Li
     dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
     dynamic.update({n: {0: 'batch'} if o.dim() == 2 else {0: 'batch', 2: f'height{i}', 3: f'width{i}'}
                     for i, (n, o) in enumerate(zip(names, outputs))})
-    torch.onnx.export(net, (x, ), out, opset_version=OPSET, dynamo=False, input_names=['input'],
-                      output_names=names, dynamic_axes=dynamic)
+    torch.onnx.export(net, (x, ), out, opset_version=OPSET, input_names=['input'], output_names=names,
+                      dynamic_axes=dynamic, **compat.onnx_export_kwargs())
     return names
 
 

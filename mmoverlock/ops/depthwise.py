@@ -21,8 +21,9 @@ scripting and ``torch.compile`` on CPU, and the shapes where PyTorch measured as
 
 **CUDA.** The op ``torch.ops.mmoverlock.depthwise_conv2d`` (registered with ``torch.library``: a fake
 implementation, so ``torch.compile`` sees one node; autograd through the op
-``mmoverlock::depthwise_conv2d_backward``). Each pass -- forward, input gradient, weight gradient -- picks
-among candidates by ``choice``:
+``mmoverlock::depthwise_conv2d_backward``; on torch < 2.4 an ``autograd.Function`` around the same kernels, and
+torch 2.1 registers no fake implementation: :mod:`mmoverlock.utils.compat`). Each pass -- forward, input
+gradient, weight gradient -- picks among candidates by ``choice``:
 
 * ``'auto'`` (default): the first call with a new key (pass, device, dtype, memory format, N, C, H and W
   rounded up to multiples of ``SIZE_BUCKET``, k, dilation) runs every candidate once untimed (Triton
@@ -59,6 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from ..utils import compat
 from .tracing import is_tracing
 
 __all__ = ['depthwise_conv2d', 'triton_depthwise_conv2d', 'fft_weight_grad', 'choose_paths', 'CHOICES', 'pick',
@@ -88,7 +90,7 @@ def choose_paths(x: torch.Tensor, kernel_size: int, dilation: int) -> Tuple[str,
     """
     if x.device.type != 'cpu' or x.dtype not in (torch.float32, torch.float64):
         return TORCH, TORCH, TORCH
-    if is_tracing() or torch.jit.is_scripting() or _cpu_autocast() or torch.compiler.is_compiling():
+    if is_tracing() or torch.jit.is_scripting() or _cpu_autocast() or compat.is_compiling():
         return TORCH, TORCH, TORCH
     dilated = dilation > 1
     fwd = POLY if dilated and dilation * (kernel_size - 1) // 2 >= POLY_FWD_MIN_PAD else TORCH
@@ -98,7 +100,7 @@ def choose_paths(x: torch.Tensor, kernel_size: int, dilation: int) -> Tuple[str,
 
 
 def _cpu_autocast() -> bool:
-    return torch.is_autocast_enabled('cpu')
+    return compat.is_autocast_enabled('cpu')
 
 
 def _fast_len(n: int) -> int:
@@ -348,14 +350,14 @@ def select(key: tuple, candidates: Dict[str, Callable[[], object]], choice: str,
 
 @lru_cache(maxsize=1)
 def _triton_kernels():
-    """mmoverlock.ops.depthwise_triton, or None where Triton is not installed (CUDA then keeps PyTorch's
-    conv and the FFT weight gradient as candidates)."""
-    try:
-        from . import depthwise_triton
-    except ImportError:
-        warnings.warn('mmoverlock: triton is not installed; depthwise_conv2d chooses between PyTorch\'s conv '
-                      'and the FFT weight gradient on CUDA (pip install triton for the Triton kernels)')
+    """mmoverlock.ops.depthwise_triton, or None where Triton is not installed or older than the kernels need
+    (CUDA then keeps PyTorch's conv and the FFT weight gradient as candidates; one warning says so)."""
+    reason = compat.triton_unusable('depthwise_conv2d')
+    if reason is not None:
+        warnings.warn(f"{reason}; depthwise_conv2d chooses between PyTorch's conv and the FFT weight gradient on "
+                      f"CUDA")
         return None
+    from . import depthwise_triton
     return depthwise_triton
 
 
@@ -411,7 +413,7 @@ def plain_conv(x: torch.Tensor, kernel_size: int, dilation: int, has_bias: bool,
     ``depthwise_conv2d`` calls ``F.conv2d`` itself: no op overhead, and PyTorch's double backward."""
     if choice == TORCH or (choice == AUTO and deterministic_requested()):
         return True
-    if choice != AUTO or torch.compiler.is_compiling():
+    if choice != AUTO or compat.is_compiling():
         return False
     return all(_CHOSEN.get(choice_key(name, x, kernel_size, dilation, has_bias and name == FORWARD)) == TORCH
                for name in (FORWARD, INPUT_GRAD, WEIGHT_GRAD))
@@ -423,7 +425,14 @@ def _check_choice(choice: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the op
-@torch.library.custom_op('mmoverlock::depthwise_conv2d', mutates_args=())
+# Registered with torch.library's dispatcher-level API, as mmoverlock::na2d_av is, through
+# mmoverlock.utils.compat (torch < 2.4: autograd by an autograd.Function; torch 2.1: no fake implementation).
+_LIBRARY = torch.library.Library('mmoverlock', 'FRAGMENT')
+_LIBRARY.define('depthwise_conv2d(Tensor x, Tensor weight, Tensor? bias, int dilation, str choice) -> Tensor')
+_LIBRARY.define('depthwise_conv2d_backward(Tensor grad_out, Tensor x, Tensor weight, int dilation, str choice, '
+                'bool x_grad, bool weight_grad, bool bias_grad) -> (Tensor, Tensor, Tensor)')
+
+
 def _depthwise_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dilation: int,
                   choice: str) -> torch.Tensor:
     """x (B, C, H, W), weight (C, 1, k, k), bias (C,) or None, one dtype -> (B, C, H, W) in x's memory
@@ -432,7 +441,6 @@ def _depthwise_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     return _paths_forward(x, weight, bias, dilation, fwd).contiguous(memory_format=_memory_format(x))
 
 
-@_depthwise_op.register_kernel('cuda')
 def _depthwise_cuda(x, weight, bias, dilation, choice):
     """The chosen forward (``select``): PyTorch's conv or the Triton kernel."""
     candidates = forward_candidates(x, weight, bias, dilation)
@@ -441,7 +449,6 @@ def _depthwise_cuda(x, weight, bias, dilation, choice):
     return candidates[path]().contiguous(memory_format=_memory_format(x))
 
 
-@_depthwise_op.register_fake
 def _depthwise_fake(x, weight, bias, dilation, choice):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
 
@@ -454,7 +461,6 @@ def _gradients(grad_x, grad_w, grad_b, x, weight):
             weight.new_empty(0) if grad_b is None else grad_b.contiguous())
 
 
-@torch.library.custom_op('mmoverlock::depthwise_conv2d_backward', mutates_args=())
 def _depthwise_backward_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, dilation: int,
                            choice: str, x_grad: bool, weight_grad: bool, bias_grad: bool
                            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -465,7 +471,6 @@ def _depthwise_backward_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torc
                       x, weight)
 
 
-@_depthwise_backward_op.register_kernel('cuda')
 def _depthwise_backward_cuda(grad_out, x, weight, dilation, choice, x_grad, weight_grad, bias_grad):
     """The chosen input gradient (PyTorch / Triton) and weight gradient (PyTorch / Triton / FFT)."""
     k = weight.shape[-1]
@@ -486,7 +491,6 @@ def _depthwise_backward_cuda(grad_out, x, weight, dilation, choice, x_grad, weig
     return _gradients(grad_x, grad_w, grad_b, x, weight)
 
 
-@_depthwise_backward_op.register_fake
 def _depthwise_backward_fake(grad_out, x, weight, dilation, choice, x_grad, weight_grad, bias_grad):
     return (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x)) if x_grad
             else x.new_empty(0),
@@ -509,7 +513,14 @@ def _backward(ctx, grad_out):
     return (grad_x if need_x else None), (grad_w if need_w else None), (grad_b if need_b else None), None, None
 
 
-_depthwise_op.register_autograd(_backward, setup_context=_setup_context)
+# the default kernels (the CPU paths) serve CPU and any device without its own kernel, as a custom_op's do
+_LIBRARY.impl('depthwise_conv2d', _depthwise_op, 'CompositeExplicitAutograd')
+_LIBRARY.impl('depthwise_conv2d', _depthwise_cuda, 'CUDA')
+_LIBRARY.impl('depthwise_conv2d_backward', _depthwise_backward_op, 'CompositeExplicitAutograd')
+_LIBRARY.impl('depthwise_conv2d_backward', _depthwise_backward_cuda, 'CUDA')
+compat.register_fake('mmoverlock::depthwise_conv2d', _depthwise_fake, lib=_LIBRARY)
+compat.register_fake('mmoverlock::depthwise_conv2d_backward', _depthwise_backward_fake, lib=_LIBRARY)
+compat.register_autograd('mmoverlock::depthwise_conv2d', _backward, setup_context=_setup_context, lib=_LIBRARY)
 
 
 def _conv_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
@@ -529,9 +540,8 @@ def register_flop_formulas() -> None:
     call that runs the op; call it yourself before creating a ``FlopCounterMode`` that should see the op's
     first call. Not done on import: ``torch.utils.flop_counter`` imports triton (seconds), which
     ``import mmoverlock`` does not."""
-    from torch.utils.flop_counter import register_flop_formula
-    register_flop_formula(torch.ops.mmoverlock.depthwise_conv2d)(_conv_flop)
-    register_flop_formula(torch.ops.mmoverlock.depthwise_conv2d_backward)(_conv_backward_flop)
+    compat.register_flop_formula(torch.ops.mmoverlock.depthwise_conv2d, _conv_flop)
+    compat.register_flop_formula(torch.ops.mmoverlock.depthwise_conv2d_backward, _conv_backward_flop)
 
 
 # ------------------------------------------------------------------------------------------ entry points
@@ -551,7 +561,7 @@ def _check_args(x: torch.Tensor, weight: torch.Tensor, dilation) -> int:
 
 def _autocast_cuda(*tensors):
     """F.conv2d's autocast policy on CUDA: floating tensors other than fp64 in the autocast dtype."""
-    dtype = torch.get_autocast_dtype('cuda')
+    dtype = compat.autocast_dtype('cuda')
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
                  for t in tensors)
 
@@ -578,9 +588,10 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     _check_choice(choice)
     c, k = x.shape[1], weight.shape[-1]
     if is_tracing():
+        c, k = compat.static_int(weight.shape[0]), compat.static_int(k)    # constants of the model
         return F.conv2d(x, weight, bias, 1, dilation * (k - 1) // 2, dilation, c)
     if x.device.type == 'cuda':
-        if torch.is_autocast_enabled('cuda'):
+        if compat.is_autocast_enabled('cuda'):
             x, weight, bias = _autocast_cuda(x, weight, bias)
         if (weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype)    # PyTorch's dtype rules
                 or plain_conv(x, k, dilation, bias is not None, choice)):

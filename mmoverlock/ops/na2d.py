@@ -12,11 +12,14 @@ Two layouts:
 
 One op, ``torch.ops.mmoverlock.na2d_av`` (channels-first), registered with ``torch.library``: autograd
 (its backward is the op ``mmoverlock::na2d_av_backward``), a fake implementation for ``torch.compile``
-(one graph node; only attn and value are saved for backward) and a kernel per device:
+(one graph node; only attn and value are saved for backward) and a kernel per device. On torch < 2.4 the
+autograd is an ``autograd.Function`` around the same kernels, and torch 2.1 registers no fake implementation
+(:mod:`mmoverlock.utils.compat`, docs/compat.md).
 
 * **CUDA**: fused Triton kernels (:mod:`mmoverlock.ops.na2d_triton`): one pass over the k*k taps per pixel
   tile for the forward and grad_attn, an inverse-neighbourhood gather for grad_value; launched on the
-  tensors' device. Without Triton installed, CUDA runs the CPU kernels below (the same choice by map size);
+  tensors' device. Without Triton >= 3.0 (none installed, or torch 2.1's Triton 2.1), CUDA runs the CPU
+  kernels below (the same choice by map size), after a one-line warning naming the Triton it needs;
 * **CPU**, chosen by map size; none materialises anything of size C*k*k*H*W, activation memory is
   O(B*G*H*W*(C + k*k)):
 
@@ -52,6 +55,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..utils import compat
 from .tracing import is_exporting
 from .triton_common import SUPPORTED_DTYPES
 
@@ -342,24 +346,24 @@ def _cpu_backward(grad_out, attn, value, kernel_size, attn_grad, value_grad):
 
 @lru_cache(maxsize=1)
 def _triton_kernels():
-    """mmoverlock.ops.na2d_triton, or None where Triton is not installed."""
-    try:
-        from . import na2d_triton
-    except ImportError:
+    """mmoverlock.ops.na2d_triton, or None where Triton is not installed or older than the kernels need
+    (:func:`mmoverlock.utils.compat.triton_unusable`)."""
+    if compat.triton_unusable('na2d_av') is not None:
         return None
+    from . import na2d_triton
     return na2d_triton
 
 
 @lru_cache(maxsize=1)
 def _warn_no_triton() -> None:
-    warnings.warn('mmoverlock: triton is not installed; na2d_av runs its CPU kernels on CUDA (slow); '
-                  'pip install triton for the fused kernels')
+    """Say once, in one line, why CUDA runs the CPU kernels."""
+    warnings.warn(f"{compat.triton_unusable('na2d_av')}; na2d_av runs its CPU kernels on CUDA (slow)")
 
 
 def _require_triton():
     kernels = _triton_kernels()
     if kernels is None:
-        raise RuntimeError('na2d_av_triton: triton is not installed (pip install triton)')
+        raise RuntimeError(compat.triton_unusable('na2d_av_triton'))
     return kernels
 
 
@@ -449,9 +453,9 @@ _LIBRARY.impl('na2d_av_triton', _na2d_av_triton, 'CPU')
 _LIBRARY.impl('na2d_av_triton', _na2d_av_triton, 'CUDA')
 _LIBRARY.impl('na2d_av_triton_backward', _na2d_av_triton_backward, 'CPU')
 _LIBRARY.impl('na2d_av_triton_backward', _na2d_av_triton_backward, 'CUDA')
-for _name in ('na2d_av', 'na2d_av_triton'):
-    torch.library.register_fake(f'mmoverlock::{_name}', _na2d_av_fake, lib=_LIBRARY)
-    torch.library.register_fake(f'mmoverlock::{_name}_backward', _na2d_av_backward_fake, lib=_LIBRARY)
+for _name in ('na2d_av', 'na2d_av_triton'):     # none on torch 2.1 (compat.FAKE_REGISTRATION, docs/compat.md)
+    compat.register_fake(f'mmoverlock::{_name}', _na2d_av_fake, lib=_LIBRARY)
+    compat.register_fake(f'mmoverlock::{_name}_backward', _na2d_av_backward_fake, lib=_LIBRARY)
 
 
 # One autograd for both ops: only attn and value are saved; the backward is the matching backward op.
@@ -473,12 +477,12 @@ def _autograd_backward(backward_op):
 
 _NA2D_AV = torch.ops.mmoverlock.na2d_av.default
 _NA2D_AV_TRITON = torch.ops.mmoverlock.na2d_av_triton.default
-torch.library.register_autograd('mmoverlock::na2d_av',
-                                _autograd_backward(torch.ops.mmoverlock.na2d_av_backward.default),
-                                setup_context=_setup_context, lib=_LIBRARY)
-torch.library.register_autograd('mmoverlock::na2d_av_triton',
-                                _autograd_backward(torch.ops.mmoverlock.na2d_av_triton_backward.default),
-                                setup_context=_setup_context, lib=_LIBRARY)
+# (torch < 2.4: an autograd.Function with the same setup_context and backward, compat.register_autograd)
+compat.register_autograd('mmoverlock::na2d_av', _autograd_backward(torch.ops.mmoverlock.na2d_av_backward.default),
+                         setup_context=_setup_context, lib=_LIBRARY)
+compat.register_autograd('mmoverlock::na2d_av_triton',
+                         _autograd_backward(torch.ops.mmoverlock.na2d_av_triton_backward.default),
+                         setup_context=_setup_context, lib=_LIBRARY)
 
 
 def na2d_av_channels_first(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:

@@ -1,0 +1,167 @@
+"""The version shims of mmoverlock.utils.compat and what they promise on the oldest supported stack (torch 2.1,
+Triton 2.1: ``make test-compat``) and on the main one: the ops' registration, the Triton fallback, checkpoint
+loading without an allow-list, the autocast / compile queries."""
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mmengine.logging import HistoryBuffer
+
+from mmoverlock.checkpoint.io import read_checkpoint
+from mmoverlock.ops import depthwise, na2d, na2d_av_reference, triton_na2d_av
+from mmoverlock.utils import compat
+
+from .test_ops import make
+
+
+def test_the_lane_runs_the_torch_it_claims():
+    """``make test-compat`` sets MMOVERLOCK_EXPECT_TORCH (e.g. 2.1): the run really uses that torch."""
+    expected = os.environ.get('MMOVERLOCK_EXPECT_TORCH')
+    if expected:
+        assert compat.TORCH_VERSION[:2] == compat.parse_version(expected)[:2], torch.__version__
+    assert compat.TORCH_VERSION >= (2, 1)
+
+
+@pytest.mark.parametrize('text,version', [('2.1.2+cu121', (2, 1, 2)), ('2.13.0+cpu', (2, 13, 0)),
+                                          ('3.0.0', (3, 0, 0)), ('2.6.0a0+git1234', (2, 6, 0)),
+                                          ('3.1.0rc1', (3, 1, 0))])
+def test_parse_version(text, version):
+    assert compat.parse_version(text) == version
+
+
+def test_registration_follows_the_torch_version():
+    """torch >= 2.4 registers autograd and the fake implementation with torch.library; 2.1 autograd through
+    an autograd.Function and no fake implementation."""
+    assert compat.HAS_REGISTER_AUTOGRAD == (compat.TORCH_VERSION >= (2, 4))
+    assert compat.HAS_SAFE_GLOBALS == (compat.TORCH_VERSION >= (2, 4))
+    if compat.TORCH_VERSION >= (2, 4):
+        assert compat.FAKE_REGISTRATION == 'register_fake'
+    elif compat.TORCH_VERSION[:2] == (2, 1):
+        assert compat.FAKE_REGISTRATION is None
+
+
+@pytest.mark.parametrize('op', ['na2d_av', 'depthwise_conv2d'])
+def test_ops_differentiate_on_this_torch(op):
+    """Through the registered ops (torch.library autograd, or the autograd.Function on torch < 2.4): the
+    gradients of the op equal those of the reference in fp64."""
+    if op == 'na2d_av':
+        attn, value, _ = make((1, 2, 3, 9, 8, 5), requires_grad=True)
+        ours = torch.ops.mmoverlock.na2d_av(attn.permute(0, 1, 4, 2, 3), value.permute(0, 1, 4, 2, 3), 5)
+        ours = ours.permute(0, 1, 3, 4, 2)
+        ref = na2d_av_reference(attn, value, 5)
+        inputs = (attn, value)
+    else:
+        x = torch.randn(2, 4, 9, 9, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(4, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+        ours = torch.ops.mmoverlock.depthwise_conv2d(x, w, b, 2, 'auto')
+        ref = torch.nn.functional.conv2d(x, w, b, 1, 4, 2, 4)
+        inputs = (x, w, b)
+    grad = torch.randn_like(ref)
+    ours_grads = torch.autograd.grad(ours, inputs, grad)
+    ref_grads = torch.autograd.grad(ref, inputs, grad)
+    torch.testing.assert_close(ours, ref)
+    for got, want in zip(ours_grads, ref_grads):
+        torch.testing.assert_close(got, want)
+
+
+def test_triton_unusable_names_the_version_needed():
+    assert compat.triton_unusable('na2d_av', '3.6.0') is None
+    assert compat.triton_unusable('na2d_av', '3.0.0') is None
+    reason = compat.triton_unusable('na2d_av', '2.1.0')
+    assert reason == ('na2d_av: triton 2.1.0 is installed; the fused kernels need triton >= 3.0 '
+                      '(torch >= 2.4 brings it)')
+
+
+@pytest.fixture
+def old_triton(monkeypatch):
+    """Triton 2.1 as the ops see it: the installed one in the compatibility lane (no patch), a patched version
+    string in the main lane (whose Triton 3 would otherwise be used). The ops' cached choices are reset."""
+    caches = (na2d._triton_kernels, na2d._warn_no_triton, depthwise._triton_kernels)
+    if compat.triton_unusable('na2d_av') is None:
+        monkeypatch.setattr(compat, 'triton_version', lambda: '2.1.0')
+    for cache in caches:
+        cache.cache_clear()
+    yield compat.triton_version()
+    for cache in caches:
+        cache.cache_clear()
+
+
+def test_old_triton_falls_back_to_the_cpu_kernels_once(old_triton):
+    """With Triton < 3.0 the CUDA kernel of na2d_av runs the CPU-algorithm kernels (called here directly, on
+    CPU tensors: the function the dispatcher calls for CUDA ones) after one one-line warning naming the
+    version; depthwise_conv2d keeps PyTorch's conv and the FFT weight gradient as candidates."""
+    attn, value, _ = make((1, 2, 3, 9, 8, 5))
+    want = na2d_av_reference(attn, value, 5).permute(0, 1, 4, 2, 3)
+    attn, value = attn.permute(0, 1, 4, 2, 3).contiguous(), value.permute(0, 1, 4, 2, 3).contiguous()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        for _ in range(3):
+            torch.testing.assert_close(na2d._na2d_av_cuda(attn, value, 5), want)
+        grads = na2d._na2d_av_backward_cuda(torch.ones_like(value), attn, value, 5, True, True)
+    assert [g.shape for g in grads] == [attn.shape, value.shape]
+    messages = [str(w.message) for w in caught]
+    assert messages == [f'na2d_av: triton {old_triton} is installed; the fused kernels need triton >= 3.0 (torch '
+                        f'>= 2.4 brings it); na2d_av runs its CPU kernels on CUDA (slow)'], messages
+    with pytest.raises(RuntimeError, match=rf'^na2d_av_triton: triton {old_triton} is installed; .*>= 3\.0'):
+        triton_na2d_av(attn, value, 5)
+    x, w = torch.randn(1, 4, 8, 8), torch.randn(4, 1, 3, 3)
+    with pytest.warns(UserWarning, match=rf'depthwise_conv2d: triton {old_triton} is installed'):
+        assert set(depthwise.weight_grad_candidates(torch.ones_like(x), x, w, 1)) == {'torch', 'fft'}
+    assert set(depthwise.forward_candidates(x, w, None, 1)) == {'torch'}
+
+
+def test_plain_state_dict_loads_safely(tmp_path):
+    """A state dict of tensors (nested dicts, numbers, strings) loads with weights_only on every torch."""
+    path = str(tmp_path / 'plain.pth')
+    state = {'state_dict': {'w': torch.randn(3)}, 'meta': {'epoch': 3, 'note': 'x'}}
+    torch.save(state, path)
+    got = read_checkpoint(path)
+    torch.testing.assert_close(got['state_dict']['w'], state['state_dict']['w'])
+    assert got['meta'] == state['meta']
+
+
+def test_mmengine_checkpoint_loads_with_the_allow_list(tmp_path):
+    """mmengine's HistoryBuffer and numpy meta load on every torch: through torch's allow-list (>= 2.4) or the
+    restricted unpickler with the same list (older torch, whose weights_only has no allow-list)."""
+    path = str(tmp_path / 'mmengine.pth')
+    buffer = HistoryBuffer()
+    buffer.update(1.5)
+    torch.save({'state_dict': {'w': torch.ones(2)}, 'meta': {'seed': np.int64(3), 'arr': np.arange(3)},
+                'message_hub': {'log_scalars': {'loss': buffer}}}, path)
+    got = read_checkpoint(path)
+    assert got['message_hub']['log_scalars']['loss'].mean() == 1.5
+    assert got['meta']['seed'] == 3 and got['meta']['arr'].tolist() == [0, 1, 2]
+    assert compat.safe_load_kwargs([])['weights_only'] == compat.HAS_SAFE_GLOBALS
+
+
+class ArbitraryCode:
+    """A class outside the allow-list whose unpickling would run code (create ``path``)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __reduce__(self):
+        return Path.touch, (self.path, )
+
+
+@pytest.mark.parametrize('nested', [False, True])
+def test_objects_outside_the_allow_list_are_refused(tmp_path, nested):
+    """A pickled callable outside the allow-list is refused in one line on every torch, before it runs."""
+    path, marker = str(tmp_path / 'evil.pth'), tmp_path / 'code_ran'
+    payload = ArbitraryCode(marker)
+    torch.save({'state_dict': {'w': torch.ones(1)}, 'x': payload} if nested else payload, path)
+    with pytest.raises(ValueError, match=r"evil\.pth' holds objects outside the allow-list .*GLOBAL") as err:
+        read_checkpoint(path)
+    assert '\n' not in str(err.value) and not marker.exists()
+
+
+def test_autocast_and_compile_queries():
+    """The per-device autocast queries and the compile flag, whatever torch spells them."""
+    assert not compat.is_autocast_enabled('cpu') and not compat.is_compiling()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert compat.is_autocast_enabled('cpu') and not compat.is_autocast_enabled('cuda')
+        assert compat.autocast_dtype('cpu') == torch.bfloat16
