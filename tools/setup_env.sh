@@ -12,18 +12,10 @@
 # python3), MAX_JOBS (mmcv build), TORCH_INDEX_URL.
 set -euo pipefail
 
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-lock=requirements/lock
-python=${PYTHON:-python3}
-cache=${MMOVERLOCK_CACHE:-$HOME/.cache/mmoverlock}
-pyver=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+source "$(dirname "$0")/env/common.sh"
+lock_files=($lock/cpu-core.txt $lock/cpu.txt $lock/cpu-nodeps.txt)
 venv="$cache/venv-py$pyver-$(cat $lock/cpu-core.txt $lock/mmcv-build.txt | sha256sum | cut -c1-12)"
 rest_key=$(cat $lock/cpu.txt $lock/cpu-nodeps.txt tools/env/torchvision_cpu_shim.py | sha256sum | cut -c1-12)
-
-pin() { grep -hE "^$1==" $lock/cpu-core.txt $lock/cpu.txt $lock/cpu-nodeps.txt | head -n1; }
-pins() { grep -vE '^(#|$)' "$1"; }
-vpip() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 torch_index=()
 if [ -n "${TORCH_INDEX_URL:-}" ]; then torch_index=(--extra-index-url "$TORCH_INDEX_URL"); fi
 
@@ -61,10 +53,4 @@ if [ "$(cat "$venv/.rest-key" 2>/dev/null)" != "$rest_key" ]; then
     echo "$rest_key" > "$venv/.rest-key"
 fi
 
-ln -sfn "$venv" .venv
-# Editable install of this checkout, redone only when the shared venv points at another checkout.
-here=$(cd / && "$root/.venv/bin/python" -c 'import mmoverlock, os; print(os.path.dirname(os.path.dirname(mmoverlock.__file__)))' \
-       2>/dev/null || true)
-if [ "$here" != "$root" ]; then
-    "$root/.venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps --no-build-isolation -e . >/dev/null
-fi
+link_venv .venv

@@ -12,18 +12,10 @@
 # MAX_JOBS (mmcv build).
 set -euo pipefail
 
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-lock=requirements/lock
-python=${PYTHON:-python3}
-cache=${MMOVERLOCK_CACHE:-$HOME/.cache/mmoverlock}
-pyver=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+source "$(dirname "$0")/env/common.sh"
+lock_files=($lock/compat-core.txt $lock/compat.txt)
 venv="$cache/compat-venv-py$pyver-$(sha256sum < $lock/compat-core.txt | cut -c1-12)"
 rest_key=$(sha256sum < $lock/compat.txt | cut -c1-12)
-
-pin() { grep -hE "^$1==" $lock/compat-core.txt $lock/compat.txt | head -n1; }
-pins() { grep -vE '^(#|$)' "$1"; }
-vpip() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 
 if [ ! -f "$venv/.core-complete" ]; then
     echo "[setup_env_compat] building $venv (first use on this machine: mmcv compiles, ~10 min)"
@@ -52,13 +44,6 @@ if [ "$(cat "$venv/.rest-key" 2>/dev/null)" != "$rest_key" ]; then
     echo "$rest_key" > "$venv/.rest-key"
 fi
 
-ln -sfn "$venv" .venv-compat
-# Editable install of this checkout, redone only when the shared venv points at another checkout.
-here=$(cd / && "$root/.venv-compat/bin/python" -c \
-       'import mmoverlock, os; print(os.path.dirname(os.path.dirname(mmoverlock.__file__)))' 2>/dev/null || true)
-if [ "$here" != "$root" ]; then
-    "$root/.venv-compat/bin/python" -m pip --disable-pip-version-check -q install --no-deps --no-build-isolation \
-        -e . >/dev/null
-fi
+link_venv .venv-compat
 "$root/.venv-compat/bin/python" -c 'import torch, triton; print("[setup_env_compat] torch", torch.__version__,
                                     "triton", triton.__version__)'
