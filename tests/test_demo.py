@@ -177,3 +177,42 @@ def test_demo_reads_the_metrics_mmengine_logged(tmp_path):
     (run / '20250101_000000.json').write_text(json.dumps({'coco/bbox_mAP_50': 0.7}))
     (tmp_path / 'test' / '20240101_000000').mkdir()   # an older run is ignored
     assert demo.test_metrics(str(tmp_path / 'test')) == {'coco/bbox_mAP_50': 0.7}
+
+
+# ---------------------------------------------------------------------------------------------- make demo
+@pytest.mark.integration
+def test_make_demo_runs_every_phase_at_reduced_size(tmp_path, capsys):
+    """tools/demo.py end to end, as `make demo` runs it (training in 2 processes), on 4 + 2 images with the tiny
+    arch and 1 epoch: 1 step of 2 images per process."""
+    data = tmp_path / 'data'
+    shapes_data.make_demo_data(str(data), num_train=4, num_val=2, size=96)
+    config = tiny_config(tmp_path, DET_DEMO, 'tiny_det.py')
+    wd = tmp_path / 'demo'
+    summary = demo.main(['--config', config, '--data', str(data), '--work-dir', str(wd), '--epochs', '1'])
+    for name in ('untrained', 'trained'):
+        assert set(summary[name]) == set(demo.AP_KEYS)
+        assert all(0 <= v <= 1 for v in summary[name].values())
+    for picture in ('curves.png', 'predictions.png', 'erf_untrained.png', 'erf_trained.png', 'kernels_trained.png'):
+        assert cv2.imread(str(wd / picture)) is not None, picture
+    assert json.loads((wd / 'summary.json').read_text())['trained'] == summary['trained']
+    # training started from the very weights the untrained evaluation scored
+    train_log = (wd / 'logs' / 'train.log').read_text()
+    assert f"Load checkpoint from {wd / 'untrained.pth'}" in train_log and 'Epoch(train) [1][1/1]' in train_log
+    assert 'Distributed launcher: pytorch' in train_log and 'GPU number: 2' in train_log   # mmengine's words
+    assert 'Epoch(test)' in (wd / 'logs' / 'untrained_test.log').read_text()
+    # the console: one line per phase and the table, none of the tools' own output
+    shown = capsys.readouterr().out
+    lines = shown.splitlines()
+    assert len(lines) < 25, shown
+    for label, progress in (('untrained', '1/1 batches'), ('train', '1/1 iterations'), ('trained', '1/1 batches'),
+                            ('pictures', '3/3 steps')):
+        assert any(line.startswith(label) and progress in line for line in lines), (label, shown)
+    assert 'untrained   trained' in shown and 'Config:' not in shown and 'loss_rpn_cls' not in shown
+    row = next(line for line in lines if line.startswith('bbox AP50'))
+    assert row.split()[2:] == [f"{summary['untrained']['coco/bbox_mAP_50']:.3f}",
+                               f"{summary['trained']['coco/bbox_mAP_50']:.3f}"]
+
+
+def test_demo_rejects_zero_epochs(tmp_path):
+    with pytest.raises(ValueError, match='--epochs 0'):
+        demo.main(['--epochs', '0', '--work-dir', str(tmp_path)])

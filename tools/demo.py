@@ -2,18 +2,23 @@
 """`make demo`: the main job end to end on built-in data, on a CPU, in minutes.
 
     python tools/demo.py [--work-dir work_dirs/demo] [--data data/demo] [--epochs N] [--threads N]
+                         [--train-processes 2] [--seed 0] [--verbose]
 
 1. makes the synthetic shapes data set (as tools/make_demo_data.py does) unless it is there already;
 2. saves the freshly initialised detector (configs/demo/cascade_overlock_demo_shapes.py) and
-   evaluates it: the *untrained* bbox / segm AP;
-3. trains it from those very weights with tools/train.py, validating as the config says (every 2 epochs);
+   evaluates it with tools/test.py: the *untrained* bbox / segm AP;
+3. trains it from those very weights with tools/train.py (two processes, DDP over gloo, as
+   tools/dist_train.sh starts them), validating as the config says;
 4. evaluates the trained detector with ``tools/test.py ... --eval bbox segm --show-dir``: the COCO table and
    the prediction overlays (mmdet's DetLocalVisualizer: ground truth left, prediction right);
-5. draws the loss / AP curves and a montage of overlays, and prints untrained vs trained AP50;
-6. draws the effective receptive field of stage 4 before and after training and the trained ContMix kernels.
+5. draws the loss / AP curves, a montage of overlays, the effective receptive field of stage 4 before and
+   after training and the trained ContMix kernels;
+6. prints the untrained and trained AP side by side.
 
-Everything lands under the work dir: ``untrained.pth``, ``train/`` (logs, checkpoint), ``test/`` (logs,
-overlays), ``curves.png``, ``predictions.png``, ``erf_untrained.png``, ``erf_trained.png``,
+The console shows one line per phase with a progress bar (mmoverlock.demo.console); the tools' whole output
+goes to ``logs/<phase>.log`` (``--verbose``: to the terminal instead). Everything lands under the work dir:
+``untrained.pth``, ``untrained/``, ``train/``, ``test/`` (mmengine's logs and configs, the checkpoint, the
+overlays), ``logs/``, ``curves.png``, ``predictions.png``, ``erf_untrained.png``, ``erf_trained.png``,
 ``kernels_trained.png``, ``summary.json``.
 """
 import argparse
@@ -22,14 +27,15 @@ import json
 import logging
 import os
 import os.path as osp
-import subprocess
+import socket
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 import mmoverlock.cli.quiet_warnings  # noqa: E402,F401  (first: third-party import warnings)
+from mmoverlock.demo.console import PhaseFailed, make_console, run_phase, run_steps  # noqa: E402
 from mmoverlock.demo.shapes_data import make_demo_data  # noqa: E402
 
 DEMO_CONFIG = osp.join(ROOT, 'configs', 'demo', 'cascade_overlock_demo_shapes.py')
@@ -43,17 +49,6 @@ def data_options(data: str) -> List[str]:
     return [f'train_dataloader.dataset.data_root={root}', f'val_dataloader.dataset.data_root={root}',
             f'test_dataloader.dataset.data_root={root}', f'val_evaluator.ann_file={val_ann}',
             f'test_evaluator.ann_file={val_ann}']
-
-
-def run_tool(args: List[str], threads: Optional[int]) -> None:
-    """Run a tools/ script in a child process, its output (mmengine's logs) streaming to this terminal."""
-    env = dict(os.environ)
-    if threads:
-        env['OMP_NUM_THREADS'] = str(threads)
-        env['MKL_NUM_THREADS'] = str(threads)
-    cmd = [sys.executable] + args
-    print('\n$ ' + ' '.join(cmd), flush=True)
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
 
 
 def latest_run_dir(work_dir: str) -> str:
@@ -195,46 +190,108 @@ def parse_args(argv: Optional[List[str]] = None):
     parser.add_argument('--data', default='data/demo', help='demo data folder (made if missing)')
     parser.add_argument('--config', default=DEMO_CONFIG)
     parser.add_argument('--epochs', type=int, help="training epochs (default: the config's)")
-    parser.add_argument('--threads', type=int, help='OMP threads of the train / test processes')
+    parser.add_argument('--threads', type=int, help='OMP threads of each train / test process')
+    parser.add_argument('--train-processes', type=int, default=2,
+                        help='training processes (DDP over gloo, one per CPU core; the config sets the images '
+                             'per process); 1: tools/train.py alone')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--verbose', action='store_true',
+                        help="print the tools' whole output (mmengine's logs) instead of one line per phase")
     return parser.parse_args(argv)
+
+
+def tool_env(threads: Optional[int]) -> dict:
+    """The child processes' environment: ``threads`` OpenMP / MKL threads when given."""
+    env = dict(os.environ)
+    if threads:
+        env['OMP_NUM_THREADS'] = env['MKL_NUM_THREADS'] = str(threads)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def train_command(processes: int) -> List[str]:
+    """tools/train.py, or torchrun starting ``processes`` of it (as tools/dist_train.sh does)."""
+    if processes == 1:
+        return ['tools/train.py']
+    return ['-m', 'torch.distributed.run', f'--nproc_per_node={processes}', '--master_addr=127.0.0.1',
+            f'--master_port={free_port()}', 'tools/train.py', '--launcher', 'pytorch']
+
+
+def config_settings(config: str) -> Tuple[int, int]:
+    """The demo config's training epochs and image side (px)."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(config)
+    return int(cfg.train_cfg.max_epochs), int(cfg.get('image_size', 160))
+
+
+def result_table(untrained: Dict[str, float], trained: Dict[str, float]) -> str:
+    """The untrained and trained COCO AP side by side, one metric a row."""
+    rows = [f"{'val split (synthetic)':<24}{'untrained':>10}{'trained':>10}"]
+    for key, name in zip(AP_KEYS, ('bbox AP50', 'bbox AP', 'segm AP50', 'segm AP')):
+        rows.append(f'{name:<24}' + ''.join(f'{m.get(key, float("nan")):>10.3f}' for m in (untrained, trained)))
+    return '\n'.join(rows)
 
 
 def main(argv: Optional[List[str]] = None):
     args = parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f'--epochs {args.epochs}: need at least 1')
+    if args.train_processes < 1:
+        raise ValueError(f'--train-processes {args.train_processes}: need at least 1')
     start = time.time()
     wd = args.work_dir
-    os.makedirs(wd, exist_ok=True)
+    logs = osp.join(wd, 'logs')
+    os.makedirs(logs, exist_ok=True)
+    console = make_console()
+    env = tool_env(args.threads)
+    config_epochs, size = config_settings(args.config)
+    epochs = args.epochs or config_epochs
     timings = {}
 
+    def phase(label, tool_args, log_name, **kwargs):
+        return run_phase(console, label, [sys.executable] + tool_args, osp.join(logs, log_name), cwd=ROOT,
+                         env=env, verbose=args.verbose, **kwargs)
+
+    console.print('OverLoCK demo: Cascade Mask R-CNN with a CPU-sized OverLoCK backbone, trained from scratch on '
+                  f'synthetic shapes ({osp.relpath(args.config, ROOT)}, {epochs} epochs, '
+                  f'{args.train_processes} training process{"es" if args.train_processes > 1 else ""})')
     # 1. data
     t = time.time()
     if not osp.isfile(osp.join(args.data, 'annotations', 'instances_validation.json')):
         counts = make_demo_data(args.data, seed=args.seed)
-        print(f'made the demo data in {args.data}: {counts}')
+        made = f'made in {time.time() - t:.0f} s'
     else:
-        print(f'using the demo data in {args.data}')
+        counts = {split: dict(images=len(os.listdir(osp.join(args.data, 'images', split))))
+                  for split in ('training', 'validation')}
+        made = 'already there'
     timings['data_s'] = time.time() - t
+    console.print(f"{'data':<10} {counts['training']['images']} train / {counts['validation']['images']} val "
+                  f'images in {args.data} ({made})')
     opts = data_options(args.data)
 
     # 2. the untrained detector
     t = time.time()
     untrained_ckpt = osp.join(wd, 'untrained.pth')
     save_untrained(args.config, untrained_ckpt, f'untrained demo detector, data {args.data}', args.seed)
-    run_tool(['tools/test.py', args.config, untrained_ckpt, '--eval', 'bbox', 'segm',
-              '--work-dir', osp.join(wd, 'untrained'), '--cfg-options'] + opts, args.threads)
+    phase('untrained', ['tools/test.py', args.config, untrained_ckpt, '--eval', 'bbox', 'segm',
+                        '--work-dir', osp.join(wd, 'untrained'), '--cfg-options'] + opts,
+          'untrained_test.log', unit='batches')
     untrained = test_metrics(osp.join(wd, 'untrained'))
     timings['untrained_eval_s'] = time.time() - t
 
     # 3. training, from the very weights just evaluated
     t = time.time()
     train_dir = osp.join(wd, 'train')
-    train_opts = opts + [f'load_from={untrained_ckpt}', f'randomness.seed={args.seed}']
-    if args.epochs:
-        train_opts.append(f'train_cfg.max_epochs={args.epochs}')
-    run_tool(['tools/train.py', args.config, '--work-dir', train_dir, '--cfg-options'] + train_opts, args.threads)
+    train_opts = opts + [f'load_from={untrained_ckpt}', f'randomness.seed={args.seed}',
+                         f'train_cfg.max_epochs={epochs}']
+    train_args = [args.config, '--work-dir', train_dir, '--cfg-options'] + train_opts
+    phase('train', train_command(args.train_processes) + train_args,
+          'train.log', unit='iterations', max_epochs=epochs)
     timings['train_s'] = time.time() - t
     with open(osp.join(train_dir, 'last_checkpoint')) as f:
         checkpoint = f.read().strip()
@@ -242,42 +299,49 @@ def main(argv: Optional[List[str]] = None):
     # 4. the trained detector: COCO table and overlays
     t = time.time()
     test_dir = osp.join(wd, 'test')
-    run_tool(['tools/test.py', args.config, checkpoint, '--eval', 'bbox', 'segm', '--work-dir', test_dir,
-              '--show-dir', 'overlays', '--cfg-options'] + opts, args.threads)
+    phase('trained', ['tools/test.py', args.config, checkpoint, '--eval', 'bbox', 'segm', '--work-dir', test_dir,
+                      '--show-dir', 'overlays', '--cfg-options'] + opts, 'trained_test.log', unit='batches')
     trained = test_metrics(test_dir)
     timings['trained_eval_s'] = time.time() - t
 
-    # 5. pictures and the verdict
+    # 5. pictures
+    t = time.time()
     curves = osp.join(wd, 'curves.png')
     plot_curves(train_scalars(train_dir), untrained, curves)
-    predictions = montage(osp.join(latest_run_dir(test_dir), 'overlays'), osp.join(wd, 'predictions.png'))
-    t = time.time()
+    overlays = osp.join(latest_run_dir(test_dir), 'overlays')
+    predictions = montage(overlays, osp.join(wd, 'predictions.png'))
     val_images = osp.join(args.data, 'images', 'validation')
-    for name, ckpt in (('untrained', untrained_ckpt), ('trained', checkpoint)):
-        run_tool(['tools/analysis/visualize_erf.py', args.config, '--checkpoint', ckpt, '--stage', '3',
-                  '--images', val_images, '--size', '160', '--out', osp.join(wd, f'erf_{name}.png')], args.threads)
+    steps = [['tools/analysis/visualize_erf.py', args.config, '--checkpoint', ckpt, '--stage', '3',
+              '--images', val_images, '--size', str(size), '--out', osp.join(wd, f'erf_{name}.png')]
+             for name, ckpt in (('untrained', untrained_ckpt), ('trained', checkpoint))]
+    steps.append(['tools/analysis/visualize_kernels.py', args.config, '--checkpoint', checkpoint,
+                  '--block', 'sub_blocks3.0', '--image', osp.join(val_images, '000000.jpg'), '--size', str(size),
+                  '--out', osp.join(wd, 'kernels_trained.png')])
+    run_steps(console, 'pictures', [[sys.executable] + s for s in steps], osp.join(logs, 'pictures.log'),
+              cwd=ROOT, env=env, verbose=args.verbose)
+    for name in ('untrained', 'trained'):
         caption_file(osp.join(wd, f'erf_{name}.png'), ERF_CAPTION)
-    run_tool(['tools/analysis/visualize_kernels.py', args.config, '--checkpoint', checkpoint,
-              '--block', 'sub_blocks3.0', '--image', osp.join(val_images, '000000.jpg'), '--size', '160',
-              '--out', osp.join(wd, 'kernels_trained.png')], args.threads)
     timings['pictures_s'] = time.time() - t
     timings['total_s'] = time.time() - start
+
     summary = dict(untrained={k: untrained.get(k) for k in AP_KEYS}, trained={k: trained.get(k) for k in AP_KEYS},
                    checkpoint=checkpoint, curves=curves, predictions=predictions,
                    timings={k: round(v, 1) for k, v in timings.items()})
     with open(osp.join(wd, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=2)
-    print('\n' + '=' * 72)
-    print('OverLoCK demo: Cascade Mask R-CNN on the synthetic shapes, val split')
-    print(f"{'':18s}{'bbox AP50':>11s}{'bbox AP':>10s}{'segm AP50':>11s}{'segm AP':>10s}")
-    for name, m in (('untrained', untrained), ('trained', trained)):
-        print(f'{name:18s}' + ''.join(f'{m.get(k, float("nan")):>{w}.3f}' for k, w in zip(AP_KEYS, (11, 10, 11, 10))))
-    print(f"time: {timings['total_s'] / 60:.1f} min (training {timings['train_s'] / 60:.1f} min)")
-    print(f'pictures in {wd}: curves.png, predictions.png, erf_untrained.png, erf_trained.png, '
-          f'kernels_trained.png; all overlays in {osp.join(latest_run_dir(test_dir), "overlays")}')
-    print('=' * 72)
+    console.print()
+    console.print(result_table(untrained, trained))
+    console.print(f"time: {timings['total_s'] / 60:.1f} min (training {timings['train_s'] / 60:.1f} min)")
+    console.print(f'predictions: {predictions} (ground truth left, prediction right); all {len(os.listdir(overlays))} '
+                  f'in {overlays}')
+    console.print(f'pictures:    {wd}/curves.png, erf_untrained.png, erf_trained.png, kernels_trained.png')
+    console.print(f"logs:        {logs}/ (each phase's output); mmengine's logs and configs in "
+                  f'{wd}/{{untrained,train,test}}/')
     return summary
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except PhaseFailed as err:
+        raise SystemExit(str(err)) from None
