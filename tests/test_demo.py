@@ -208,6 +208,7 @@ def test_make_demo_runs_every_phase_at_reduced_size(tmp_path, capsys):
                             ('pictures', '3/3 steps')):
         assert any(line.startswith(label) and progress in line for line in lines), (label, shown)
     assert 'untrained   trained' in shown and 'Config:' not in shown and 'loss_rpn_cls' not in shown
+    assert shown.count('centred square holding 20%') == 2   # the ERF spread, untrained and trained
     row = next(line for line in lines if line.startswith('bbox AP50'))
     assert row.split()[2:] == [f"{summary['untrained']['coco/bbox_mAP_50']:.3f}",
                                f"{summary['trained']['coco/bbox_mAP_50']:.3f}"]

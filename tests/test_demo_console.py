@@ -98,3 +98,10 @@ def test_verbose_streams_the_output_instead(tmp_path, capfd):
                            str(log), unit='iterations', max_epochs=9, verbose=True)
     out = capfd.readouterr().out
     assert TRAIN in out and '330/1800' not in out
+
+
+def test_verbose_steps_leave_a_note_in_their_log(tmp_path, capfd):
+    log = tmp_path / 'pictures.log'
+    demo_console.run_steps(demo_console.make_console(), 'pictures', [[sys.executable, '-c', 'print("drawn")']],
+                           str(log), verbose=True)
+    assert 'drawn' in capfd.readouterr().out and 'went to the terminal' in log.read_text()

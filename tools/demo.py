@@ -39,6 +39,8 @@ from mmoverlock.demo.console import PhaseFailed, make_console, run_phase, run_st
 from mmoverlock.demo.shapes_data import make_demo_data  # noqa: E402
 
 DEMO_CONFIG = osp.join(ROOT, 'configs', 'demo', 'cascade_overlock_demo_shapes.py')
+#: the score from which the prediction overlays draw a detection
+SHOW_SCORE = 0.5
 AP_KEYS = ('coco/bbox_mAP_50', 'coco/bbox_mAP', 'coco/segm_mAP_50', 'coco/segm_mAP')
 
 
@@ -257,9 +259,10 @@ def main(argv: Optional[List[str]] = None):
         return run_phase(console, label, [sys.executable] + tool_args, osp.join(logs, log_name), cwd=ROOT,
                          env=env, verbose=args.verbose, **kwargs)
 
-    console.print('OverLoCK demo: Cascade Mask R-CNN with a CPU-sized OverLoCK backbone, trained from scratch on '
-                  f'synthetic shapes ({osp.relpath(args.config, ROOT)}, {epochs} epochs, '
-                  f'{args.train_processes} training process{"es" if args.train_processes > 1 else ""})')
+    console.print('OverLoCK demo: Cascade Mask R-CNN with a CPU-sized OverLoCK, trained from scratch on synthetic '
+                  'shapes')
+    console.print(f"{'config':<10} {osp.relpath(args.config, ROOT)}: {epochs} epochs, {args.train_processes} "
+                  f'training process{"es" if args.train_processes > 1 else ""}')
     # 1. data
     t = time.time()
     if not osp.isfile(osp.join(args.data, 'annotations', 'instances_validation.json')):
@@ -299,8 +302,10 @@ def main(argv: Optional[List[str]] = None):
     # 4. the trained detector: COCO table and overlays
     t = time.time()
     test_dir = osp.join(wd, 'test')
+    # the overlays draw detections scoring >= SHOW_SCORE (mmdet's default 0.3); the metrics use them all
     phase('trained', ['tools/test.py', args.config, checkpoint, '--eval', 'bbox', 'segm', '--work-dir', test_dir,
-                      '--show-dir', 'overlays', '--cfg-options'] + opts, 'trained_test.log', unit='batches')
+                      '--show-dir', 'overlays', '--cfg-options'] + opts
+          + [f'default_hooks.visualization.score_thr={SHOW_SCORE}'], 'trained_test.log', unit='batches')
     trained = test_metrics(test_dir)
     timings['trained_eval_s'] = time.time() - t
 
@@ -321,6 +326,8 @@ def main(argv: Optional[List[str]] = None):
               cwd=ROOT, env=env, verbose=args.verbose)
     for name in ('untrained', 'trained'):
         caption_file(osp.join(wd, f'erf_{name}.png'), ERF_CAPTION)
+    with open(osp.join(logs, 'pictures.log')) as f:   # visualize_erf.py's mass fractions, untrained then trained
+        erf_spread = [line.strip() for line in f if line.startswith('centred square holding')]
     timings['pictures_s'] = time.time() - t
     timings['total_s'] = time.time() - start
 
@@ -335,6 +342,8 @@ def main(argv: Optional[List[str]] = None):
     console.print(f'predictions: {predictions} (ground truth left, prediction right); all {len(os.listdir(overlays))} '
                   f'in {overlays}')
     console.print(f'pictures:    {wd}/curves.png, erf_untrained.png, erf_trained.png, kernels_trained.png')
+    for name, spread in zip(('untrained', 'trained'), erf_spread):
+        console.print(f'ERF {name + ":":<10} {spread}')
     console.print(f"logs:        {logs}/ (each phase's output); mmengine's logs and configs in "
                   f'{wd}/{{untrained,train,test}}/')
     return summary

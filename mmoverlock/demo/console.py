@@ -116,9 +116,9 @@ FILE_WIDTH = 120
 
 def make_console() -> Console:
     """The console the demo writes to: stdout; plain text, ``FILE_WIDTH`` wide, when it is not a terminal."""
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)   # printed lines are not cut to the width
     if not console.is_terminal:
-        console = Console(highlight=False, width=FILE_WIDTH)
+        console = Console(highlight=False, soft_wrap=True, width=FILE_WIDTH)
     return console
 
 
@@ -191,6 +191,8 @@ def run_steps(console: Console, label: str, commands: Sequence[Sequence[str]], l
     non-zero exit."""
     os.makedirs(os.path.dirname(log_file) or '.', exist_ok=True)
     if verbose:
+        with open(log_file, 'w') as log:   # stays empty: the output went to the terminal
+            log.write(f'(--verbose: the output of the {label} steps went to the terminal)\n')
         for cmd in commands:
             console.print(f'\n$ {" ".join(cmd)}')
             returncode = subprocess.run(list(cmd), cwd=cwd, env=env).returncode
