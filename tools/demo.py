@@ -211,6 +211,7 @@ def tool_env(threads: Optional[int]) -> dict:
 
 
 def free_port() -> int:
+    """A TCP port free on this machine now, for torchrun's rendezvous."""
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
