@@ -30,7 +30,7 @@ import os.path as osp
 import socket
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -74,9 +74,10 @@ def train_scalars(work_dir: str) -> List[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def save_untrained(config: str, out: str, note: str = '', seed: int = 0) -> None:
-    """Build a det / seg config's model, initialise it (seeded) and save it as a checkpoint, class names
-    included: the demo's starting point (and a random-weights checkpoint for tests)."""
+def save_untrained(config, out: str, note: str = '', seed: int = 0) -> None:
+    """Build a det / seg config's model (``config``: a path or a loaded Config, adapted in place to the device),
+    initialise it (seeded) and save it as a checkpoint, class names included: the demo's starting point (and a
+    random-weights checkpoint for tests)."""
     import importlib
 
     import torch
@@ -87,7 +88,7 @@ def save_untrained(config: str, out: str, note: str = '', seed: int = 0) -> None
 
     import mmoverlock  # noqa: F401
     from mmoverlock.cli.runtime import sync_bn_to_bn, task_of
-    cfg = Config.fromfile(config)
+    cfg = config if isinstance(config, Config) else Config.fromfile(config)
     task_of(cfg)
     sync_bn_to_bn(cfg)
     init_default_scope(cfg.default_scope)
@@ -225,11 +226,13 @@ def train_command(processes: int) -> List[str]:
             f'--master_port={free_port()}', 'tools/train.py', '--launcher', 'pytorch']
 
 
-def config_settings(config: str) -> Tuple[int, int]:
-    """The demo config's training epochs and image side (px)."""
+def load_config(path: str):
+    """The demo config, or one line naming the missing file."""
     from mmengine.config import Config
-    cfg = Config.fromfile(config)
-    return int(cfg.train_cfg.max_epochs), int(cfg.get('image_size', 160))
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'--config {path}: no such file; the demo detector is '
+                                f'{osp.relpath(DEMO_CONFIG, ROOT)}')
+    return Config.fromfile(path)
 
 
 def result_table(untrained: Dict[str, float], trained: Dict[str, float]) -> str:
@@ -252,8 +255,9 @@ def main(argv: Optional[List[str]] = None):
     os.makedirs(logs, exist_ok=True)
     console = make_console()
     env = tool_env(args.threads)
-    config_epochs, size = config_settings(args.config)
-    epochs = args.epochs or config_epochs
+    cfg = load_config(args.config)   # loaded once: its epochs and image size here, the model below
+    epochs = args.epochs or int(cfg.train_cfg.max_epochs)
+    size = int(cfg.get('image_size', 160))
     timings = {}
 
     def phase(label, tool_args, log_name, **kwargs):
@@ -281,7 +285,7 @@ def main(argv: Optional[List[str]] = None):
     # 2. the untrained detector
     t = time.time()
     untrained_ckpt = osp.join(wd, 'untrained.pth')
-    save_untrained(args.config, untrained_ckpt, f'untrained demo detector, data {args.data}', args.seed)
+    save_untrained(cfg, untrained_ckpt, f'untrained demo detector, data {args.data}', args.seed)
     phase('untrained', ['tools/test.py', args.config, untrained_ckpt, '--eval', 'bbox', 'segm',
                         '--work-dir', osp.join(wd, 'untrained'), '--cfg-options'] + opts,
           'untrained_test.log', unit='batches')
@@ -351,7 +355,9 @@ def main(argv: Optional[List[str]] = None):
 
 
 if __name__ == '__main__':
+    from mmoverlock.cli.runtime import one_line_errors
     try:
-        main()
+        with one_line_errors('tools/demo.py', __file__):   # bad options and files: one line, no traceback
+            main()
     except PhaseFailed as err:
         raise SystemExit(str(err)) from None

@@ -144,6 +144,24 @@ def tail(path: str, count: int = FAILURE_TAIL) -> str:
         return ''.join(f.readlines()[-count:])
 
 
+def failed(label: str, returncode: int, log_file: str) -> PhaseFailed:
+    """The error of a phase that ended with ``returncode``: which phase, and the end of its log."""
+    return PhaseFailed(f'demo: {label} failed (exit code {returncode}); the last lines of {log_file}:\n'
+                       f'{tail(log_file)}')
+
+
+def run_verbose(console: Console, label: str, commands: Sequence[Sequence[str]], log_file: str,
+                cwd: Optional[str], env: Optional[dict]) -> None:
+    """``commands`` one after the other, their output on the terminal; ``log_file`` says where it went."""
+    with open(log_file, 'w') as log:
+        log.write(f'(--verbose: the output of the {label} phase went to the terminal)\n')
+    for cmd in commands:
+        console.print(f'\n$ {" ".join(cmd)}')
+        returncode = subprocess.run(list(cmd), cwd=cwd, env=env).returncode
+        if returncode:
+            raise PhaseFailed(f'demo: {label} failed (exit code {returncode}): {" ".join(cmd)}')
+
+
 def run_phase(console: Console, label: str, cmd: Sequence[str], log_file: str, *, unit: str,
               max_epochs: Optional[int] = None, cwd: Optional[str] = None, env: Optional[dict] = None,
               verbose: bool = False) -> LogProgress:
@@ -156,12 +174,7 @@ def run_phase(console: Console, label: str, cmd: Sequence[str], log_file: str, *
     os.makedirs(os.path.dirname(log_file) or '.', exist_ok=True)
     progress = LogProgress(max_epochs=max_epochs)
     if verbose:
-        console.print(f'\n$ {" ".join(cmd)}')
-        with open(log_file, 'w') as log:   # stays empty: the output went to the terminal
-            log.write(f'(--verbose: the output of {" ".join(cmd)} went to the terminal)\n')
-        returncode = subprocess.run(list(cmd), cwd=cwd, env=env).returncode
-        if returncode:
-            raise PhaseFailed(f'demo: {label} failed (exit code {returncode}): {" ".join(cmd)}')
+        run_verbose(console, label, [cmd], log_file, cwd, env)
         return progress
     follower = LogFollower(log_file)
     with open(log_file, 'w') as log, progress_bar(console) as bar:
@@ -179,8 +192,7 @@ def run_phase(console: Console, label: str, cmd: Sequence[str], log_file: str, *
         if process.returncode == 0 and progress.total:
             bar.update(task, completed=progress.total)
     if process.returncode:
-        raise PhaseFailed(f'demo: {label} failed (exit code {process.returncode}); the last lines of '
-                          f'{log_file}:\n{tail(log_file)}')
+        raise failed(label, process.returncode, log_file)
     return progress
 
 
@@ -191,13 +203,7 @@ def run_steps(console: Console, label: str, commands: Sequence[Sequence[str]], l
     non-zero exit."""
     os.makedirs(os.path.dirname(log_file) or '.', exist_ok=True)
     if verbose:
-        with open(log_file, 'w') as log:   # stays empty: the output went to the terminal
-            log.write(f'(--verbose: the output of the {label} steps went to the terminal)\n')
-        for cmd in commands:
-            console.print(f'\n$ {" ".join(cmd)}')
-            returncode = subprocess.run(list(cmd), cwd=cwd, env=env).returncode
-            if returncode:
-                raise PhaseFailed(f'demo: {label} failed (exit code {returncode}): {" ".join(cmd)}')
+        run_verbose(console, label, commands, log_file, cwd, env)
         return
     with open(log_file, 'w') as log, progress_bar(console) as bar:
         task = bar.add_task(label, total=len(commands), unit='steps', status='')
@@ -209,5 +215,4 @@ def run_steps(console: Console, label: str, commands: Sequence[Sequence[str]], l
                 break
             bar.advance(task)
     if returncode:
-        raise PhaseFailed(f'demo: {label} failed (exit code {returncode}); the last lines of {log_file}:\n'
-                          f'{tail(log_file)}')
+        raise failed(label, returncode, log_file)
