@@ -70,19 +70,70 @@ def test_ops_differentiate_on_this_torch(op):
 
 def test_triton_unusable_names_the_version_needed():
     assert compat.triton_unusable('na2d_av', '3.6.0') is None
-    assert compat.triton_unusable('na2d_av', '3.0.0') is None
-    reason = compat.triton_unusable('na2d_av', '2.1.0')
-    assert reason == ('na2d_av: triton 2.1.0 is installed; the fused kernels need triton >= 3.0 '
-                      '(torch >= 2.4 brings it)')
+    assert compat.triton_unusable('na2d_av', '2.1.0') is None
+    reason = compat.triton_unusable('na2d_av', '2.0.0')
+    assert reason == ('na2d_av: triton 2.0.0 is installed; the fused kernels need triton >= 2.1 '
+                      '(torch >= 2.1 brings it)')
+
+
+def test_triton_interpreter_is_triton_3s(monkeypatch):
+    """TRITON_INTERPRET=1 runs the kernels on CPU tensors with Triton >= 3.0 only (Triton 2.1 ignores it)."""
+    monkeypatch.setenv('TRITON_INTERPRET', '1')
+    assert compat.triton_interpreter_active('3.6.0') and not compat.triton_interpreter_active('2.1.0')
+    monkeypatch.setenv('TRITON_INTERPRET', '0')
+    assert not compat.triton_interpreter_active('3.6.0')
+
+
+def test_this_lane_runs_the_fused_kernels():
+    """Both lanes' Triton (2.1 with torch 2.1, 3.x on the main lane) runs the fused kernels: the ops load them
+    without a fallback warning, autotuned on a GPU with the 5 ms / 25 ms budget in the installed Triton's
+    spelling (``compat.triton_autotune``)."""
+    for cache in (na2d._triton_kernels, na2d._warn_no_triton, depthwise._triton_kernels):
+        cache.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert compat.triton_unusable('na2d_av') is None
+        kernels = na2d._triton_kernels()
+        assert kernels is not None and depthwise._triton_kernels() is not None
+    if os.environ.get('MMOVERLOCK_EXPECT_TORCH') == '2.1':
+        assert compat.parse_version(compat.triton_version())[:2] == (2, 1) and not kernels.INTERPRET
+    tuned = compat.triton_autotune(kernels.FORWARD_CONFIGS, ['K', 'C'])(kernels.KERNELS['forward'])
+    assert tuned.configs == kernels.FORWARD_CONFIGS
+    if compat.parse_version(compat.triton_version()) < (3, ):
+        assert (tuned.warmup, tuned.rep) == (5, 25)
+        assert tuned.key_idx == [tuned.arg_names.index('K'), tuned.arg_names.index('C')]
+    else:
+        assert tuned.keys == ['K', 'C']
+        calls = []
+        import triton.testing
+        original = triton.testing.do_bench
+        try:
+            triton.testing.do_bench = lambda fn, **kwargs: calls.append(kwargs) or 1.
+            tuned.do_bench(lambda: None)
+        finally:
+            triton.testing.do_bench = original
+        assert calls == [dict(warmup=5, rep=25, quantiles=None)]
+
+
+def test_grad_scaler_and_fused_adamw_on_this_torch():
+    """gpu_check's training step on every torch: a disabled scaler on CPU passes the loss through; torch 2.1 has
+    no CPU scaler (a one-line error if one is asked for) and no fused AdamW on CPU."""
+    scaler = compat.grad_scaler('cpu', enabled=False)
+    loss = torch.tensor(2.)
+    assert scaler.scale(loss) is loss and not scaler.is_enabled()
+    assert compat.fused_adamw_supported('cuda')
+    assert compat.fused_adamw_supported('cpu') == (compat.TORCH_VERSION >= (2, 4))
+    if compat.TORCH_VERSION < (2, 3):
+        with pytest.raises(ValueError, match=r"torch 2\.1.* has no gradient scaler for 'cpu'"):
+            compat.grad_scaler('cpu')
 
 
 @pytest.fixture
 def old_triton(monkeypatch):
-    """Triton 2.1 as the ops see it: the installed one in the compatibility lane (no patch), a patched version
-    string in the main lane (whose Triton 3 would otherwise be used). The ops' cached choices are reset."""
+    """Triton 2.0 as the ops see it (a patched version string: both lanes' Triton would otherwise be used). The
+    ops' cached choices are reset."""
     caches = (na2d._triton_kernels, na2d._warn_no_triton, depthwise._triton_kernels)
-    if compat.triton_unusable('na2d_av') is None:
-        monkeypatch.setattr(compat, 'triton_version', lambda: '2.1.0')
+    monkeypatch.setattr(compat, 'triton_version', lambda: '2.0.0')
     for cache in caches:
         cache.cache_clear()
     yield compat.triton_version()
@@ -91,7 +142,7 @@ def old_triton(monkeypatch):
 
 
 def test_old_triton_falls_back_to_the_cpu_kernels_once(old_triton):
-    """With Triton < 3.0 the CUDA kernel of na2d_av runs the CPU-algorithm kernels (called here directly, on
+    """With Triton < 2.1 the CUDA kernel of na2d_av runs the CPU-algorithm kernels (called here directly, on
     CPU tensors: the function the dispatcher calls for CUDA ones) after one one-line warning naming the
     version; depthwise_conv2d keeps PyTorch's conv and the FFT weight gradient as candidates."""
     attn, value, _ = make((1, 2, 3, 9, 8, 5))
@@ -104,9 +155,9 @@ def test_old_triton_falls_back_to_the_cpu_kernels_once(old_triton):
         grads = na2d._na2d_av_backward_cuda(torch.ones_like(value), attn, value, 5, True, True)
     assert [g.shape for g in grads] == [attn.shape, value.shape]
     messages = [str(w.message) for w in caught]
-    assert messages == [f'na2d_av: triton {old_triton} is installed; the fused kernels need triton >= 3.0 (torch '
-                        f'>= 2.4 brings it); na2d_av runs its CPU kernels on CUDA (slow)'], messages
-    with pytest.raises(RuntimeError, match=rf'^na2d_av_triton: triton {old_triton} is installed; .*>= 3\.0'):
+    assert messages == [f'na2d_av: triton {old_triton} is installed; the fused kernels need triton >= 2.1 (torch '
+                        f'>= 2.1 brings it); na2d_av runs its CPU kernels on CUDA (slow)'], messages
+    with pytest.raises(RuntimeError, match=rf'^na2d_av_triton: triton {old_triton} is installed; .*>= 2\.1'):
         triton_na2d_av(attn, value, 5)
     x, w = torch.randn(1, 4, 8, 8), torch.randn(4, 1, 3, 3)
     with pytest.warns(UserWarning, match=rf'depthwise_conv2d: triton {old_triton} is installed'):

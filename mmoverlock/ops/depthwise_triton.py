@@ -17,25 +17,28 @@ channels-last, views). Three passes, each with one program per tile of ``BLOCK_P
 Accumulation is in fp32 for fp16 / bf16 / fp32 inputs, in fp64 for fp64 (gradcheck). Outputs are new
 tensors in the input's memory format (channels-last stays channels-last) unless written into given buffers.
 
-This module defines its ``@triton.jit`` functions on import, so ``TRITON_INTERPRET=1`` (Triton's CPU
-interpreter, used by the tests) must be set before it is first imported; ``mmoverlock.ops.depthwise`` imports
-it lazily. Only ``tl.program_id``, ``tl.arange``, ``tl.load`` / ``tl.store`` with masks, ``tl.sum``,
-``tl.zeros`` and ``range`` loops are used (present in triton 2.1).
+Runs on Triton >= 2.1: only ``tl.program_id``, ``tl.arange``, ``tl.load`` / ``tl.store`` with masks,
+``tl.sum``, ``tl.zeros`` and ``range`` loops are used, and Triton 2.1 compiles both kernels for sm_80 and sm_90
+in every dtype (tests/test_triton21.py). This module defines its ``@triton.jit`` functions on import, so
+``TRITON_INTERPRET=1`` (Triton >= 3.0's CPU interpreter, used by the tests) must be set before it is first
+imported; ``mmoverlock.ops.depthwise`` imports it lazily. The ops check the kernels on their first use per dtype
+and device (:mod:`mmoverlock.ops.selfcheck`).
 """
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
+from ..utils import compat
 from .triton_common import check_kernel_tensors, output_buffer
 
 __all__ = ['depthwise_forward', 'depthwise_input_grad', 'depthwise_weight_grad', 'triton_depthwise_conv2d',
            'INTERPRET', 'tile_config', 'weight_grad_chunks']
 
-#: Triton's interpreter (CPU tensors) is active: set before this module was imported.
-INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
+#: Triton's interpreter (CPU tensors) is active: ``TRITON_INTERPRET=1`` set before this module was imported, with
+#: Triton >= 3.0 (:func:`mmoverlock.utils.compat.triton_interpreter_active`)
+INTERPRET = compat.triton_interpreter_active()
 
 #: tile sizes on a GPU: pixels x channels held in registers per program, and the largest channel block
 GPU_TILE_ELEMENTS = 2048

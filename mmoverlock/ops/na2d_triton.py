@@ -21,7 +21,7 @@ neighbouring threads, so a warp reads a run of one channel's row:
 
 Tiles, ``num_warps`` and ``num_stages`` are chosen by ``triton.autotune`` among a few configurations per kernel
 (:data:`FORWARD_CONFIGS`, :data:`GRAD_ATTN_CONFIGS`, :data:`GRAD_VALUE_CONFIGS`), keyed on k, C, the map-size
-class (the next power of two of ``H * W``) and -- Triton adds it to every key -- the tensors' dtypes; the
+class (the next power of two of ``H * W``) and -- Triton >= 3 adds it to every key -- the tensors' dtypes; the
 channel block is ``min(next_power_of_2(C), MAX_BLOCK_C)``. Under Triton's interpreter every kernel runs one
 fixed configuration (:data:`INTERPRETER_TILES`). Launches run on the tensors' CUDA device, whichever device is
 current.
@@ -29,26 +29,29 @@ current.
 Accumulation is in fp32 for fp16 / bf16 / fp32 inputs and in fp64 for fp64 (gradcheck). Inputs may be any
 strided views (ContMix passes the channel halves of one map); outputs are contiguous.
 
-This module defines the ``@triton.jit`` functions on import, so ``TRITON_INTERPRET=1`` (Triton's CPU
-interpreter, used by the tests) must be set before it is first imported; :mod:`mmoverlock.ops.na2d` imports it
-lazily.
+Runs on Triton >= 2.1 (torch 2.1's Triton 2.1 compiles every configuration for sm_80 and sm_90 in every dtype:
+tests/test_triton21.py); :func:`mmoverlock.utils.compat.triton_autotune` passes the tuning budget as the
+installed Triton takes it. This module defines the ``@triton.jit`` functions on import, so
+``TRITON_INTERPRET=1`` (Triton >= 3.0's CPU interpreter, used by the tests) must be set before it is first
+imported; :mod:`mmoverlock.ops.na2d` imports it lazily and checks the kernels on their first use per dtype and
+device (:mod:`mmoverlock.ops.selfcheck`).
 """
 import contextlib
-import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
-import triton.testing
 
+from ..utils import compat
 from .triton_common import SUPPORTED_DTYPES, check_kernel_tensors, output_buffer
 
-__all__ = ['na2d_av_forward', 'na2d_av_backward', 'INTERPRET', 'MAX_BLOCK_C', 'FORWARD_CONFIGS',
+__all__ = ['na2d_av_forward', 'na2d_av_backward', 'check_tiles', 'INTERPRET', 'MAX_BLOCK_C', 'FORWARD_CONFIGS',
            'GRAD_ATTN_CONFIGS', 'GRAD_VALUE_CONFIGS', 'INTERPRETER_TILES', 'SUPPORTED_DTYPES']
 
-#: Triton's interpreter (CPU tensors) is active: set before this module was imported.
-INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
+#: Triton's interpreter (CPU tensors) is active: ``TRITON_INTERPRET=1`` set before this module was imported, with
+#: Triton >= 3.0 (:func:`mmoverlock.utils.compat.triton_interpreter_active`)
+INTERPRET = compat.triton_interpreter_active()
 
 #: largest channel block of one program (more channels: more programs, or a loop in grad_attn)
 MAX_BLOCK_C = 32
@@ -200,13 +203,14 @@ def _na2d_av_grad_value_kernel(
     grad_out_base = grad_out_ptr + batch * sg_b + group * sg_g                  # scalar
     channel_offsets = (c * sg_c)[None, :]                                       # (1, C) int32
     acc = tl.zeros((BLOCK_H * BLOCK_W, BLOCK_C), dtype=ACC)
-    # (while loops: a range() bound computed in the kernel does not run under the interpreter with numpy >= 2)
-    di = tl.full((), 0, tl.int32)
+    # (while loops: a range() bound computed in the kernel does not run under the interpreter with numpy >= 2;
+    # the counters start as span * 0, a scalar of the bound's type: Triton 2.1 refuses a 0-d tl.full)
+    di = span_i * 0
     while di < span_i:
         i = lo_i + di
         ok_i = mask_q & (i <= hi_i)
         tap_row = qi - _clamped_start(i, H, K)        # in [0, K) wherever ok_i
-        dj = tl.full((), 0, tl.int32)
+        dj = span_j * 0
         while dj < span_j:
             j = lo_j + dj
             ok = ok_i & (j <= hi_j)
@@ -234,16 +238,12 @@ def _next_power_of_2(n: int) -> int:
 
 
 def _tuned(kernel, configs):
-    """``kernel`` under ``triton.autotune`` over ``configs`` (on a GPU); None under the interpreter, which runs
-    the plain kernel with :data:`INTERPRETER_TILES`."""
+    """``kernel`` under ``triton.autotune`` over ``configs`` (on a GPU) with a short budget per configuration
+    (5 ms of warm-up, 25 ms of timed runs; :func:`mmoverlock.utils.compat.triton_autotune` spells it for the
+    installed Triton); None under the interpreter, which runs the plain kernel with :data:`INTERPRETER_TILES`."""
     if INTERPRET:
         return None
-    return triton.autotune(configs=configs, key=TUNING_KEY, do_bench=_quick_bench)(kernel)
-
-
-def _quick_bench(fn, quantiles=None):
-    """Triton's benchmark with a short budget per configuration: a 5 ms warm-up and 25 ms of timed runs."""
-    return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
+    return compat.triton_autotune(configs, TUNING_KEY, warmup_ms=5, rep_ms=25)(kernel)
 
 
 #: the plain kernels and their tuned forms (None under the interpreter), by name
@@ -254,9 +254,24 @@ TUNED_KERNELS = {'forward': _tuned(_na2d_av_forward_kernel, FORWARD_CONFIGS),
                  'grad_value': _tuned(_na2d_av_grad_value_kernel, GRAD_VALUE_CONFIGS)}
 
 
+def check_tiles() -> List[Optional[Dict[str, Dict[str, int]]]]:
+    """The tile configurations the first-use check (:mod:`mmoverlock.ops.selfcheck`) runs, each the ``tiles``
+    of :func:`na2d_av_forward` / :func:`na2d_av_backward` (``{'forward': ..., 'grad_attn': ...,
+    'grad_value': ...}``): on a GPU every autotuning configuration of every kernel, with its ``num_warps`` and
+    ``num_stages`` (the i-th configurations of the three kernels together: 4 rounds); under the interpreter its one
+    fixed configuration (``None``)."""
+    if INTERPRET:
+        return [None]
+    configs = {'forward': FORWARD_CONFIGS, 'grad_attn': GRAD_ATTN_CONFIGS, 'grad_value': GRAD_VALUE_CONFIGS}
+    rounds = max(len(c) for c in configs.values())
+    return [{name: dict(c[i % len(c)].kwargs, num_warps=c[i % len(c)].num_warps,
+                        num_stages=c[i % len(c)].num_stages) for name, c in configs.items()} for i in range(rounds)]
+
+
 def _launch(name: str, grid, args: tuple, tiles: Optional[Dict[str, int]]) -> None:
-    """Launch kernel ``name``: with the given ``tiles`` (meta-parameters, e.g. ``dict(BLOCK_P=32)``: the plain
-    kernel), else the interpreter's fixed tiles, else the autotuned kernel."""
+    """Launch kernel ``name``: with the given ``tiles`` (meta-parameters, e.g. ``dict(BLOCK_P=32)``, and
+    optionally ``num_warps`` / ``num_stages``: the plain kernel), else the interpreter's fixed tiles, else the
+    autotuned kernel."""
     if tiles is not None:
         KERNELS[name][grid](*args, **tiles)
     elif INTERPRET:

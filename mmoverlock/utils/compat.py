@@ -17,18 +17,25 @@ here, with the older spelling or a stated fallback where the API is missing.
   dynamo's flag, the counter's module-level ``flop_mapping``); ``torch.onnx.export(dynamo=False)`` (the keyword
   arrived in 2.5 with the dynamo exporter; older torch has only the TorchScript exporter): :func:`onnx_export_kwargs`;
   torch 2.1's tracer hands out sizes as 0-d tensors: :func:`static_int`.
-* Triton: the kernels (``mmoverlock.ops.*_triton``) need Triton >= 3.0 (``triton.autotune(do_bench=...)``);
-  :func:`triton_unusable` says why an installed Triton cannot run them (the ops then fall back to their
-  CPU-algorithm kernels on the device).
+* ``torch.amp.GradScaler(device)`` (2.3): :func:`grad_scaler` (``torch.cuda.amp.GradScaler`` before);
+  ``torch.optim.AdamW(fused=True)`` on CPU (2.4): :func:`fused_adamw_supported`.
+* Triton: the kernels (``mmoverlock.ops.*_triton``) run on Triton >= 2.1 (:data:`TRITON_MIN_VERSION`; torch
+  2.1's). :func:`triton_autotune` hands ``triton.autotune`` its benchmark budget as Triton 3 takes it
+  (``do_bench=``) or as Triton 2 does (``warmup=`` / ``rep=``); Triton's CPU interpreter
+  (``TRITON_INTERPRET=1``, CPU tensors) is Triton >= 3.0's (:func:`triton_interpreter_active`: Triton 2.1's
+  interpreter, ``triton.jit(interpret=True)``, creates its tensors on CUDA and cannot run the kernels, see
+  docs/compat.md). :func:`triton_unusable` says why an installed Triton cannot run the kernels (the ops then
+  fall back to their CPU-algorithm kernels on the device).
 """
 import codecs
 import inspect
+import os
 import pickle
 import re
 import sys
 import types
 from importlib import metadata
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import _compat_pickle
 import torch
@@ -36,7 +43,8 @@ import torch
 __all__ = ['TORCH_VERSION', 'TRITON_MIN_VERSION', 'HAS_REGISTER_AUTOGRAD', 'HAS_SAFE_GLOBALS', 'FAKE_REGISTRATION',
            'parse_version', 'register_fake', 'register_autograd', 'add_safe_globals', 'safe_load_kwargs',
            'autocast_dtype', 'is_autocast_enabled', 'is_compiling', 'register_flop_formula',
-           'onnx_export_kwargs', 'static_int', 'triton_version', 'triton_unusable']
+           'onnx_export_kwargs', 'static_int', 'grad_scaler', 'fused_adamw_supported', 'triton_version',
+           'triton_unusable', 'triton_autotune', 'triton_interpreter_active', 'TRITON_INTERPRETER_MIN_VERSION']
 
 
 def parse_version(text: str) -> Tuple[int, ...]:
@@ -48,8 +56,11 @@ def parse_version(text: str) -> Tuple[int, ...]:
 
 #: torch's release, e.g. (2, 1, 2)
 TORCH_VERSION = parse_version(torch.__version__)
-#: the oldest Triton the kernels of mmoverlock.ops.*_triton run on (they use ``triton.autotune(do_bench=...)``)
-TRITON_MIN_VERSION = (3, 0)
+#: the oldest Triton the kernels of mmoverlock.ops.*_triton run on (torch 2.1's; compiled for sm_80 / sm_90 with it
+#: in ``make test-compat``: tests/test_triton21.py)
+TRITON_MIN_VERSION = (2, 1)
+#: the oldest Triton whose interpreter (``TRITON_INTERPRET=1``) runs the kernels on CPU tensors
+TRITON_INTERPRETER_MIN_VERSION = (3, 0)
 #: torch.library.register_autograd exists (torch >= 2.4); otherwise :func:`register_autograd` uses a Function
 HAS_REGISTER_AUTOGRAD = hasattr(torch.library, 'register_autograd')
 #: torch.serialization.add_safe_globals exists (torch >= 2.4)
@@ -194,6 +205,23 @@ def onnx_export_kwargs() -> dict:
     return {'dynamo': False} if 'dynamo' in inspect.signature(torch.onnx.export).parameters else {}
 
 
+def grad_scaler(device_type: str, enabled: bool = True):
+    """``torch.amp.GradScaler(device_type, enabled=enabled)`` (torch >= 2.3); before, CUDA's own
+    ``torch.cuda.amp.GradScaler`` (torch 2.1 has no CPU scaler: on CPU only ``enabled=False`` is accepted)."""
+    if hasattr(torch.amp, 'GradScaler'):
+        return torch.amp.GradScaler(device_type, enabled=enabled)
+    if device_type != 'cuda' and enabled:
+        raise ValueError(f'grad_scaler: torch {torch.__version__} has no gradient scaler for {device_type!r} '
+                         f"(torch.amp.GradScaler arrived in 2.3); use 'cuda' or enabled=False")
+    return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
+def fused_adamw_supported(device_type: str) -> bool:
+    """Whether ``torch.optim.AdamW(fused=True)`` takes parameters on ``device_type``: CUDA on every supported
+    torch, CPU from torch 2.4."""
+    return device_type == 'cuda' or TORCH_VERSION >= (2, 4)
+
+
 def triton_version() -> Optional[str]:
     """The installed Triton's version, or None where it is not installed (read without importing triton)."""
     try:
@@ -211,5 +239,30 @@ def triton_unusable(op: str, version: Optional[str] = None) -> Optional[str]:
         return f'{op}: triton is not installed; the fused kernels need triton >= {need} (pip install triton)'
     if parse_version(version) < TRITON_MIN_VERSION:
         return (f'{op}: triton {version} is installed; the fused kernels need triton >= {need} '
-                f'(torch >= 2.4 brings it)')
+                f'(torch >= 2.1 brings it)')
     return None
+
+
+def triton_interpreter_active(version: Optional[str] = None) -> bool:
+    """``TRITON_INTERPRET=1`` is set and the installed Triton (or ``version``) has the interpreter that runs
+    the kernels on CPU tensors (>= :data:`TRITON_INTERPRETER_MIN_VERSION`). Triton 2.1 ignores the variable: its
+    interpreter (``triton.jit(interpret=True)``) puts every tensor it makes on CUDA and lacks constructs the
+    kernels use (tests/test_triton21.py names them)."""
+    version = triton_version() if version is None else version
+    return (os.environ.get('TRITON_INTERPRET', '0') == '1' and version is not None
+            and parse_version(version) >= TRITON_INTERPRETER_MIN_VERSION)
+
+
+def triton_autotune(configs: list, key: List[str], warmup_ms: int = 5, rep_ms: int = 25) -> Callable:
+    """``triton.autotune(configs=configs, key=key)`` measuring each configuration for ``warmup_ms`` of warm-up
+    and ``rep_ms`` of timed runs: Triton >= 3 takes the budget as a ``do_bench`` function (its ``warmup`` /
+    ``rep`` arguments are deprecated there), Triton 2.x as ``warmup`` / ``rep``. Triton 2.x keys the tuning on
+    the named arguments only; Triton 3 adds the tensors' dtypes to the key."""
+    import triton
+    if 'do_bench' in inspect.signature(triton.autotune).parameters:
+        import triton.testing
+
+        def bench(fn, quantiles=None):
+            return triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=quantiles)
+        return triton.autotune(configs=configs, key=key, do_bench=bench)
+    return triton.autotune(configs=configs, key=key, warmup=warmup_ms, rep=rep_ms)
