@@ -24,7 +24,7 @@ if not CUDA and os.environ.get('TRITON_INTERPRET') != '1':
 
 import triton  # noqa: E402,F401  (expected here: a missing triton is an error, not a skip)
 
-from mmoverlock.ops import na2d, na2d_av_reference, na2d_triton, triton_na2d_av  # noqa: E402
+from mmoverlock.ops import na2d, na2d_av_reference, na2d_triton, selfcheck, triton_na2d_av  # noqa: E402
 
 from .conftest import load_tool  # noqa: E402
 from .test_ops import CopiesOf, layouts  # noqa: E402
@@ -180,7 +180,9 @@ class Calls:
 
 def test_registered_op_kernels_use_triton(monkeypatch):
     """The op's CUDA kernels (forward and backward) run the Triton launchers: called here on this device's
-    tensors (under the interpreter on CPU) they call them and equal the reference."""
+    tensors (under the interpreter on CPU) they call them and equal the reference. (The first-use check, which
+    calls the launchers too, is off here: tests/test_kernel_selfcheck.py.)"""
+    monkeypatch.setenv(selfcheck.ENV_VAR, '0')
     forward = Calls(na2d_triton.na2d_av_forward)
     backward = Calls(na2d_triton.na2d_av_backward)
     monkeypatch.setattr(na2d_triton, 'na2d_av_forward', forward)
@@ -197,6 +199,7 @@ def test_registered_op_kernels_use_triton(monkeypatch):
 
 @pytest.mark.skipif(not CUDA, reason='needs a CUDA device')
 def test_op_on_cuda_dispatches_to_triton_and_matches_cpu(monkeypatch):
+    monkeypatch.setenv(selfcheck.ENV_VAR, '0')          # the first-use check calls the launchers too
     forward = Calls(na2d_triton.na2d_av_forward)
     backward = Calls(na2d_triton.na2d_av_backward)
     monkeypatch.setattr(na2d_triton, 'na2d_av_forward', forward)
@@ -228,7 +231,9 @@ def test_op_runs_on_the_last_visible_device():
 
 def test_every_launch_runs_under_the_tensors_device_guard(monkeypatch):
     """On CPU, with fake tensors on cuda:1 and the kernels replaced by recorders: the op's CUDA kernels make
-    cuda:1 current around every launch (forward, grad_attn, grad_value) and restore it after."""
+    cuda:1 current around every launch (forward, grad_attn, grad_value) and restore it after. (Fake tensors
+    cannot be compared: the first-use check is off.)"""
+    monkeypatch.setenv(selfcheck.ENV_VAR, '0')
     events = []
 
     class RecordingGuard:

@@ -32,8 +32,11 @@ gradient, weight gradient -- picks among candidates by ``choice``:
   (:mod:`mmoverlock.ops.depthwise_triton`) and, for the weight gradient, ``fft_weight_grad`` (cuFFT, in
   fp32 for half inputs). PyTorch's conv is kept unless another candidate measured faster by more than
   ``MIN_GAIN``, so a choice is never slower than PyTorch by more than the timing noise. While a CUDA graph
-  is being captured nothing is timed: an unseen key runs PyTorch's conv;
-* ``'torch'``: PyTorch's conv, always; ``'triton'``: the Triton kernels, always.
+  is being captured nothing is timed: an unseen key runs PyTorch's conv. The Triton kernels are a candidate
+  once they passed their first-use check in the dtype on the device (:mod:`mmoverlock.ops.selfcheck`; a
+  failure warns once and leaves them out on that device);
+* ``'torch'``: PyTorch's conv, always; ``'triton'``: the Triton kernels, always (PyTorch's conv on a device
+  where their first-use check failed).
 
 Where every pass runs PyTorch's conv anyway (``'torch'``, a deterministic run, or 'auto' once all three passes
 chose it), ``depthwise_conv2d`` calls ``F.conv2d`` itself (``plain_conv``): no op overhead.
@@ -61,6 +64,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from ..utils import compat
+from . import selfcheck
 from .tracing import is_tracing
 
 __all__ = ['depthwise_conv2d', 'triton_depthwise_conv2d', 'fft_weight_grad', 'choose_paths', 'CHOICES', 'pick',
@@ -316,11 +320,14 @@ def measure_ms(fn: Callable[[], object], device: torch.device) -> float:
 
 def select(key: tuple, candidates: Dict[str, Callable[[], object]], choice: str, device: torch.device) -> str:
     """The candidate that computes ``key``'s pass. A fixed ``choice`` is taken as it is (an error where its
-    candidate is missing); ``'auto'`` is ``'torch'`` for deterministic runs and while a CUDA graph is
+    candidate is missing; ``'triton'`` on a device where the Triton kernels failed their first-use check runs
+    PyTorch's conv); ``'auto'`` is ``'torch'`` for deterministic runs and while a CUDA graph is
     captured (unless chosen before), else the cached choice, else the one measured fastest now (``pick``).
     A candidate other than PyTorch's that fails while measured (e.g. out of memory) is left out, with a
     warning; PyTorch's failing raises."""
     if choice != AUTO:
+        if choice == TRITON and choice not in candidates and selfcheck.distrusted('depthwise_conv2d', device):
+            return TORCH                           # its first-use check failed here (it warned): the fallback
         if choice not in candidates:
             raise RuntimeError(f"depthwise_conv2d: choice='{choice}' is not available here (candidates: "
                                f"{sorted(candidates)}); pip install triton, or use choice='auto' or 'torch'")
@@ -361,12 +368,42 @@ def _triton_kernels():
     return depthwise_triton
 
 
+#: the first-use check's problem (N, C, H, W, k, dilation), with a bias: two channel blocks (the second
+#: partial), pixel tiles that end inside the map, a dilated kernel reaching past every border
+CHECK_PROBLEM = (2, 40, 9, 10, 5, 2)
+_FALLBACK = "PyTorch's conv (and the FFT weight gradient)"
+
+
+def check_fused_kernels(device: torch.device, dtype: torch.dtype) -> Tuple[list, list]:
+    """The first-use check's computation (:mod:`mmoverlock.ops.selfcheck`): the forward, input-gradient and
+    weight-gradient Triton kernels on :data:`CHECK_PROBLEM` in ``dtype`` on ``device``, and PyTorch's conv and
+    its backward (``aten.convolution_backward``; no autograd: the check runs inside the op's kernel, below
+    autograd) on the CPU in float64 from the same rounded inputs: (kernel outputs, reference outputs)."""
+    kernels = _triton_kernels()
+    if kernels is None:
+        raise RuntimeError(compat.triton_unusable('depthwise_conv2d'))
+    n, c, h, w, k, d = CHECK_PROBLEM
+    generator = torch.Generator().manual_seed(0)
+    x, grad_out = (torch.randn(n, c, h, w, generator=generator, dtype=torch.float64).to(dtype) for _ in range(2))
+    weight = (torch.randn(c, 1, k, k, generator=generator, dtype=torch.float64) / k).to(dtype)
+    bias = torch.randn(c, generator=generator, dtype=torch.float64).to(dtype)
+    x64, weight64, pad = x.double(), weight.double(), d * (k - 1) // 2
+    reference = [F.conv2d(x64, weight64, bias.double(), 1, pad, d, c),
+                 *_conv_bwd(grad_out.double(), x64, weight64, pad, d, [True, True, False])[:2]]
+    x, grad_out, weight, bias = (t.to(device) for t in (x, grad_out, weight, bias))
+    got = [kernels.depthwise_forward(x, weight, bias, d), kernels.depthwise_input_grad(grad_out, weight, d, like=x),
+           kernels.depthwise_weight_grad(x, grad_out, k, d)]
+    return got, reference
+
+
 def _triton_for(x: torch.Tensor):
-    """The Triton module where its kernels can run on x (CUDA, or CPU under the interpreter), else None."""
+    """The Triton module where its kernels may compute on x: they can run there (CUDA, or CPU under the
+    interpreter) and passed their first-use check in x's dtype on x's device (:mod:`mmoverlock.ops.selfcheck`);
+    else None."""
     kernels = _triton_kernels()
     if kernels is None or not (x.device.type == 'cuda' or kernels.INTERPRET):
         return None
-    return kernels
+    return kernels if selfcheck.trusted('depthwise_conv2d', x, check_fused_kernels, _FALLBACK) else None
 
 
 def _fft_weight_grad_any(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: int, dilation: int) -> torch.Tensor:

@@ -16,10 +16,11 @@ One op, ``torch.ops.mmoverlock.na2d_av`` (channels-first), registered with ``tor
 autograd is an ``autograd.Function`` around the same kernels, and torch 2.1 registers no fake implementation
 (:mod:`mmoverlock.utils.compat`, docs/compat.md).
 
-* **CUDA**: fused Triton kernels (:mod:`mmoverlock.ops.na2d_triton`): one pass over the k*k taps per pixel
-  tile for the forward and grad_attn, an inverse-neighbourhood gather for grad_value; launched on the
-  tensors' device. Without Triton >= 3.0 (none installed, or torch 2.1's Triton 2.1), CUDA runs the CPU
-  kernels below (the same choice by map size), after a one-line warning naming the Triton it needs;
+* **CUDA**: fused Triton kernels (:mod:`mmoverlock.ops.na2d_triton`, Triton >= 2.1): one pass over the k*k
+  taps per pixel tile for the forward and grad_attn, an inverse-neighbourhood gather for grad_value; launched on
+  the tensors' device. Their first use per dtype and device checks them against the reference gather
+  (:mod:`mmoverlock.ops.selfcheck`). Without Triton >= 2.1, or where that check failed, CUDA runs the CPU
+  kernels below (the same choice by map size), after a one-line warning saying why;
 * **CPU**, chosen by map size; none materialises anything of size C*k*k*H*W, activation memory is
   O(B*G*H*W*(C + k*k)):
 
@@ -50,12 +51,13 @@ ONNX export writes it out as the tap loop in standard ops (Slice/Pad/Mul/Add), d
 """
 import warnings
 from functools import lru_cache, partial
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ..utils import compat
+from . import selfcheck
 from .tracing import is_exporting
 from .triton_common import SUPPORTED_DTYPES
 
@@ -367,6 +369,67 @@ def _require_triton():
     return kernels
 
 
+#: the first-use check's problem (B, G, C, H, W, k): borders and interior pixels, C of OverLoCK's channel block
+CHECK_PROBLEM = (1, 2, 16, 9, 11, 5)
+_FALLBACK = 'its CPU kernels'
+
+
+def reference_with_gradients(attn: torch.Tensor, value: torch.Tensor, grad_out: torch.Tensor,
+                             kernel_size: int) -> List[torch.Tensor]:
+    """The reference gather and its gradients by their definitions, without autograd (the first-use check runs
+    inside the op's kernel, below autograd): attn (B, G, k*k, H, W), value and grad_out (B, G, C, H, W) ->
+    [out, grad_attn, grad_value] in the inputs' layouts. ``key[p, t]`` is the flat key of pixel p's tap t;
+    ``out[c, p] = sum_t attn[t, p] value[c, key[p, t]]``, ``grad_attn[t, p] = sum_c grad_out[c, p]
+    value[c, key[p, t]]`` and ``grad_value[c, q] = sum_{key[p, t] = q} attn[t, p] grad_out[c, p]``."""
+    b, g, c, h, w = value.shape
+    k = kernel_size
+    taps = torch.arange(k, device=value.device)
+    rows = window_starts(h, k, value.device)[:, None] + taps                    # (H, k)
+    cols = window_starts(w, k, value.device)[:, None] + taps                    # (W, k)
+    key = (rows[:, None, :, None] * w + cols[None, :, None, :]).reshape(h * w, k * k)
+    gathered = value.reshape(b, g, c, h * w)[..., key]                          # (B, G, C, H*W, k*k)
+    weights = attn.reshape(b, g, k * k, h * w).transpose(2, 3)[:, :, None]      # (B, G, 1, H*W, k*k)
+    grads = grad_out.reshape(b, g, c, h * w, 1)
+    out = (gathered * weights).sum(-1).view(value.shape)
+    grad_attn = (gathered * grads).sum(2).transpose(2, 3).reshape(attn.shape)
+    grad_value = value.new_zeros(b, g, c, h * w).index_add_(3, key.reshape(-1),
+                                                            (weights * grads).reshape(b, g, c, -1))
+    return [out, grad_attn, grad_value.view(value.shape)]
+
+
+def check_fused_kernels(device: torch.device, dtype: torch.dtype) -> Tuple[list, list]:
+    """The first-use check's computation (:mod:`mmoverlock.ops.selfcheck`): forward, grad_attn and grad_value of
+    the Triton kernels on :data:`CHECK_PROBLEM` in ``dtype`` on ``device``, in each tile configuration of
+    :func:`mmoverlock.ops.na2d_triton.check_tiles`, and :func:`reference_with_gradients` on the CPU in float64
+    from the same rounded inputs: (kernel outputs, reference outputs)."""
+    kernels = _require_triton()
+    b, g, c, h, w, k = CHECK_PROBLEM
+    generator = torch.Generator().manual_seed(0)
+    attn = torch.randn(b, g, k * k, h, w, generator=generator, dtype=torch.float64).softmax(2).to(dtype)
+    value = torch.randn(b, g, c, h, w, generator=generator, dtype=torch.float64).to(dtype)
+    grad_out = torch.randn(b, g, c, h, w, generator=generator, dtype=torch.float64).to(dtype)
+    reference = reference_with_gradients(attn.double(), value.double(), grad_out.double(), k)
+    attn, value, grad_out = (t.to(device) for t in (attn, value, grad_out))
+    got, expected = [], []
+    for tiles in kernels.check_tiles():
+        tiles = tiles or {}
+        out = kernels.na2d_av_forward(attn, value, k, tiles=tiles.get('forward'))
+        got += [out, *kernels.na2d_av_backward(grad_out, attn, value, k, tiles=tiles or None)]
+        expected += reference
+    return got, expected
+
+
+def _fused_kernels(tensor: torch.Tensor):
+    """mmoverlock.ops.na2d_triton where its kernels may compute on ``tensor``'s device in its dtype: Triton
+    usable (else one warning) and the first-use check passed there (:mod:`mmoverlock.ops.selfcheck`); else
+    None (the CPU kernels run on the device)."""
+    kernels = _triton_kernels()
+    if kernels is None:
+        _warn_no_triton()
+        return None
+    return kernels if selfcheck.trusted('na2d_av', tensor, check_fused_kernels, _FALLBACK) else None
+
+
 def _gradients(grad_attn: Optional[torch.Tensor], grad_value: Optional[torch.Tensor], attn: torch.Tensor,
                value: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """The backward op's outputs: contiguous gradients, and an empty tensor for one that was not asked for
@@ -396,10 +459,10 @@ def _na2d_av_cpu(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> t
 
 
 def _na2d_av_cuda(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """The Triton kernels once checked on the device (:func:`_fused_kernels`), else the CPU kernels there."""
     _check_inputs(attn, value, kernel_size)
-    kernels = _triton_kernels()
+    kernels = _fused_kernels(value)
     if kernels is None:
-        _warn_no_triton()
         return _cpu_forward(attn, value, kernel_size)
     return kernels.na2d_av_forward(attn, value, kernel_size)
 
@@ -418,9 +481,7 @@ def _na2d_av_backward_cpu(grad_out: torch.Tensor, attn: torch.Tensor, value: tor
 
 def _na2d_av_backward_cuda(grad_out, attn, value, kernel_size, attn_grad, value_grad):
     _check_backward_inputs(grad_out, attn, value)
-    kernels = _triton_kernels()
-    if kernels is None:
-        _warn_no_triton()
+    kernels = _fused_kernels(value)
     backward = _cpu_backward if kernels is None else kernels.na2d_av_backward
     return _gradients(*backward(grad_out, attn, value, kernel_size, attn_grad, value_grad), attn, value)
 

@@ -11,7 +11,9 @@ checks and autograd, and the Triton launchers' Python work. Measured on a CPU, w
 * **CUDA kernel body, forward / backward (mocked launch)** -- the op's CUDA kernels (``_na2d_av_cuda``,
   ``_na2d_av_backward_cuda``) on ``meta`` tensors with the Triton kernels replaced by a stub that evaluates
   the launch grid and returns: the checks, output allocation, argument packing and the launchers' Python
-  work. Triton's own launch (its argument binding and the driver call) is not included: it needs a GPU.
+  work. Triton's own launch (its argument binding and the driver call) is not included: it needs a GPU. The
+  kernels' first-use check (``mmoverlock.ops.selfcheck``) counts as passed on ``meta`` beforehand: what is
+  timed is its per-call cost after first use, a lookup (the check itself: ``gpu_check.py`` row f).
 
 Time is process CPU time (robust on a shared machine), the median of ``--repeats`` batches of ``--calls``
 calls, in microseconds per call, one intra-op thread.
@@ -75,8 +77,10 @@ def mocked_triton_launches(na2d_triton):
 
 
 def measure(calls: int, repeats: int) -> List[Dict[str, object]]:
-    from mmoverlock.ops import na2d, na2d_triton
+    from mmoverlock.ops import na2d, na2d_triton, selfcheck
 
+    selfcheck.run_check('na2d_av', torch.device('meta'), torch.float32, lambda device, dtype: ([], []),
+                        'its CPU kernels')                 # the first use on meta: nothing to compare
     k = 3
     attn = torch.rand(1, 1, k * k, 3, 3).softmax(2)
     value = torch.rand(1, 1, 1, 3, 3)
