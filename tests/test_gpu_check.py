@@ -159,3 +159,31 @@ def test_a_failing_row_loses_no_finished_row(tmp_path, capsys, monkeypatch):
     failed = '| c | - | - | - | - | - | failed: RuntimeError: CUDA error: an illegal memory access was encountered |'
     assert lines[-3:] == ['| a | first | - | - | 1.50 | - |  |', failed, '| d | last | - | - | - | - | ok |']
     assert [r['row'] for r in json.loads(out_json.read_text())['rows']] == ['a', 'c', 'd']
+
+
+def test_training_step_runs_on_this_torch():
+    """Row b's step -- AdamW, fused where the torch takes it on the device, and the gradient scaler of
+    ``mmoverlock.utils.compat`` -- runs on every torch >= 2.1 (torch.amp.GradScaler arrived in 2.3): the
+    parameters move."""
+    model = torch.nn.Conv2d(3, 4, 3)
+    before = model.weight.detach().clone()
+    load_gpu_check().training_step(model, torch.randn(1, 3, 8, 8), amp=False)()
+    assert not torch.equal(before, model.weight)
+
+
+def test_self_check_row_reports_the_first_use_check():
+    """Row f: under Triton 3's interpreter the fused kernels' first-use check runs on the CPU (passed, the error
+    within the tolerance, its time); where no interpreter runs them (Triton 2.1) the row says what it needs."""
+    from mmoverlock.ops import selfcheck
+    from mmoverlock.utils import compat
+    try:
+        rows = load_gpu_check().main(['--device', 'cpu', '--rows', 'f'])
+    finally:
+        selfcheck.clear()
+    kernels = [(r['case'].split(' first-use')[0], r['dtype']) for r in rows]
+    assert kernels == [('na2d_av', 'fp32'), ('depthwise_conv2d', 'fp32')]
+    for r in rows:
+        if compat.triton_interpreter_active():
+            assert r['ok'] and r['ms'] > 0 and r['note'].startswith('passed; error '), r
+        else:
+            assert r['note'] == "needs CUDA, or on a CPU Triton's interpreter (TRITON_INTERPRET=1, Triton >= 3.0)"

@@ -23,6 +23,10 @@ Rows (``--rows``, default all):
   and bf16: PyTorch (cuDNN), the Triton kernels, PyTorch with the FFT weight gradient, and the automatic choice
   of ``mmoverlock.ops.depthwise_conv2d`` (what it picked per pass in the note); then row b's OverLoCK-T
   training step with ``depthwise_choice='auto'`` and ``'torch'`` (AMP off and on).
+* **f** -- the first-use check of the fused kernels (``mmoverlock.ops.selfcheck``): ``na2d_av``'s and
+  ``depthwise_conv2d``'s Triton kernels on their small fixed problems against the reference, per dtype: passed
+  or failed, the error and the tolerance, and what the check costs once per process and dtype (its ms; Triton's
+  compilation of the kernels falls in it).
 
 Time is the median of ``--repeats`` runs after ``--warmup`` (CUDA synchronised; Triton's compilation falls
 in the warm-up); memory is ``torch.cuda.max_memory_allocated`` growth over the inputs (CUDA only). A row that
@@ -32,12 +36,15 @@ end, so a crash loses no finished row.
 
 Rows a, b and d need only torch, triton, numpy and mmengine (and mmoverlock): ConvNeXt-T comes from mmpretrain,
 else torchvision, else its row is skipped with the reason; row c needs mmdet and mmcv. On a CPU
-(``--device cpu``) the non-Triton rows run, for checking the script (at 224x224, batch 1, fp32, one run):
+(``--device cpu``) the non-Triton rows run, for checking the script (at 224x224, batch 1, fp32, one run), and
+row f under Triton's interpreter (``TRITON_INTERPRET=1``, Triton >= 3.0). The script runs on torch >= 2.1 (the
+wheels-only install of torch 2.1 and Triton 2.1 included):
 
     python tools/analysis/gpu_check.py --json gpu_check.json      # the whole check on a GPU
     python tools/analysis/gpu_check.py --device cpu --rows a b d   # checks the script on a CPU
 """
 import argparse
+import contextlib
 import json
 import os.path as osp
 import re
@@ -51,6 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from mmoverlock.analysis.shapes import focus_aggregation_shapes
+from mmoverlock.utils import compat
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 CASCADE_T = 'configs/det/cascade_overlock_t_3x_coco.py'
@@ -209,11 +217,18 @@ def _overlock_t_det():
 
 
 def training_step(model: torch.nn.Module, images: torch.Tensor, amp: bool) -> Callable[[], None]:
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
-    scaler = torch.amp.GradScaler(images.device.type, enabled=amp)
+    """One AdamW step (fused where the torch takes it on the device) with a gradient scaler, as mmengine's
+    AmpOptimWrapper runs it (``mmoverlock.utils.compat``: torch 2.1's spellings)."""
+    device_type = images.device.type
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                                  fused=compat.fused_adamw_supported(device_type))
+    scaler = compat.grad_scaler(device_type, enabled=amp)
+
+    # (no autocast context without AMP: torch 2.1 refuses a CPU autocast of float16 even when disabled)
+    autocast = torch.autocast(device_type, dtype=torch.float16) if amp else contextlib.nullcontext()
 
     def step():
-        with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp):
+        with autocast:
             outs = model(images)
         outs = outs if isinstance(outs, (tuple, list)) else [outs]
         loss = sum(o.float().mean() for o in outs)
@@ -535,9 +550,43 @@ def _training_step_choice_rows(args, device) -> List[dict]:
     return rows
 
 
+# ----------------------------------------------------------------------------------------------- row f
+def self_check_rows(args, device) -> List[dict]:
+    """Row f: the first-use check of the fused kernels (``mmoverlock.ops.selfcheck``) of ``na2d_av`` and
+    ``depthwise_conv2d`` in each dtype, run afresh: passed or not, the relative error against the reference and
+    the dtype's tolerance in the note, its wall time (once per process and dtype) as ms. On a CPU it runs where
+    Triton's interpreter does (``TRITON_INTERPRET=1`` with Triton >= 3.0)."""
+    from mmoverlock.ops import depthwise, na2d, selfcheck
+    from mmoverlock.ops.depthwise import _triton_kernels as depthwise_kernels
+    rows = []
+    checks = (('na2d_av', na2d._triton_kernels, na2d.check_fused_kernels, na2d.CHECK_PROBLEM, na2d._FALLBACK),
+              ('depthwise_conv2d', depthwise_kernels, depthwise.check_fused_kernels, depthwise.CHECK_PROBLEM,
+               depthwise._FALLBACK))
+    for kernel, load, check, problem, fallback in checks:
+        case = f'{kernel} first-use check, problem {problem}'
+        for dtype_name in args.dtypes:
+            row = dict(row='f', case=case, impl='Triton kernels vs reference', dtype=dtype_name)
+            if not selfcheck.enabled():
+                rows.append(dict(row, note=f'turned off ({selfcheck.ENV_VAR}=0): the kernels run unchecked'))
+                continue
+            modules = load()
+            if modules is None:
+                rows.append(dict(row, note=f"no usable Triton ({compat.triton_unusable(kernel)})"))
+                continue
+            if device.type != 'cuda' and not modules.INTERPRET:
+                rows.append(dict(row, note="needs CUDA, or on a CPU Triton's interpreter (TRITON_INTERPRET=1, "
+                                           "Triton >= 3.0)"))
+                continue
+            result = selfcheck.run_check(kernel, device, DTYPES[dtype_name], check, fallback)
+            verdict = 'passed' if result.passed else f'FAILED: {result.reason}'
+            rows.append(dict(row, ms=result.ms, peak_mib=None, ok=result.passed,
+                             note=f'{verdict}; error {result.error:.3g}, tolerance {result.tolerance:.3g}'))
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------- main
 ROWS = {'a': aggregation_rows, 'b': backbone_rows, 'c': detector_rows, 'd': determinism_rows,
-        'e': depthwise_rows}
+        'e': depthwise_rows, 'f': self_check_rows}
 
 
 TABLE_HEADER = ['| row | case | implementation | dtype | ms | peak MiB | note |', '|---|---|---|---|---:|---:|---|']
