@@ -28,7 +28,10 @@ COMPAT_TESTS := tests/test_compat.py tests/test_ops.py tests/test_depthwise.py t
 	tests/test_reliability.py::test_bad_checkpoints_through_init_cfg_give_one_line \
 	tests/test_reliability.py::test_load_from_checked_before_the_run \
 	tests/test_det.py::test_mask_rcnn_train_then_test_prints_coco_metrics \
-	tests/test_seg.py::test_train_two_iterations_from_imagenet_checkpoint tests/test_seg.py::test_test_with_eval_miou
+	tests/test_seg.py::test_train_two_iterations_from_imagenet_checkpoint tests/test_seg.py::test_test_with_eval_miou \
+	tests/test_triton21.py tests/test_kernel_selfcheck.py tests/test_gpu_check.py::test_feature_sizes_follow_the_strided_convs \
+	tests/test_gpu_check.py::test_training_step_runs_on_this_torch \
+	tests/test_gpu_check.py::test_self_check_row_reports_the_first_use_check
 
 env-compat:
 	@bash tools/setup_env_compat.sh
