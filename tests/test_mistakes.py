@@ -10,23 +10,27 @@ one subprocess checks that, end to end, for the misspelled type after the Runner
 import json
 import os
 import os.path as osp
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
+from mmengine.registry import MODELS, Registry
+
+from mmoverlock.cli.runtime import check_writable, known_mistake, resume_command
+from mmoverlock.engine.atomic_checkpoint import signals_deferred
 
 from .conftest import ROOT, load_tool
-from .test_det import derive_tiny, make_coco
 
 MASK_RCNN = osp.join(ROOT, 'configs', 'det', 'mask_rcnn_overlock_t_1x_coco.py')
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONWARNINGS='ignore')
 
-pytestmark = pytest.mark.integration   # the tools, on a tiny COCO set
-
 
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
+    from .test_det import derive_tiny, make_coco
     root = tmp_path_factory.mktemp('mistakes')
     make_coco(str(root / 'coco'))
     config = derive_tiny(MASK_RCNN, str(root / 'coco'), str(root / 'tiny.py'), val_interval=100)
@@ -41,6 +45,7 @@ def exit_message(tool: str, *argv) -> str:
     return message
 
 
+@pytest.mark.integration
 def test_misspelled_type_names_the_closest_registered_names(tiny, tmp_path):
     _, config = tiny
     for bad, registry in (('mmoverlock.OverLock', 'mmoverlock'), ('OverLoCK', 'mmdet')):   # a typo; no scope
@@ -58,6 +63,7 @@ def test_misspelled_type_names_the_closest_registered_names(tiny, tmp_path):
         "mean 'mmoverlock.OverLoCK'?")
 
 
+@pytest.mark.integration
 def test_misspelled_argument_names_the_closest_argument(tiny, tmp_path):
     _, config = tiny
     message = exit_message('train', config, '--work-dir', tmp_path, '--cfg-options',
@@ -69,7 +75,9 @@ def test_misspelled_argument_names_the_closest_argument(tiny, tmp_path):
                        "'in_channels'?")
 
 
+@pytest.mark.integration
 def test_truncated_annotation_file_is_named_with_the_position(tiny, tmp_path):
+    from .test_det import make_coco
     root, config = tiny
     coco = tmp_path / 'coco'
     make_coco(str(coco))
@@ -86,6 +94,7 @@ def test_truncated_annotation_file_is_named_with_the_position(tiny, tmp_path):
                        f"truncated? download or write it again")
 
 
+@pytest.mark.integration
 def test_infer_on_a_file_that_is_not_an_image(tiny, tmp_path):
     _, config = tiny
     text = tmp_path / 'photo.jpg'
@@ -97,6 +106,7 @@ def test_infer_on_a_file_that_is_not_an_image(tiny, tmp_path):
                        f"file, or truncated); expected a .jpg, .png, .bmp or .tif image")
 
 
+@pytest.mark.integration
 def test_unwritable_outputs_are_named_before_anything_runs(tiny, tmp_path):
     root, config = tiny
     blocker = tmp_path / 'a_file'
@@ -119,3 +129,75 @@ def test_unwritable_outputs_are_named_before_anything_runs(tiny, tmp_path):
         message = exit_message('train', config, '--work-dir', locked)
         assert message == (f"tools/train.py: error: --work-dir '{locked}' is not writable (Permission denied); pass "
                            f"a folder you can write to")
+
+
+# ---------------------------------------------------------------------------- the machinery, without the tools
+def test_known_mistakes_of_any_registry_and_parser(tmp_path):
+    toys = Registry('toy', parent=MODELS, scope='toyscope')
+
+    @toys.register_module()
+    class Widget:
+        def __init__(self, width: int = 1, height: int = 2):
+            self.width, self.height = width, height
+
+    with pytest.raises(KeyError) as err:
+        toys.build(dict(type='Widgte'))
+    assert known_mistake(err.value) == ("unknown type 'Widgte': not in the toyscope::toy registry; did you mean "
+                                        "'Widget'?")
+    with pytest.raises(KeyError) as err:
+        toys.build(dict(type='Gizmo'))
+    assert known_mistake(err.value) == ("unknown type 'Gizmo': not in the toyscope::toy registry (nor close to a "
+                                        "name in it)")
+    with pytest.raises(TypeError) as err:
+        toys.build(dict(type='Widget', widht=3))
+    assert known_mistake(err.value) == "Widget (toyscope::toy) got an unknown argument 'widht'; did you mean 'width'?"
+    with pytest.raises(TypeError) as err:
+        toys.build(dict(type='Widget', colour=3))
+    assert known_mistake(err.value) == ("Widget (toyscope::toy) got an unknown argument 'colour'; its arguments: "
+                                        "width, height")
+    bad = tmp_path / 'instances.json'
+    bad.write_text('{"images": [{"id": 1}, ')
+    with pytest.raises(json.JSONDecodeError) as err, open(bad) as f:
+        json.load(f)
+    assert known_mistake(err.value) == f"annotation file '{bad}' is not valid JSON (Expecting value: line 1 column " \
+                                       f"24 (char 23)); is it truncated? download or write it again"
+    assert known_mistake(ValueError('something else')) is None and known_mistake(KeyError('x')) is None
+
+
+def test_a_save_finishes_before_a_signal_acts():
+    """SIGINT inside ``signals_deferred``: the block runs to its end, then the handler; twice: at once."""
+    events = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: events.append('handled'))
+    try:
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            events.append('block finished')
+        time.sleep(0.05)
+        assert events == ['block finished', 'handled']
+        assert signal.getsignal(signal.SIGINT) is not previous   # ours again after the block: the lambda
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with pytest.raises(KeyboardInterrupt):
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                events.append('not reached')
+        assert 'not reached' not in events
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_resume_command_is_the_run_command_with_resume(monkeypatch, tmp_path):
+    monkeypatch.delenv('LOCAL_WORLD_SIZE', raising=False)
+    command = resume_command('tools/train.py', ['c.py', '--work-dir', 'w', '--resume', 'w/iter_4.pth',
+                                                '--cfg-options', 'a=1'])
+    assert command.endswith(' tools/train.py c.py --work-dir w --cfg-options a=1 --resume')
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '8')   # a process torchrun started (tools/dist_train.sh)
+    assert resume_command('tools/train.py', ['c.py', '--launcher', 'pytorch', '--work-dir', 'my dir']) == \
+        "tools/dist_train.sh c.py 8 --work-dir 'my dir' --resume"
+    assert check_writable(str(tmp_path / 'new' / 'dir'), '--work-dir', folder=True) == str(tmp_path / 'new' / 'dir')
+    with pytest.raises(ValueError) as err:
+        check_writable(str(tmp_path / 'new'), '--out', folder=False)
+    assert str(err.value) == f"--out '{tmp_path / 'new'}' is not writable (Is a directory); pass a file you can " \
+                             f"write to"

@@ -57,7 +57,7 @@ RECORD_HOOK = textwrap.dedent('''
             if runner.rank == 0:
                 images = ','.join(os.path.basename(s.img_path) for s in data_batch['data_samples'])
                 with open(os.path.join(runner.work_dir, 'losses.txt'), 'a') as f:
-                    f.write(f"{step} {runner.epoch + 1} {batch_idx + 1} {float(outputs['loss'])!r} {images}\\n")
+                    f.write(f"{step} {runner.epoch + 1} {batch_idx + 1} {outputs['loss'].item()!r} {images}\\n")
             if step == int(os.environ.get('PAUSE_AFTER_ITER', 0)):
                 _pause(runner.work_dir)
                 time.sleep(3600)
@@ -360,7 +360,7 @@ class Record(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         self.rows.append((runner.iter + 1, runner.epoch + 1, batch_idx + 1, runner.model.last_indices,
-                          float(outputs['loss'])))
+                          outputs['loss'].item()))
         if runner.iter + 1 == self.stop_at:
             raise KeyboardInterrupt
 

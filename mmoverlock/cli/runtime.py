@@ -364,16 +364,18 @@ def _frames(err: BaseException) -> List[Any]:
 
 
 def _registry_names(registry) -> List[str]:
-    """Every name a config can give ``type`` in ``registry``'s scope: its own and its parents' names bare, every
-    registry's of the tree with its scope prefix (``mmoverlock.OverLoCK``)."""
-    names, node = [], registry
+    """Every name a config can give ``type`` in ``registry``'s scope: its own and its parents' names bare, the
+    other registries' of the tree with their scope prefix (``mmoverlock.OverLoCK``)."""
+    names, node, reachable = [], registry, []
     while node is not None:
         names += list(node.module_dict)
+        reachable.append(node)
         node = node.parent
     todo = [registry.root]
     while todo:
         node = todo.pop()
-        names += [f'{node.scope}.{key}' for key in node.module_dict]
+        if not any(node is r for r in reachable):
+            names += [f'{node.scope}.{key}' for key in node.module_dict]
         todo += list(node.children.values())
     return list(dict.fromkeys(names))
 
@@ -495,6 +497,7 @@ def known_mistake(err: BaseException) -> Optional[str]:
 def check_writable(path: str, flag: str, folder: bool) -> str:
     """``path`` (a folder with ``folder``, else a file) can be created and written: one line naming it otherwise.
     Creates the missing folders (what the tools do anyway), writes and removes a probe file."""
+    import errno
     import tempfile
     target = path if folder else (osp.dirname(osp.abspath(path)) or '.')
     try:
@@ -502,7 +505,7 @@ def check_writable(path: str, flag: str, folder: bool) -> str:
         with tempfile.TemporaryFile(dir=target):
             pass
         if not folder and osp.isdir(path):
-            raise IsADirectoryError(f"'{path}' is a folder")
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
     except OSError as err:
         reason = err.strerror or str(err)
         raise ValueError(f"{flag} '{path}' is not writable ({reason}); pass a {'folder' if folder else 'file'} "
