@@ -155,6 +155,15 @@ def test_known_mistakes_of_any_registry_and_parser(tmp_path):
         toys.build(dict(type='Widget', colour=3))
     assert known_mistake(err.value) == ("Widget (toyscope::toy) got an unknown argument 'colour'; its arguments: "
                                         "width, height")
+
+    @toys.register_module()
+    class Buggy:
+        def __init__(self, width: int = 1):
+            Widget(widht=width)   # a bug in the code, not a keyword of the config: keeps its traceback
+
+    with pytest.raises(TypeError) as err:
+        toys.build(dict(type='Buggy', width=2))
+    assert known_mistake(err.value) is None
     bad = tmp_path / 'instances.json'
     bad.write_text('{"images": [{"id": 1}, ')
     with pytest.raises(json.JSONDecodeError) as err, open(bad) as f:

@@ -443,12 +443,14 @@ def _unknown_argument(err: TypeError) -> Optional[str]:
             if frame.f_code.co_name == '__init__':
                 continue
             return None
-        if 'obj_cls' in frame.f_locals:
-            cls, registry = frame.f_locals['obj_cls'], frame.f_locals.get('registry')
-            bad, known = found.group(1), _init_arguments(frame.f_locals['obj_cls'])
-            hint = _did_you_mean(closest(bad, known)) or f'its arguments: {", ".join(known)}'
-            scope = f' ({registry.scope}::{registry.name})' if registry is not None else ''
-            return f"{getattr(cls, '__name__', cls)}{scope} got an unknown argument '{bad}'; {hint}"
+        bad = found.group(1)
+        if 'obj_cls' not in frame.f_locals or bad not in (frame.f_locals.get('args') or {}):
+            return None   # not a keyword of the config's dict: a bug elsewhere keeps its traceback
+        cls, registry = frame.f_locals['obj_cls'], frame.f_locals.get('registry')
+        known = _init_arguments(cls)
+        hint = _did_you_mean(closest(bad, known)) or f'its arguments: {", ".join(known)}'
+        scope = f' ({registry.scope}::{registry.name})' if registry is not None else ''
+        return f"{getattr(cls, '__name__', cls)}{scope} got an unknown argument '{bad}'; {hint}"
     return None
 
 
