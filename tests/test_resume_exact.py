@@ -351,7 +351,7 @@ class ToyModel(torch.nn.Module):
 
 
 class Record(Hook):
-    """A hook recording (iteration, epoch, batch index, indices, loss); raises at ``stop_at`` (a kill)."""
+    """A hook recording (iteration, epoch, batch index, indices, lr, loss); raises at ``stop_at`` (a kill)."""
 
     priority = 'HIGHEST'
 
@@ -360,48 +360,55 @@ class Record(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         self.rows.append((runner.iter + 1, runner.epoch + 1, batch_idx + 1, runner.model.last_indices,
-                          outputs['loss'].item()))
+                          runner.optim_wrapper.get_lr()['lr'][0], outputs['loss'].item()))
         if runner.iter + 1 == self.stop_at:
             raise KeyboardInterrupt
 
 
-def toy_runner(work_dir, loop: dict, sampler: str, hook: Record, seed: int, resume: bool = False):
+def toy_runner(work_dir, loop: dict, sampler: str, hook: Record, seed: int, resume: bool = False, interval=3):
+    """Checkpoints every ``interval`` iterations; the lr halves after iteration 5 and (epoch loop) each epoch."""
     from mmengine.runner import Runner
+    schedule = [dict(type='MultiStepLR', by_epoch=False, milestones=[5], gamma=0.5)]
+    if 'Epoch' in loop['type']:
+        schedule.append(dict(type='MultiStepLR', by_epoch=True, milestones=[1, 2], gamma=0.5))
     torch.manual_seed(0)   # the same initial weights
     return Runner(model=ToyModel(), work_dir=str(work_dir), experiment_name=f'toy_{time.time_ns()}',
                   train_dataloader=dict(dataset=NoisyPoints(), batch_size=3, num_workers=0, collate_fn=list,
                                         sampler=dict(type=sampler, shuffle=True)),
                   train_cfg=loop, optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
+                  param_scheduler=schedule,
                   default_hooks=dict(checkpoint=dict(type='mmoverlock.AtomicCheckpointHook', by_epoch=False,
-                                                     interval=3), logger=None),
+                                                     interval=interval), logger=None),
                   custom_hooks=[hook], randomness=dict(seed=seed), resume=resume, default_scope='mmengine')
 
 
-@pytest.mark.parametrize('loop,sampler,stop', [
-    (dict(type='mmoverlock.ResumableEpochBasedTrainLoop', max_epochs=3), 'mmoverlock.ResumableSampler', 8),
-    (dict(type='mmoverlock.ResumableEpochBasedTrainLoop', max_epochs=3), 'mmoverlock.ResumableSampler', 5),
-    (dict(type='mmoverlock.ResumableEpochBasedTrainLoop', max_epochs=3), 'DefaultSampler', 8),
-    (dict(type='mmoverlock.ResumableIterBasedTrainLoop', max_iters=11), 'mmoverlock.ResumableInfiniteSampler', 8),
+@pytest.mark.parametrize('loop,sampler,stop,interval', [
+    (dict(type='mmoverlock.ResumableEpochBasedTrainLoop', max_epochs=3), 'mmoverlock.ResumableSampler', 8, 3),
+    (dict(type='mmoverlock.ResumableEpochBasedTrainLoop', max_epochs=3), 'mmoverlock.ResumableSampler', 5, 3),
+    (dict(type='mmoverlock.ResumableEpochBasedTrainLoop', max_epochs=3), 'mmoverlock.ResumableSampler', 7, 4),
+    (dict(type='mmoverlock.ResumableEpochBasedTrainLoop', max_epochs=3), 'DefaultSampler', 8, 3),
+    (dict(type='mmoverlock.ResumableIterBasedTrainLoop', max_iters=11), 'mmoverlock.ResumableInfiniteSampler', 8, 3),
 ])
-def test_loops_resume_a_toy_run_exactly(tmp_path, loop, sampler, stop):
+def test_loops_resume_a_toy_run_exactly(tmp_path, loop, sampler, stop, interval):
     """4 batches an epoch (10 points, batch 3): interrupted after iteration ``stop``, resumed from the checkpoint
-    of iteration 6 (inside epoch 2) or 3 (at the end of epoch 1's third batch) with another seed in the config:
-    the same batches, epoch positions and losses as the uninterrupted run, none twice; with our samplers no
-    trained batch is loaded again."""
+    of iteration 6 (inside epoch 2), 3 (epoch 1's third batch) or 4 (its last, saved before the epoch's end)
+    with another seed in the config: the same batches, epoch positions, learning rates and losses as the
+    uninterrupted run, none twice; with our samplers no trained batch is loaded again."""
     reference = Record()
-    toy_runner(tmp_path / 'reference', dict(loop), sampler, reference, seed=1).train()
+    toy_runner(tmp_path / 'reference', dict(loop), sampler, reference, seed=1, interval=interval).train()
     killed = Record(stop_at=stop)
     with pytest.raises(KeyboardInterrupt):
-        toy_runner(tmp_path / 'work', dict(loop), sampler, killed, seed=1).train()
+        toy_runner(tmp_path / 'work', dict(loop), sampler, killed, seed=1, interval=interval).train()
     resumed = Record()
-    runner = toy_runner(tmp_path / 'work', dict(loop), sampler, resumed, seed=2, resume=True)
+    runner = toy_runner(tmp_path / 'work', dict(loop), sampler, resumed, seed=2, resume=True, interval=interval)
     runner.train()
-    saved = stop // 3 * 3
+    saved = stop // interval * interval
     assert [r[0] for r in killed.rows] == list(range(1, stop + 1))
     assert [r[0] for r in resumed.rows] == list(range(saved + 1, len(reference.rows) + 1))
     for row in killed.rows + resumed.rows:
         expected = reference.rows[row[0] - 1]
-        assert row[:4] == expected[:4] and row[4] == pytest.approx(expected[4], rel=1e-6), (row, expected)
+        assert row[:5] == expected[:5] and row[5] == pytest.approx(expected[5], rel=1e-6), (row, expected)
+    assert len({r[4] for r in reference.rows}) > 1                       # the lr did change
     if sampler.startswith('mmoverlock.'):
         loaded = runner.train_dataloader.dataset.loaded
         assert sorted(loaded) == sorted(i for r in resumed.rows for i in r[3])   # no trained batch reloaded
