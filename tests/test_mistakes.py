@@ -133,6 +133,7 @@ def test_unwritable_outputs_are_named_before_anything_runs(tiny, tmp_path):
 
 # ---------------------------------------------------------------------------- the machinery, without the tools
 def test_known_mistakes_of_any_registry_and_parser(tmp_path):
+    """``_scope_``: built in the toy's scope, whatever default scope an earlier test left."""
     toys = Registry('toy', parent=MODELS, scope='toyscope')
 
     @toys.register_module()
@@ -141,18 +142,18 @@ def test_known_mistakes_of_any_registry_and_parser(tmp_path):
             self.width, self.height = width, height
 
     with pytest.raises(KeyError) as err:
-        toys.build(dict(type='Widgte'))
+        toys.build(dict(_scope_='toyscope', type='Widgte'))
     assert known_mistake(err.value) == ("unknown type 'Widgte': not in the toyscope::toy registry; did you mean "
                                         "'Widget'?")
     with pytest.raises(KeyError) as err:
-        toys.build(dict(type='Gizmo'))
+        toys.build(dict(_scope_='toyscope', type='Gizmo'))
     assert known_mistake(err.value) == ("unknown type 'Gizmo': not in the toyscope::toy registry (nor close to a "
                                         "name in it)")
     with pytest.raises(TypeError) as err:
-        toys.build(dict(type='Widget', widht=3))
+        toys.build(dict(_scope_='toyscope', type='Widget', widht=3))
     assert known_mistake(err.value) == "Widget (toyscope::toy) got an unknown argument 'widht'; did you mean 'width'?"
     with pytest.raises(TypeError) as err:
-        toys.build(dict(type='Widget', colour=3))
+        toys.build(dict(_scope_='toyscope', type='Widget', colour=3))
     assert known_mistake(err.value) == ("Widget (toyscope::toy) got an unknown argument 'colour'; its arguments: "
                                         "width, height")
 
@@ -162,7 +163,7 @@ def test_known_mistakes_of_any_registry_and_parser(tmp_path):
             Widget(widht=width)   # a bug in the code, not a keyword of the config: keeps its traceback
 
     with pytest.raises(TypeError) as err:
-        toys.build(dict(type='Buggy', width=2))
+        toys.build(dict(_scope_='toyscope', type='Buggy', width=2))
     assert known_mistake(err.value) is None
     bad = tmp_path / 'instances.json'
     bad.write_text('{"images": [{"id": 1}, ')
