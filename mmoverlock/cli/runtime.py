@@ -331,8 +331,7 @@ def one_line_errors(tool: str, *files: str):
     """Around building and running the Runner: an error of mmoverlock's checks (the channel and checkpoint
     hooks' ``before_run``, the backbone's arguments) or a mistake of :func:`known_mistake` ends the tool in one
     line on stderr, from rank 0 only (the other ranks exit silently with the same status); any other error keeps
-    its traceback. ``files``:
-    more source files whose errors are checks (the tool's own)."""
+    its traceback. ``files``: more source files whose errors are checks (the tool's own)."""
     try:
         yield
     except Exception as err:
