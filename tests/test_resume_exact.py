@@ -90,7 +90,7 @@ def with_recording(cfg: Config, interval: int) -> Config:
 def configs(tmp_path_factory, fixture):
     """A tiny Mask R-CNN (our 1x recipe: epoch loop, ResumableSampler + mmdet's AspectRatioBatchSampler) on 6
     images, 8 iterations over 2 epochs of 4 batches (1 process x 2 images, or 2 x 1); a tiny UperNet (our ADE
-    recipe: iteration loop, ResumableInfiniteSampler) on 4 images, 8 iterations of 1 image per process."""
+    recipe: iteration loop, ResumableInfiniteSampler) on 4 images, 8 iterations of 2 images per process."""
     from .test_det import derive_tiny, make_coco
     from .test_seg import SEG_CONFIGS, make_ade_like, tiny_cfg
     root = tmp_path_factory.mktemp('resume_exact')
@@ -105,7 +105,7 @@ def configs(tmp_path_factory, fixture):
     make_ade_like(str(root / 'ade'), np.random.RandomState(0))
     cfg = with_recording(tiny_cfg(fixture, Config.fromfile(SEG_CONFIGS['t']), str(root / 'ade'), None), interval=3)
     cfg.train_cfg.update(max_iters=8)
-    cfg.train_dataloader.batch_size = 1
+    cfg.train_dataloader.batch_size = 2   # UperNet's pooling module normalises 1x1 maps: 2 images per process
     seg = str(root / 'seg.py')
     cfg.dump(seg)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), ROOT, os.environ.get('PYTHONPATH', '')]),
