@@ -20,7 +20,6 @@ try:
 except ImportError as err:   # a python without the environment: one line, not a traceback
     raise SystemExit(f"tools/infer.py: error: {err} ({sys.executable}); run the tools with the environment's "
                      f"python: source .venv/bin/activate (made by make env)") from None
-import os
 import os.path as osp
 from typing import List, Optional
 
@@ -31,7 +30,7 @@ from mmengine.config import Config
 from mmengine.runner import load_checkpoint
 
 import mmoverlock  # noqa: F401  (registers OverLoCK; installs the checkpoint allow-list)
-from mmoverlock.cli.runtime import check_checkpoint, one_line_errors, sync_bn_to_bn, task_of
+from mmoverlock.cli.runtime import check_checkpoint, check_writable, one_line_errors, sync_bn_to_bn, task_of
 from mmoverlock.engine.load_check import check_checkpoint_fits
 
 
@@ -126,12 +125,14 @@ def infer(image: str, config: str, checkpoint: str, out: str = 'out.png', score_
     if not osp.isfile(image):
         raise FileNotFoundError(f"image '{image}' does not exist; expected an image file (.jpg, .png, ...)")
     check_checkpoint(checkpoint)   # tools/test.py's check: exists, and is a PyTorch checkpoint
+    if mmcv.imread(image) is None:   # what the test pipeline's LoadImageFromFile would assert on
+        raise ValueError(f"image '{image}' is not an image OpenCV can decode (another kind of file, or truncated); "
+                         f"expected a .jpg, .png, .bmp or .tif image")
     if not out.lower().endswith(('.png', '.jpg', '.jpeg')):
         raise ValueError(f'--out {out} must end with .png or .jpg')
     cfg = load_config(config, device)
     task = task_of(cfg)
-    if osp.dirname(out):
-        os.makedirs(osp.dirname(out), exist_ok=True)
+    check_writable(out, '--out', folder=False)
     if task == 'det':
         return infer_det(image, cfg, checkpoint, out, score_thr, device)
     if task == 'seg':

@@ -25,8 +25,8 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from mmoverlock.cli.runtime import (EVAL_METRICS, apply_eval, apply_out, apply_show_dir, apply_tta,
-                                    check_checkpoint, check_data, is_main_process, one_line_errors,
-                                    prepare_for_device, set_launcher_env, task_of)
+                                    check_checkpoint, check_data, check_writable, is_main_process,
+                                    one_line_errors, prepare_for_device, set_launcher_env, task_of)
 
 
 def parse_args(argv=None):
@@ -55,6 +55,9 @@ def build_cfg(args) -> Config:
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         'work_dirs', osp.splitext(osp.basename(args.config))[0])
+    check_writable(cfg.work_dir, '--work-dir' if args.work_dir else 'work_dir', folder=True)
+    if args.out:
+        check_writable(args.out, '--out', folder=False)
     cfg.load_from = check_checkpoint(args.checkpoint)
     apply_eval(cfg, args.eval, task)
     apply_out(cfg, args.out, task)

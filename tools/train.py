@@ -25,8 +25,9 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from mmoverlock.cli.runtime import (check_checkpoint, check_data, check_optim_constructor, is_main_process,
-                                    one_line_errors, prepare_for_device, set_launcher_env, task_of)
+from mmoverlock.cli.runtime import (check_checkpoint, check_data, check_optim_constructor, check_writable,
+                                    interruption_line, is_main_process, one_line_errors, prepare_for_device,
+                                    resume_target, set_launcher_env, task_of)
 
 
 def parse_args(argv=None):
@@ -55,6 +56,7 @@ def build_cfg(args) -> Config:
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         'work_dirs', osp.splitext(osp.basename(args.config))[0])
+    check_writable(cfg.work_dir, '--work-dir' if args.work_dir else 'work_dir', folder=True)
     if args.amp:
         if not torch.cuda.is_available():
             raise ValueError("--amp needs CUDA (mmengine's AmpOptimWrapper runs on GPU, NPU or MLU only); "
@@ -69,7 +71,7 @@ def build_cfg(args) -> Config:
             raise ValueError('--auto-scale-lr: the config has no auto_scale_lr.base_batch_size')
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
+        resume_latest(cfg, notice=not args.check_only and is_main_process())
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, check_checkpoint(args.resume, '--resume')
     elif cfg.get('load_from'):
@@ -86,6 +88,23 @@ def build_cfg(args) -> Config:
     return cfg
 
 
+def resume_latest(cfg: Config, notice: bool) -> None:
+    """``--resume`` without a path: from the checkpoint the work dir's ``last_checkpoint`` names; with nothing
+    to resume, say so and start a new run (a job requeued with the same command finds nothing the first time;
+    mmengine would log 'Auto resumed from the latest checkpoint None.' and drop the config's load_from)."""
+    checkpoint = resume_target(cfg.work_dir)
+    if checkpoint is not None:
+        cfg.resume, cfg.load_from = True, check_checkpoint(checkpoint, '--resume')
+        return
+    cfg.resume = False
+    start = 'from scratch'
+    if cfg.get('load_from'):
+        start = f'from load_from={check_checkpoint(cfg.load_from, "load_from")}'
+    if notice:
+        print(f'tools/train.py: --resume: nothing to resume in {cfg.work_dir} (no last_checkpoint there); '
+              f'starting a new run {start}', flush=True)
+
+
 def main(argv=None):
     args = parse_args(argv)
     set_launcher_env(args.launcher, args.local_rank)
@@ -95,7 +114,8 @@ def main(argv=None):
         raise SystemExit(f'tools/train.py: error: {err}' if is_main_process() else 1) from None
     if args.check_only:
         return None
-    with one_line_errors('tools/train.py'):
+    command = sys.argv[1:] if argv is None else list(argv)
+    with interruption_line('tools/train.py', cfg.work_dir, command), one_line_errors('tools/train.py'):
         runner = Runner.from_cfg(cfg)
         runner.train()
     return runner

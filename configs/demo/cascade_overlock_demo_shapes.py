@@ -70,7 +70,7 @@ test_evaluator = val_evaluator
 # ---------------------------------------------------------------- schedule: minutes on a CPU
 # 17 epochs of 100 steps of 4 images (2 processes x 2), validated every 4 epochs and at the end.
 max_epochs = 17
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=4)
+train_cfg = dict(type='mmoverlock.ResumableEpochBasedTrainLoop', max_epochs=max_epochs, val_interval=4)
 # From scratch, AdamW (the recipe's optimizer, made for fine-tuning a pretrained backbone at 1e-4) with a
 # from-scratch lr kills many units of the RoI heads' shared fc within 50 iterations on the demo data; SGD,
 # mmdet's from-scratch default, keeps them alive and learns faster.

@@ -53,7 +53,7 @@ test_dataloader = val_dataloader
 
 # ---------------------------------------------------------------- schedule: minutes on a CPU
 max_iters = 600
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=200)
+train_cfg = dict(type='mmoverlock.ResumableIterBasedTrainLoop', max_iters=max_iters, val_interval=200)
 optim_wrapper = dict(optimizer=dict(lr=1e-3), clip_grad=dict(max_norm=10.))   # from scratch: 1e-3, not 6e-5
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),

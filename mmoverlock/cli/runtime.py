@@ -1,6 +1,7 @@
 """Config and launcher helpers shared by tools/train.py and tools/test.py (det, seg and cls alike)."""
 import os
 import os.path as osp
+import sys
 import traceback
 from contextlib import contextmanager
 from typing import Any, Iterator, List, Optional, Tuple
@@ -328,13 +329,301 @@ def own_check_error(err: BaseException, *files: str) -> Optional[BaseException]:
 @contextmanager
 def one_line_errors(tool: str, *files: str):
     """Around building and running the Runner: an error of mmoverlock's checks (the channel and checkpoint
-    hooks' ``before_run``, the backbone's arguments) ends the tool in one line on stderr, from rank 0 only
-    (the other ranks exit silently with the same status); any other error keeps its traceback. ``files``:
-    more source files whose errors are checks (the tool's own)."""
+    hooks' ``before_run``, the backbone's arguments) or a mistake of :func:`known_mistake` ends the tool in one
+    line on stderr, from rank 0 only (the other ranks exit silently with the same status); any other error keeps
+    its traceback. ``files``: more source files whose errors are checks (the tool's own)."""
     try:
         yield
-    except CHECK_ERRORS as err:
-        own = own_check_error(err, *files)
-        if own is None:
+    except Exception as err:
+        own = own_check_error(err, *files) if isinstance(err, CHECK_ERRORS) else None
+        message = str(own) if own is not None else known_mistake(err)
+        if message is None:
             raise
-        raise SystemExit(f'{tool}: error: {own}' if is_main_process() else 1) from None
+        raise SystemExit(f'{tool}: error: {message}' if is_main_process() else 1) from None
+
+
+# ------------------------------------------------------------------- mistakes mmengine answers with a traceback
+def _exception_chain(err: BaseException) -> List[BaseException]:
+    """``err`` and the exceptions it was raised from or during, the innermost last."""
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    return chain
+
+
+def _frames(err: BaseException) -> List[Any]:
+    """The frames of ``err``'s traceback, the innermost first."""
+    frames, tb = [], err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    return frames[::-1]
+
+
+def _registry_names(registry) -> List[str]:
+    """Every name a config can give ``type`` in ``registry``'s scope: its own and its parents' names bare, the
+    other registries' of the tree with their scope prefix (``mmoverlock.OverLoCK``)."""
+    names, node, reachable = [], registry, []
+    while node is not None:
+        names += list(node.module_dict)
+        reachable.append(node)
+        node = node.parent
+    todo = [registry.root]
+    while todo:
+        node = todo.pop()
+        if not any(node is r for r in reachable):
+            names += [f'{node.scope}.{key}' for key in node.module_dict]
+        todo += list(node.children.values())
+    return list(dict.fromkeys(names))
+
+
+def closest(name: str, candidates: List[str], count: int = 3) -> List[str]:
+    """The ``candidates`` closest to ``name`` (case-insensitive; a scoped candidate also by its bare name), the
+    best first; none when nothing is close."""
+    import difflib
+
+    def score(candidate: str) -> float:
+        ratio = difflib.SequenceMatcher(None, name.lower(), candidate.lower()).ratio()
+        bare = difflib.SequenceMatcher(None, name.split('.')[-1].lower(), candidate.split('.')[-1].lower()).ratio()
+        return max(ratio, bare - 0.01)   # an exact full match before the same bare name in another scope
+
+    scored = sorted(((score(c), c) for c in candidates), key=lambda sc: -sc[0])
+    best = scored[0][0] if scored else 0.
+    return [c for s, c in scored[:count] if s >= max(0.6, best - 0.1)]   # the near-best only
+
+
+def _did_you_mean(names: List[str]) -> str:
+    return 'did you mean ' + ' or '.join(f"'{n}'" for n in names) + '?' if names else ''
+
+
+def _unknown_type(err: KeyError) -> Optional[str]:
+    """mmengine's ``KeyError: 'X is not in the mmdet::model registry. Please check ...'``."""
+    for frame in _frames(err):
+        if frame.f_code.co_name != 'build_from_cfg' or 'obj_type' not in frame.f_locals:
+            continue
+        obj_type, registry = frame.f_locals['obj_type'], frame.f_locals.get('registry')
+        if not isinstance(obj_type, str) or f'{obj_type} is not in the' not in str(err):
+            return None
+        where = f'{registry.split_scope_key(obj_type)[0] or registry.scope}::{registry.name}'
+        hint = _did_you_mean(closest(obj_type, _registry_names(registry)))
+        return f"unknown type '{obj_type}': not in the {where} registry" + (f'; {hint}' if hint else
+                                                                            ' (nor close to a name in it)')
+    return None
+
+
+def _init_arguments(cls) -> List[str]:
+    """The keyword arguments ``cls(...)`` takes: its ``__init__``'s and, through ``**kwargs``, its bases'."""
+    import inspect
+    names = []
+    for klass in getattr(cls, '__mro__', [cls]):
+        init = klass.__dict__.get('__init__') if isinstance(cls, type) else cls
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        names += [p.name for p in params if p.name != 'self' and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return list(dict.fromkeys(names))
+
+
+def _unknown_argument(err: TypeError) -> Optional[str]:
+    """``TypeError: X.__init__() got an unexpected keyword argument 'y'`` from a config's ``dict(type=X, y=...)``."""
+    import re
+    found = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+    if found is None:
+        return None
+    for frame in _frames(err):   # raised by the call in build_from_cfg or by the __init__s it ran
+        if frame.f_code.co_name != 'build_from_cfg':
+            if frame.f_code.co_name == '__init__':
+                continue
+            return None
+        bad = found.group(1)
+        if 'obj_cls' not in frame.f_locals or bad not in (frame.f_locals.get('args') or {}):
+            return None   # not a keyword of the config's dict: a bug elsewhere keeps its traceback
+        cls, registry = frame.f_locals['obj_cls'], frame.f_locals.get('registry')
+        known = _init_arguments(cls)
+        hint = _did_you_mean(closest(bad, known)) or f'its arguments: {", ".join(known)}'
+        scope = f' ({registry.scope}::{registry.name})' if registry is not None else ''
+        return f"{getattr(cls, '__name__', cls)}{scope} got an unknown argument '{bad}'; {hint}"
+    return None
+
+
+def _file_of(err: BaseException) -> Optional[str]:
+    """The file being read when ``err`` was raised: an open file or an existing path among the locals of the
+    innermost frames."""
+    for frame in _frames(err):
+        for value in frame.f_locals.values():
+            name = getattr(value, 'name', None) if hasattr(value, 'read') else value
+            if isinstance(name, str) and 0 < len(name) < 4096 and osp.isfile(name):
+                return name
+    return None
+
+
+def _malformed_file(err: BaseException) -> Optional[str]:
+    """A JSON (COCO annotations) or XML (VOC) file that does not parse: the file, the parser's position."""
+    import json
+    from xml.etree.ElementTree import ParseError
+    if isinstance(err, json.JSONDecodeError):
+        what, position = 'JSON', f'{err.msg}: line {err.lineno} column {err.colno} (char {err.pos})'
+    elif isinstance(err, ParseError):
+        what, position = 'XML', str(err)
+    else:
+        return None
+    path = _file_of(err)
+    name = f"annotation file '{path}'" if path else 'an annotation file'
+    return f'{name} is not valid {what} ({position}); is it truncated? download or write it again'
+
+
+def known_mistake(err: BaseException) -> Optional[str]:
+    """One line for the mistakes mmengine and the data sets report with a long traceback: an unknown registry
+    type (with the closest registered names), an unknown constructor argument (with the closest argument names),
+    an annotation file that does not parse (named, with the parser's position); None for anything else."""
+    for candidate in reversed(_exception_chain(err)):   # the innermost first
+        if isinstance(candidate, KeyError):
+            message = _unknown_type(candidate)
+        elif isinstance(candidate, TypeError):
+            message = _unknown_argument(candidate)
+        else:
+            message = _malformed_file(candidate)
+        if message:
+            return message
+    return None
+
+
+def check_writable(path: str, flag: str, folder: bool) -> str:
+    """``path`` (a folder with ``folder``, else a file) can be created and written: one line naming it otherwise.
+    Creates the missing folders (what the tools do anyway), writes and removes a probe file."""
+    import errno
+    import tempfile
+    target = path if folder else (osp.dirname(osp.abspath(path)) or '.')
+    try:
+        os.makedirs(target, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target):
+            pass
+        if not folder and osp.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ValueError(f"{flag} '{path}' is not writable ({reason}); pass a {'folder' if folder else 'file'} "
+                         f"you can write to") from None
+    return path
+
+
+def resume_target(work_dir: str) -> Optional[str]:
+    """The checkpoint ``--resume`` (without a path) continues from: the one ``work_dir/last_checkpoint`` names, or
+    None when the folder has no ``last_checkpoint``; one line when it names a file that is not there."""
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if not osp.isfile(pointer):
+        return None
+    with open(pointer) as f:
+        checkpoint = f.read().strip()
+    if not checkpoint or not osp.isfile(checkpoint):
+        raise FileNotFoundError(f"--resume: {pointer} names '{checkpoint}', which does not exist; pass the "
+                                f"checkpoint to resume from: --resume {work_dir}/iter_N.pth (or epoch_N.pth)")
+    return checkpoint
+
+
+# ------------------------------------------------------------------------------------------------ interruption
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised where the program was (``signum``: which)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    """The first SIGINT / SIGTERM stops the run; more (a launcher passing the signal on) are ignored while it
+    ends."""
+    import signal
+    for other in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(other, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+#: options of tools/train.py that take a value (dropped with it from the resume command) / may take one
+_VALUE_OPTIONS, _OPTIONAL_VALUE_OPTIONS = ('--launcher', '--local_rank', '--local-rank'), ('--resume', )
+
+
+def resume_command(tool: str, argv: List[str]) -> str:
+    """The command that continues this run from its last checkpoint: the same one with ``--resume`` (no path:
+    the work dir's ``last_checkpoint``); for processes that ``tools/dist_train.sh`` started, the launcher's."""
+    import shlex
+    import shutil
+    args, drop = [], 0
+    for i, arg in enumerate(argv):
+        if drop:
+            drop -= 1
+            continue
+        name = arg.split('=', 1)[0]
+        if name in _VALUE_OPTIONS + _OPTIONAL_VALUE_OPTIONS:
+            takes_next = '=' not in arg and i + 1 < len(argv) and (
+                name in _VALUE_OPTIONS or not argv[i + 1].startswith('-'))
+            drop = 1 if takes_next else 0
+            continue
+        args.append(arg)
+    args.append('--resume')
+    if 'LOCAL_WORLD_SIZE' in os.environ:   # started by torchrun (tools/dist_train.sh)
+        nodes = ''.join(f'{key}={os.environ[key]} ' for key in ('NNODES', 'NODE_RANK', 'MASTER_ADDR', 'PORT')
+                        if os.environ.get('NNODES', '1') != '1' and key in os.environ)
+        return f"{nodes}tools/dist_train.sh {shlex.join(args[:1] + [os.environ['LOCAL_WORLD_SIZE']] + args[1:])}"
+    on_path = shutil.which('python')
+    python = 'python' if on_path and osp.realpath(on_path) == osp.realpath(sys.executable) else sys.executable
+    return shlex.join([python, tool] + args)
+
+
+def _last_complete_checkpoint(work_dir: str) -> Optional[str]:
+    """What ``--resume`` would continue from (``last_checkpoint``, written only after its checkpoint is)."""
+    try:
+        return resume_target(work_dir)
+    except (OSError, ValueError):
+        return None
+
+
+def _iteration_reached() -> Optional[int]:
+    """The training iteration the current mmengine run was in (its message hub), if any."""
+    from mmengine.logging import MessageHub
+    if not MessageHub._instance_dict:
+        return None
+    return MessageHub.get_current_instance().get_info('iter')
+
+
+@contextmanager
+def interruption_line(tool: str, work_dir: str, argv: List[str]):
+    """Around a training run: SIGINT (Ctrl-C) and SIGTERM (a scheduler's stop) end it, at any moment, with one line
+    on stderr naming the last complete checkpoint and the command that continues from it, exit status 128 +
+    the signal's number (rank 0 says it; the other processes exit silently with the same status). A checkpoint
+    being written when the signal comes is finished first (``mmoverlock.AtomicCheckpointHook``)."""
+    import signal
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, _raise_interrupted)
+        except ValueError:   # not the main thread
+            pass
+    try:
+        yield
+    except BaseException as err:   # KeyboardInterrupt, also inside an error raised while it unwound
+        interrupt = next((e for e in _exception_chain(err) if isinstance(e, KeyboardInterrupt)), None)
+        if interrupt is None or isinstance(err, SystemExit):
+            raise
+        signum = getattr(interrupt, 'signum', signal.SIGINT)
+        if is_main_process():
+            checkpoint = _last_complete_checkpoint(work_dir)
+            iteration = _iteration_reached()
+            where = f' in iteration {iteration + 1}' if iteration is not None else ''
+            if checkpoint:
+                state = f'the last complete checkpoint is {checkpoint}; continue with: {resume_command(tool, argv)}'
+            else:
+                state = f'no checkpoint was written yet in {work_dir}; start again with the same command'
+            print(f'{tool}: interrupted by {signal.Signals(signum).name}{where}; {state}', file=sys.stderr,
+                  flush=True)
+        raise SystemExit(128 + signum) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -11,13 +11,20 @@ hook's public ``after_train_epoch`` / ``after_train_iter``): each checkpoint is 
 file in the same folder, fsync'ed and moved over its final name with ``os.replace`` (atomic on POSIX and
 Windows), then ``last_checkpoint`` is replaced the same way, and only then are the checkpoints that
 ``max_keep_ckpts`` drops deleted. A reader sees the old files or the complete new ones.
+
+SIGINT (Ctrl-C) and SIGTERM (a scheduler's stop) arriving during a save are acted on once the save is complete
+(:func:`signals_deferred`): mmengine formats the config into the checkpoint with yapf under a bare ``except``,
+which turns a Ctrl-C there into ``SyntaxError: Failed to format the config file``. A second Ctrl-C during the
+save stops at once; what it leaves is a temporary that no resume reads and the next run deletes.
 """
 import contextlib
 import glob
 import logging
 import os
 import os.path as osp
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Union
 
@@ -83,6 +90,42 @@ def remove_partial_files(folder: str) -> list:
     for path in leftovers:
         os.unlink(path)
     return leftovers
+
+
+#: the signals a save completes before acting on
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def signals_deferred(signals=DEFERRED_SIGNALS):
+    """Inside, ``signals`` are recorded and acted on when the block ends, by the handlers in place before it
+    (Python's KeyboardInterrupt, a tool's handler, or the default action). The same signal a second time acts at
+    once. Outside the main thread (where Python cannot set handlers) a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in signals}
+    received = []
+
+    def restore():
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+    def record(signum, frame):
+        if signum in received:   # asked twice: act now
+            restore()
+            signal.raise_signal(signum)
+            return
+        received.append(signum)
+
+    for signum in signals:
+        signal.signal(signum, record)
+    try:
+        yield
+    finally:
+        restore()
+    for signum in received:   # after the block, as if the signal arrived now
+        signal.raise_signal(signum)
 
 
 class _UnusedFileClientNotices(logging.Filter):
@@ -163,25 +206,37 @@ class AtomicCheckpointHook(CheckpointHook):
             dropped, self.kept_steps = self.kept_steps[:-self.keep_count], self.kept_steps[-self.keep_count:]
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)   # stored in the checkpoint (resume)
         runner.message_hub.update_info(KEEP_KEY, list(self.kept_steps))
+        with signals_deferred():
+            self._write(runner, filename, meta)
+            if not is_main_process():
+                return
+            for old in dropped:   # after the pointer to the new checkpoint is on disk
+                path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
+                if self.file_backend.isfile(path):
+                    self.file_backend.remove(path)
+                elif self.file_backend.isdir(path):   # deepspeed writes folders
+                    self.file_backend.rmtree(path)
+
+    def _write(self, runner, filename: str, meta: dict) -> None:
+        """The checkpoint (to a temporary moved over ``self.last_ckpt``), then ``last_checkpoint``."""
         local = self._local() and is_main_process()
         target = _partial_name(self.last_ckpt) if local else filename
-        with _quiet_unused_file_client(self.file_client_args):
-            runner.save_checkpoint(
-                self.out_dir, osp.basename(target) if local else target, self.file_client_args,
-                save_optimizer=self.save_optimizer, save_param_scheduler=self.save_param_scheduler, meta=meta,
-                by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+        try:
+            with _quiet_unused_file_client(self.file_client_args):
+                runner.save_checkpoint(
+                    self.out_dir, osp.basename(target) if local else target, self.file_client_args,
+                    save_optimizer=self.save_optimizer, save_param_scheduler=self.save_param_scheduler,
+                    meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+        except BaseException:
+            if local and osp.exists(target):
+                os.unlink(target)
+            raise
         if not is_main_process():
             return
         if local:
             replace_atomically(target, self.last_ckpt)
         atomic_write(osp.join(runner.work_dir, 'last_checkpoint'), str(self.last_ckpt).encode())
-        for old in dropped:
-            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
-            if self.file_backend.isfile(path):
-                self.file_backend.remove(path)
-            elif self.file_backend.isdir(path):   # deepspeed writes folders
-                self.file_backend.rmtree(path)
 
 
-__all__ = ['atomic_write', 'remove_partial_files', 'replace_atomically',
+__all__ = ['atomic_write', 'remove_partial_files', 'replace_atomically', 'signals_deferred',
            'AtomicCheckpointHook']

@@ -25,7 +25,10 @@ default_hooks = dict(checkpoint=dict(type='mmoverlock.AtomicCheckpointHook', int
 custom_hooks = [dict(type='mmoverlock.ChannelCheckHook'), dict(type='mmoverlock.CheckpointCheckHook')]
 
 # lr above is for 16 images = 8 GPUs x 2; `tools/train.py --auto-scale-lr` rescales it to the real batch.
-train_dataloader = dict(batch_size=2)
+# mmengine's epoch loop and sampler, extended to resume inside an epoch: `--resume` from a checkpoint saved by
+# iteration continues after the batches already trained, in the same order (docs/reliability.md).
+train_dataloader = dict(batch_size=2, sampler=dict(type='mmoverlock.ResumableSampler'))
+train_cfg = dict(type='mmoverlock.ResumableEpochBasedTrainLoop')
 auto_scale_lr = dict(enable=False, base_batch_size=16)
 
 # `tools/test.py --tta`: three scales x flip (the scales of mmdet's retinanet_tta.py; the release has no TTA),

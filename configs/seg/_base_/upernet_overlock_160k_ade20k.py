@@ -71,7 +71,9 @@ tta_pipeline = [
 tta_model = dict(type='SegTTAModel')
 
 # 8 GPUs x 2 images = batch 16
-train_dataloader = dict(batch_size=2, dataset=dict(pipeline=train_pipeline))
+# mmengine's InfiniteSampler, positioned on resume instead of loading the batches already trained
+train_dataloader = dict(batch_size=2, sampler=dict(type='mmoverlock.ResumableInfiniteSampler'),
+                        dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(batch_size=1, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
@@ -96,7 +98,8 @@ auto_scale_lr = dict(enable=False, base_batch_size=16)
 
 # 160k iterations; validate every 16k and keep the checkpoint with the best mIoU (the release validated every 8k
 # with save_best='mIoU'; pass --cfg-options train_cfg.val_interval=8000 to match it exactly).
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=160000, val_interval=16000)
+# (mmengine's IterBasedTrainLoop, resuming exactly: docs/reliability.md)
+train_cfg = dict(type='mmoverlock.ResumableIterBasedTrainLoop', max_iters=160000, val_interval=16000)
 # mmoverlock's CheckpointHook writes atomically and deletes the old checkpoint only after the new one is on
 # disk; the checks fail the run early, in one line, on head in_channels that do not match the backbone and on a
 # load_from checkpoint that does not fit the model.
