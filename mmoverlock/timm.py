@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from mmengine.model.weight_init import trunc_normal_
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import SelectAdaptivePool2d
+from timm.layers import SelectAdaptivePool2d, register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 
@@ -35,6 +35,8 @@ from .checkpoint.load import reparam_state_dict
 from .checkpoint.official import is_official_cls_layout, official_cls_to_mmpretrain
 from .checkpoint.stem import STEM_CONV
 from .models.backbones.overlock import STAGE_TABLE, OverLoCK, resolve_arch
+from .models.layers import (GRN, DepthwiseConv2d, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale,
+                            PointwiseConv2d, ResDWConv)
 
 __all__ = ['OverLoCKTimm', 'OverLoCKHead', 'checkpoint_filter_fn', 'VARIANTS', 'CROP_PCT']
 
@@ -64,10 +66,18 @@ MODEL_KWARGS = ('arch', 'num_classes', 'in_chans', 'global_pool', 'projection', 
                 'deploy', 'aux_logits', 'device', 'dtype')
 
 
+# timm's fx tools (features_only with feature_cls='fx', its fx tests) keep the small layers whole, as torch.fx
+# keeps torch.nn's: one graph node each instead of their parameter reads and elementwise ops (far smaller
+# graphs, traced in a fraction of the time)
+for _layer in (GRN, DepthwiseConv2d, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale, PointwiseConv2d,
+               ResDWConv):
+    register_notrace_module(_layer)
+
+
 def _init_convs(module: nn.Module) -> None:
-    """The release's init: trunc-normal (std 0.02) conv weights, zero biases."""
+    """The release's init: trunc-normal (std 0.02) conv weights, zero biases (meta tensors: nothing to do)."""
     for m in module.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Conv2d) and not m.weight.is_meta:
             trunc_normal_(m.weight, std=.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -195,8 +205,9 @@ class OverLoCKTimm(nn.Module):
                                      drop_path_rate=drop_path_rate, deploy=deploy)
             self.head = OverLoCKHead(e[3] + ctx, e[3], num_classes, projection, drop_rate, global_pool,
                                      aux=aux_logits)
-            self.backbone.init_weights()      # the release's init (trunc-normal convs), no checkpoint
-            _init_convs(self.head)
+            if not self.head.main_head[0].weight.is_meta:    # (meta tensors hold no values to initialise)
+                self.backbone.init_weights()      # the release's init (trunc-normal convs), no checkpoint
+                _init_convs(self.head)
         if dtype is not None:
             self.to(dtype)
         self.num_features = e[3] + ctx

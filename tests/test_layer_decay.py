@@ -13,19 +13,22 @@ from mmoverlock import OverLoCK
 from mmoverlock.models.backbones.overlock import STAGE_TABLE
 
 from .conftest import ROOT, load_tool
-from .test_det import TINY, TINY_FPN_IN, derive_tiny, make_coco
 
 MASK_RCNN = osp.join(ROOT, 'configs', 'det', 'mask_rcnn_overlock_t_1x_coco.py')
 CLS_T = osp.join(ROOT, 'configs', 'cls', 'overlock_t_in1k.py')
 
 
-def layer_table(backbone, prefix=''):
-    """{first parameter name of each layer: layer id} in the order of named_parameters."""
-    seen = {}
+def layer_table(backbone):
+    """({layer id: the modules of its parameters}, number of layers)."""
+    table = {}
     for name, _ in backbone.named_parameters():
-        layer, num_layers = backbone.get_layer_depth(prefix + name, prefix)
-        seen.setdefault(layer, name)
-    return {name: layer for layer, name in seen.items()}, num_layers
+        layer, num_layers = backbone.get_layer_depth(name)
+        parts = name.split('.')
+        module = '.'.join(parts[:2]) if parts[0].startswith(('blocks', 'sub_blocks')) else parts[0]
+        table.setdefault(layer, [])
+        if module not in table[layer]:
+            table[layer].append(module)
+    return dict(sorted(table.items())), num_layers
 
 
 def test_layers_of_t_follow_the_stage_table(capsys):
@@ -34,8 +37,8 @@ def test_layers_of_t_follow_the_stage_table(capsys):
     table, num_layers = layer_table(backbone)
     with capsys.disabled():
         print(f'\nOverLoCK-T: {num_layers} layers (lr_scale for decay_rate 0.9)')
-        for name, layer in table.items():
-            print(f'  layer {layer:2d}  lr_scale {0.9 ** (num_layers - layer - 1):.3f}  from {name}')
+        for layer, modules in table.items():
+            print(f'  layer {layer:2d}  lr_scale {0.9 ** (num_layers - layer - 1):.3f}  {", ".join(modules)}')
     # T: depth 4, 4, 6, 2 (Base-Net 1-3, Overview-Net), sub_depth 12, 2 (Focus-Net): stem + 30 blocks + heads
     assert num_layers == 32
     depth = backbone.get_layer_depth
@@ -63,7 +66,7 @@ def test_layers_of_t_follow_the_stage_table(capsys):
 def test_timm_layer_decay_groups_by_stem_and_blocks():
     from timm.optim import create_optimizer_v2
     model = timm.create_model('overlock_xt')
-    optimizer = create_optimizer_v2(model, 'adamw', lr=1e-3, layer_decay=0.8)
+    optimizer = create_optimizer_v2(model, 'adamw', lr=1e-3, weight_decay=0.05, layer_decay=0.8)
     scales = sorted({g['lr_scale'] for g in optimizer.param_groups})
     # XT: depth 2, 2, 3, 2 and sub_depth 6, 2: stem + 17 blocks + head = 19 layers (not one per parameter)
     assert len(scales) == 19 and scales[0] == pytest.approx(0.8 ** 18) and scales[-1] == 1
@@ -145,6 +148,7 @@ def test_mmpretrain_layer_decay_constructor_trains(fixture):
 
 @pytest.mark.integration
 def test_mmdet_layer_decay_constructor_trains_two_iterations(tmp_path):
+    from .test_det import TINY, TINY_FPN_IN, derive_tiny, make_coco
     make_coco(str(tmp_path / 'coco'))
     config = derive_tiny(MASK_RCNN, str(tmp_path / 'coco'), str(tmp_path / 'tiny.py'), neck=TINY_FPN_IN)
     cfg = Config.fromfile(config)

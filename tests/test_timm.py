@@ -423,3 +423,24 @@ def test_torchscript_and_fx_give_the_eager_outputs(fixture, release_file):
     out = create_feature_extractor(model, return_nodes=['head.flatten'])(x)['head.flatten']
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_dilated_reparam_branches_sum_in_the_tables_order():
+    """The spelled-out (TorchScript) sum of DilatedReparamBlock covers every branch of every kernel size, in
+    the table's order: the same float result as the table's loop."""
+    from mmoverlock.models.layers import BRANCH_ORDER, DILATED_BRANCHES, DilatedReparamBlock
+    x = torch.randn(1, 4, 20, 20)
+    for kernel, (sizes, dilations) in DILATED_BRANCHES.items():
+        branches = list(zip(sizes, dilations))
+        assert [b for b in BRANCH_ORDER if b in branches] == branches, kernel
+        block = DilatedReparamBlock(4, kernel).eval()
+        for m in block.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                torch.nn.init.uniform_(m.weight)
+                torch.nn.init.uniform_(m.running_mean)
+        with torch.no_grad():
+            expected = block.origin_bn(block.lk_origin(x))
+            for k, r in branches:
+                expected = expected + getattr(block, f'dil_bn_k{k}_{r}')(getattr(block, f'dil_conv_k{k}_{r}')(x))
+            assert torch.equal(block(x), expected)
+            assert torch.equal(torch.jit.script(block)(x), expected)
