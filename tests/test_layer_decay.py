@@ -163,7 +163,7 @@ def test_mmdet_layer_decay_constructor_trains_two_iterations(tmp_path):
     by_name = {name: g for g in groups for name in g['param_names']}
     assert by_name['backbone.patch_embed1.0.weight']['lr_scale'] == pytest.approx(0.9 ** (num_layers - 1))
     assert by_name['neck.lateral_convs.0.conv.weight']['lr_scale'] == 1
-    assert by_name['backbone.blocks1.0.ls.weight']['weight_decay'] == 0      # OverLoCK.no_weight_decay()
+    assert by_name['backbone.blocks3.0.ls.weight']['weight_decay'] == 0      # OverLoCK.no_weight_decay()
     assert backbone.get_layer_depth('backbone.sub_blocks4.1.ls1.weight', 'backbone.')[0] == num_layers - 2
     # stage-wise: one group per stage of the table
     from mmengine.optim import build_optim_wrapper
