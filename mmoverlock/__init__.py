@@ -4,13 +4,17 @@
 models in mmoverlock's own registries (scope ``mmoverlock``: configs say ``type='mmoverlock.OverLoCK'``) and
 allow-lists the few non-tensor types of mmengine checkpoints with torch's
 ``torch.serialization.add_safe_globals`` (torch >= 2.4; older torch has no allow-list:
-:mod:`mmoverlock.utils.compat`). It changes nothing else. The hooks (``mmoverlock.engine``) are
+:mod:`mmoverlock.utils.compat`), and adds the FLOP rules of its own ops (``mmoverlock::na2d_av``,
+``mmoverlock::depthwise_conv2d``) to mmengine's default op handles, so mmengine's counter -- and the
+``get_flops.py`` tools of mmdet, mmseg and mmpretrain -- count them (:mod:`mmoverlock.ops.flops`). It changes
+nothing else. The hooks (``mmoverlock.engine``) are
 imported by mmengine's registry when a config first names one; the mmpretrain head
 (``mmoverlock.models.mmpretrain``) and the mmdet TTA model (``mmoverlock.models.mmdet``) by the configs that use
 them, so a segmentation user never imports mmdet or mmpretrain.
 """
 from . import ops  # noqa: F401  (registers the op torch.ops.mmoverlock.na2d_av)
 from .models import ContMix, ContMixBlock, OverLoCK
+from .ops.flops import register_flop_handles
 from .registry import HOOKS, MODELS
 from .utils.compat import add_safe_globals
 from .utils.safe_load import SAFE_GLOBALS
@@ -18,5 +22,6 @@ from .utils.safe_load import SAFE_GLOBALS
 __version__ = '0.1.0'
 
 add_safe_globals(SAFE_GLOBALS)
+register_flop_handles()
 
 __all__ = ['OverLoCK', 'ContMix', 'ContMixBlock', 'MODELS', 'HOOKS', '__version__']

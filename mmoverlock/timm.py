@@ -14,24 +14,29 @@ mmpretrain classifier and, with ``prefix='backbone.'``, into the dense-task back
 * ``pretrained_cfg_overlay=dict(file=PATH)``: the same from a local file, offline, in any layout
   :func:`checkpoint_filter_fn` reads;
 * ``features_only=True``: the four stage maps (strides 4, 8, 16, 32; ``out_indices``), timm's
-  ``FeatureGetterNet`` over :meth:`OverLoCKTimm.forward_intermediates`;
+  ``FeatureGetterNet`` over :meth:`OverLoCKTimm.forward_intermediates` (``feature_cls='fx'``: timm's
+  ``FeatureGraphNet``, the same maps from a torch.fx graph);
 * ``num_classes=N``: new classifiers (N = 0: the pooled pre-logits); ``deploy=True``: the re-parameterised
   backbone; ``aux_logits=True``: ``dict(main=..., aux=...)`` in training mode, as the release's train.py expects.
 """
 import contextlib
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
 from mmengine.model.weight_init import trunc_normal_
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import SelectAdaptivePool2d, register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 
 from .checkpoint.io import extract_state_dict, has_train_form_blocks, is_deploy_form, shape_mismatches
 from .checkpoint.load import reparam_state_dict
 from .checkpoint.official import is_official_cls_layout, official_cls_to_mmpretrain
-from .models.backbones.overlock import OverLoCK, resolve_arch
+from .checkpoint.stem import STEM_CONV
+from .models.backbones.overlock import STAGE_TABLE, OverLoCK, resolve_arch
+from .models.layers import (GRN, DepthwiseConv2d, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale,
+                            PointwiseConv2d, ResDWConv)
 
 __all__ = ['OverLoCKTimm', 'OverLoCKHead', 'checkpoint_filter_fn', 'VARIANTS', 'CROP_PCT']
 
@@ -40,9 +45,20 @@ VARIANTS = {'overlock_xt': 'xt', 'overlock_t': 't', 'overlock_s': 's', 'overlock
 #: the release's ImageNet test crop per variant (its model default_cfg)
 CROP_PCT = {'overlock_xt': 0.925, 'overlock_t': 0.95, 'overlock_s': 0.95, 'overlock_b': 0.975}
 RELEASE_URL = 'https://github.com/LMMMEng/OverLoCK/releases/download/v1/{}_in1k_224{}.pth'
-#: the classifier layers timm replaces when num_classes differs from the weights'
-CLASSIFIERS = ('head.main_head.4', 'head.aux_head.2')
+#: the classifier timm replaces when num_classes differs from the weights' (``pretrained_cfg['classifier']``),
+#: and the auxiliary one (there with ``aux_logits=True`` only)
+CLASSIFIER = 'head.main_head.4'
+AUX_CLASSIFIER = 'head.aux_head.2.'
+CLASSIFIERS = (CLASSIFIER + '.', AUX_CLASSIFIER)
 REPARAM_TAG = 'in1k_reparam'
+#: the fx node of each stage map (``feature_info``): backbone.blocks1 / blocks2 / sub_blocks4 end with it; stage 3
+#: is the first concat of the backbone's forward_features (the Focus-Net features and context), which runs in
+#: the model's own scope ('cat')
+FEATURE_NODES = ('backbone.blocks1', 'backbone.blocks2', 'cat', 'backbone.sub_blocks4')
+#: timm's feature wrappers that work: FeatureGetterNet (forward_intermediates) and FeatureGraphNet (torch.fx)
+FEATURE_CLASSES = ('getter', 'fx')
+#: timm's global_pool values the head takes ('' = no pooling)
+GLOBAL_POOLS = ('avg', 'max', 'avgmax', '')
 #: keyword arguments of timm.create_model that build_model_with_cfg consumes itself
 BUILD_KWARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'pretrained_strict', 'features_only',
                 'out_indices', 'feature_cls', 'pretrained_model_args')
@@ -50,62 +66,103 @@ MODEL_KWARGS = ('arch', 'num_classes', 'in_chans', 'global_pool', 'projection', 
                 'deploy', 'aux_logits', 'device', 'dtype')
 
 
+# timm's fx tools (features_only with feature_cls='fx', its fx tests) keep the small layers whole, as torch.fx
+# keeps torch.nn's: one graph node each instead of their parameter reads and elementwise ops (far smaller
+# graphs, traced in a fraction of the time)
+for _layer in (GRN, DepthwiseConv2d, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale, PointwiseConv2d,
+               ResDWConv):
+    register_notrace_module(_layer)
+
+
 def _init_convs(module: nn.Module) -> None:
-    """The release's init: trunc-normal (std 0.02) conv weights, zero biases."""
+    """The release's init: trunc-normal (std 0.02) conv weights, zero biases (meta tensors: nothing to do)."""
     for m in module.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Conv2d) and not m.weight.is_meta:
             trunc_normal_(m.weight, std=.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def _pool(global_pool: str) -> nn.Module:
+    """The head's pooling for timm's ``global_pool``: 'avg' (the release's), 'max', 'avgmax' or '' (none)."""
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"OverLoCK (timm): global_pool='{global_pool}' is not supported; one of {GLOBAL_POOLS} "
+                         f"(the head pools its {{projection}}-channel map and classifies it with a 1x1 conv)")
+    return SelectAdaptivePool2d(pool_type=global_pool, flatten=False) if global_pool else nn.Identity()
 
 
 class OverLoCKHead(nn.Module):
     """The release's ImageNet head (the layers of :class:`~mmoverlock.models.mmpretrain.OverLoCKClsHead`,
     without mmpretrain).
 
-    * ``main_head``: conv1x1(in -> projection, no bias) BN SiLU avg-pool conv1x1(projection -> classes) on the
-      last map (B, in_chs, h, w) -> (B, num_classes).
-    * ``aux_head``: BN avg-pool conv1x1(overview -> classes) on the Overview-Net map (B, overview_chs, h, w)
-      -> (B, num_classes); deep supervision in training only (the release weights its loss 0.4).
+    * ``main_head``: conv1x1(in -> projection, no bias) BN SiLU pool conv1x1(projection -> classes) on the
+      last map (B, in_chs, h, w) -> (B, num_classes); without pooling (``global_pool=''``) the 1x1 classifier
+      runs on every position: (B, num_classes, h, w).
+    * ``aux_head`` (only with ``aux``, and classes): BN avg-pool conv1x1(overview -> classes) on the
+      Overview-Net map (B, overview_chs, h, w) -> (B, num_classes); deep supervision in training only (the release
+      weights its loss 0.4).
 
     ``drop`` (dropout before the classifier, timm's ``drop_rate``) has no weights; the release uses none.
     """
 
     def __init__(self, in_chs: int, overview_chs: int, num_classes: int, projection: int = 1024,
-                 drop_rate: float = 0.):
+                 drop_rate: float = 0., global_pool: str = 'avg', aux: bool = False):
         super().__init__()
-        self.overview_chs, self.projection = overview_chs, projection
+        self.overview_chs, self.projection, self.aux = overview_chs, projection, aux
         self.main_head = nn.Sequential(
             nn.Conv2d(in_chs, projection, 1, bias=False), nn.BatchNorm2d(projection), nn.SiLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Identity())
-        self.aux_head = nn.Sequential(nn.BatchNorm2d(overview_chs), nn.AdaptiveAvgPool2d(1), nn.Identity())
+            _pool(global_pool), nn.Identity())
+        self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        self.aux_head: Optional[nn.Sequential] = None
         self.drop = nn.Dropout(drop_rate)
         self.reset(num_classes)
 
-    def reset(self, num_classes: int) -> None:
-        """New classifiers for ``num_classes`` (trunc-normal init); 0 removes them and the auxiliary head."""
-        if num_classes > 0:
-            self.main_head[4] = nn.Conv2d(self.projection, num_classes, 1)
-            if self.aux_head is None:
-                self.aux_head = nn.Sequential(nn.BatchNorm2d(self.overview_chs), nn.AdaptiveAvgPool2d(1),
-                                              nn.Identity())
-            self.aux_head[2] = nn.Conv2d(self.overview_chs, num_classes, 1)
-            _init_convs(self.main_head[4])
+    def reset(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New classifiers for ``num_classes`` (trunc-normal init; 0 removes them and the auxiliary head), on the
+        device, in the dtype and in the training mode of the head; a new pooling if ``global_pool`` is given."""
+        like = self.main_head[0].weight
+        factory = dict(device=like.device, dtype=like.dtype)
+        if global_pool is not None:
+            self.main_head[3] = _pool(global_pool)
+            self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        self.main_head[4] = nn.Conv2d(self.projection, num_classes, 1, **factory) if num_classes else nn.Identity()
+        self.aux_head = None
+        if self.aux and num_classes:
+            self.aux_head = nn.Sequential(nn.BatchNorm2d(self.overview_chs, **factory), nn.AdaptiveAvgPool2d(1),
+                                          nn.Conv2d(self.overview_chs, num_classes, 1, **factory))
+        _init_convs(self.main_head[4])
+        if self.aux_head is not None:
             _init_convs(self.aux_head[2])
-        else:
-            self.main_head[4] = nn.Identity()
-            self.aux_head = None
+        self.train(self.training)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """(B, in_chs, h, w) -> logits (B, num_classes), or with ``pre_logits`` the pooled (B, projection)."""
-        x = self.main_head[:4](x)
+        """(B, in_chs, h, w) -> logits (B, num_classes), or with ``pre_logits`` the pooled (B, projection); without
+        pooling (B, num_classes, h, w) and (B, projection, h, w)."""
+        x = self.main_head[3](self.main_head[2](self.main_head[1](self.main_head[0](x))))
         if pre_logits:
-            return x.flatten(1)
-        return self.main_head[4](self.drop(x)).flatten(1)
+            return self.flatten(x)
+        return self.flatten(self.main_head[4](self.drop(x)))
 
+    @torch.jit.unused
     def forward_aux(self, overview: torch.Tensor) -> torch.Tensor:
         """Overview-Net map (B, overview_chs, h, w) -> auxiliary logits (B, num_classes)."""
+        if self.aux_head is None:
+            raise RuntimeError('OverLoCK (timm): no auxiliary head; create the model with aux_logits=True')
         return self.aux_head(overview).flatten(1)
+
+
+def _group_matcher(coarse: bool) -> dict:
+    """timm's group matcher from the backbone's STAGE_TABLE: one group per stage ordinal, and within a stage one
+    per block (``coarse=False``; the feeding modules join block 0). The heads match nothing: timm puts them last."""
+    matcher = {}
+    for name, feeders, blocks in STAGE_TABLE[:-1]:
+        if coarse or blocks is None:
+            parts = '|'.join(feeders + ((blocks, ) if blocks else ()))
+            matcher[name] = rf'^backbone\.(?:{parts})\.'
+        else:
+            matcher[name] = [(rf'^backbone\.{m}\.', (0, )) for m in feeders] + [
+                (rf'^backbone\.{blocks}\.(\d+)\.', None)]
+    return matcher
 
 
 class OverLoCKTimm(nn.Module):
@@ -114,13 +171,17 @@ class OverLoCKTimm(nn.Module):
     Args:
         arch: the backbone's arch: 'xt' | 't' | 's' | 'b' or a dict (see :func:`resolve_arch`).
         num_classes: classes (0: ``forward`` returns the pooled (B, projection) pre-logits).
-        in_chans: image channels; the released weights take 3 and only 3 is supported.
-        global_pool: 'avg' only (the release's head pools after its 1x1 projection).
+        in_chans: image channels; the released (RGB) stem weights are adapted as timm does (``first_conv``).
+        global_pool: 'avg' (the release's), 'max', 'avgmax' or '' (no pooling: ``forward`` returns maps). The
+            head pools after its 1x1 projection, so ``forward_head(x, pre_logits=True)`` has ``head_hidden_size``
+            (= projection) channels.
         projection: hidden width of the head (1024 in the release).
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth of the backbone (the release trains with XT 0.1, T 0.15, S 0.4, B 0.5).
         deploy: build the re-parameterised backbone (for the ``*_reparam.pth`` weights).
-        aux_logits: in training mode, return ``dict(main=logits, aux=overview_logits)``.
+        aux_logits: build the Overview-Net auxiliary head (deep supervision); in training mode ``forward`` then
+            returns ``dict(main=logits, aux=overview_logits)``, as the release's train.py expects. Without it the
+            head does not exist (its weights in a checkpoint are skipped on loading).
         device, dtype: where and in which dtype to build the parameters (e.g. ``device='meta'``).
     """
 
@@ -129,33 +190,33 @@ class OverLoCKTimm(nn.Module):
                  drop_path_rate: float = 0., deploy: bool = False, aux_logits: bool = False,
                  device: Optional[Union[str, torch.device]] = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
-        if in_chans != 3:
-            raise ValueError(f'OverLoCK (timm): in_chans={in_chans} is not supported; the stem and the released '
-                             f'weights take RGB images, in_chans=3')
-        if global_pool != 'avg':
-            raise ValueError(f"OverLoCK (timm): global_pool='{global_pool}' is not supported; the head pools "
-                             f"after its projection ('avg'); use forward_features for the unpooled map")
+        if not isinstance(in_chans, int) or in_chans < 1:
+            raise ValueError(f'OverLoCK (timm): in_chans={in_chans!r} must be a positive integer')
         if num_classes < 0:
             raise ValueError(f'OverLoCK (timm): num_classes={num_classes} must be >= 0')
+        _pool(global_pool)       # a one-line error before anything is built
         self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, global_pool
         self.drop_rate, self.aux_logits, self.grad_checkpointing = drop_rate, aux_logits, False
         arch = resolve_arch(arch)
         e = arch['embed_dim']
         ctx = e[3] // 4
         with torch.device(device) if device is not None else contextlib.nullcontext():
-            self.backbone = OverLoCK(arch, out_indices=(3, 4), layout='classification',
+            self.backbone = OverLoCK(arch, out_indices=(3, 4), layout='classification', in_channels=in_chans,
                                      drop_path_rate=drop_path_rate, deploy=deploy)
-            self.head = OverLoCKHead(e[3] + ctx, e[3], num_classes, projection, drop_rate)
-            self.backbone.init_weights()      # the release's init (trunc-normal convs), no checkpoint
-            _init_convs(self.head)
+            self.head = OverLoCKHead(e[3] + ctx, e[3], num_classes, projection, drop_rate, global_pool,
+                                     aux=aux_logits)
+            if not self.head.main_head[0].weight.is_meta:    # (meta tensors hold no values to initialise)
+                self.backbone.init_weights()      # the release's init (trunc-normal convs), no checkpoint
+                _init_convs(self.head)
         if dtype is not None:
             self.to(dtype)
         self.num_features = e[3] + ctx
         self.head_hidden_size = projection
+        # 'module': where each map comes from, as torch.fx names it (timm's feature_cls='fx' returns those
+        # nodes): the last node of blocks1 / blocks2 / sub_blocks4, and the concat of the Focus-Net's stage 3
         self.feature_info = [
-            dict(num_chs=c, reduction=r, module=f'backbone.{m}')
-            for c, r, m in zip((e[0], e[1], e[2] + ctx, e[3] + ctx), (4, 8, 16, 32),
-                               ('blocks1', 'blocks2', 'sub_blocks3', 'sub_blocks4'))]
+            dict(num_chs=c, reduction=r, module=m)
+            for c, r, m in zip((e[0], e[1], e[2] + ctx, e[3] + ctx), (4, 8, 16, 32), FEATURE_NODES)]
         self._register_load_state_dict_pre_hook(self._read_release_layout)
 
     # ------------------------------------------------------------------ timm interface
@@ -165,47 +226,65 @@ class OverLoCKTimm(nn.Module):
         self.grad_checkpointing = self.backbone.with_cp = enable
 
     @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter groups (layer-wise lr decay, ``param_groups_layer_decay``) from the backbone's
+        stage table: the stem, then per block (per stage if ``coarse``) Base-Net, Overview-Net, Focus-Net, the
+        head last."""
+        return _group_matcher(coarse)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """Parameters timm's optimizer factory keeps out of weight decay beyond the 1-D ones
+        (:meth:`OverLoCK.no_weight_decay`: position bias tables, LayerScale and GRN scales)."""
+        return {'backbone.' + name for name in self.backbone.no_weight_decay()}
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head.main_head[4]
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """New (main and auxiliary) classifiers for ``num_classes``; 0 leaves the pooled pre-logits."""
-        if global_pool not in (None, 'avg'):
-            raise ValueError(f"OverLoCK (timm): global_pool='{global_pool}' is not supported; only 'avg'")
+        """New (main and, with ``aux_logits``, auxiliary) classifiers for ``num_classes``; 0 leaves the pre-logits;
+        ``global_pool`` as in the constructor (None keeps the current one)."""
+        if num_classes < 0:
+            raise ValueError(f'OverLoCK (timm): num_classes={num_classes} must be >= 0')
+        if self.head is None:
+            raise RuntimeError('OverLoCK (timm): the head was pruned (features_only); there is no classifier')
         self.num_classes = num_classes
-        device = self.head.main_head[0].weight.device
-        dtype = self.head.main_head[0].weight.dtype
-        self.head.reset(num_classes)
-        self.head.to(device, dtype)
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.head.reset(num_classes, global_pool)
 
     def switch_to_deploy(self) -> None:
         """Re-parameterise the backbone in place (``timm.utils.reparameterize_model`` calls this too)."""
         self.backbone.switch_to_deploy()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> the last map (B, num_features, H/32, W/32)."""
+        """(B, in_chans, H, W) -> the last map (B, num_features, H/32, W/32)."""
         return self.backbone.forward_features(x)[3]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Last map (B, num_features, h, w) -> logits (B, num_classes), or the pooled (B, projection)."""
+        """Last map (B, num_features, h, w) -> logits (B, num_classes), or the pooled (B, projection)
+        (unpooled maps with ``global_pool=''``)."""
         if self.head is None:
             raise RuntimeError('OverLoCK (timm): the head was pruned (features_only); use forward_intermediates')
         return self.head(x, pre_logits=pre_logits)
 
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
-        """(B, 3, H, W) -> logits (B, num_classes); with ``aux_logits`` in training mode
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> logits (B, num_classes); with ``aux_logits`` in training mode (eager)
         ``dict(main=logits, aux=logits of the Overview-Net head)``."""
         maps = self.backbone.forward_features(x)
         logits = self.forward_head(maps[3])
-        if self.aux_logits and self.training and self.head.aux_head is not None:
-            return dict(main=logits, aux=self.head.forward_aux(maps[4]))
+        if not torch.jit.is_scripting():
+            if self.aux_logits and self.training and self.head is not None and self.head.aux_head is not None:
+                return dict(main=logits, aux=self.head.forward_aux(maps[4]))
         return logits
 
+    @torch.jit.ignore
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
                               intermediates_only: bool = False
                               ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """(B, 3, H, W) -> the stage maps at ``indices`` (0-3: strides 4, 8, 16, 32; channels
+        """(B, in_chans, H, W) -> the stage maps at ``indices`` (0-3: strides 4, 8, 16, 32; channels
         ``feature_info``), alone or after the last map. The Focus-Net needs the Overview-Net (stage 4) for
         stage 3, so the whole backbone always runs (``stop_early`` changes nothing); the ImageNet model has
         no output norms (``norm`` changes nothing)."""
@@ -218,6 +297,7 @@ class OverLoCKTimm(nn.Module):
             return intermediates
         return maps[3], intermediates
 
+    @torch.jit.ignore
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
         """Drop the head (every stage is needed for any map); returns the absolute indices kept."""
@@ -229,12 +309,17 @@ class OverLoCKTimm(nn.Module):
     # ------------------------------------------------------------------ checkpoints
     def _read_release_layout(self, state_dict, prefix, *args) -> None:
         """load_state_dict pre-hook: the release's layout (backbone keys at the top level, ``head.*``,
-        ``aux_head.*``) renamed in place, so ``model.load_state_dict(release_state_dict)`` works."""
-        if prefix or not is_official_cls_layout(state_dict):
+        ``aux_head.*``) renamed in place, so ``model.load_state_dict(release_state_dict)`` works; the
+        auxiliary head's weights are dropped when the model has none (``aux_logits=False``)."""
+        if prefix:
             return
-        renamed = official_cls_to_mmpretrain(dict(state_dict))
-        state_dict.clear()
-        state_dict.update(renamed)
+        renamed = official_cls_to_mmpretrain(dict(state_dict)) if is_official_cls_layout(state_dict) else None
+        if renamed is not None:
+            state_dict.clear()
+            state_dict.update(renamed)
+        if self.head is None or self.head.aux_head is None:
+            for key in [k for k in state_dict if k.startswith('head.aux_head.')]:
+                del state_dict[key]
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: OverLoCKTimm) -> Dict[str, torch.Tensor]:
@@ -260,7 +345,13 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: OverLoCKTim
                          f"deploy=True or the '.{REPARAM_TAG}' tag to load it")
     if model.head is None or model.head.aux_head is None:
         state = {k: v for k, v in state.items() if not k.startswith('head.aux_head.')}
-    mismatched = shape_mismatches(own, {k: v for k, v in state.items() if not k.startswith(CLASSIFIERS)})
+    else:     # another number of classes: a new auxiliary classifier (timm replaces the main one, 'classifier')
+        state = {k: v for k, v in state.items()
+                 if not k.startswith(AUX_CLASSIFIER) or k not in own or own[k].shape == v.shape}
+    stem = 'backbone.' + STEM_CONV   # RGB weights for other in_chans: timm adapts them after this filter
+    checked = {k: v for k, v in state.items() if not k.startswith(CLASSIFIERS)
+               and not (k == stem and k in own and v.shape[0] == own[k].shape[0] and v.shape[2:] == own[k].shape[2:])}
+    mismatched = shape_mismatches(own, checked)
     if mismatched:
         raise ValueError(f'checkpoint does not fit this model ({len(mismatched)} shape mismatches, another arch or '
                          f'projection?): ' + '; '.join(mismatched[:3]) + (' ...' if len(mismatched) > 3 else ''))
@@ -270,13 +361,14 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: OverLoCKTim
 def _check_kwargs(variant: str, kwargs: dict) -> None:
     unsupported = sorted(set(kwargs) - set(BUILD_KWARGS) - set(MODEL_KWARGS))
     if unsupported:
-        raise ValueError(f'{variant}: unsupported argument(s) {unsupported}; supported: {list(MODEL_KWARGS)} '
-                         f'and timm\'s features_only, out_indices, pretrained_cfg(_overlay)')
+        raise TypeError(f'{variant}: unsupported argument(s) {unsupported}; supported: {list(MODEL_KWARGS)} '
+                        f'and timm\'s features_only, out_indices, pretrained_cfg(_overlay)')
     if kwargs.get('features_only'):
         feature_cls = kwargs.get('feature_cls', 'getter')
-        if feature_cls != 'getter':
+        if feature_cls not in FEATURE_CLASSES:
             raise ValueError(f"{variant}: feature_cls={feature_cls!r} is not supported; OverLoCK's stages do not "
-                             f"run in sequence (the Focus-Net reads the Overview-Net): use feature_cls='getter'")
+                             f"run in sequence (the Focus-Net reads the Overview-Net): use feature_cls='getter' "
+                             f"(or 'fx')")
         out_indices = kwargs.get('out_indices', (0, 1, 2, 3))
         if isinstance(out_indices, int):
             bad = not 0 < out_indices <= 4
@@ -306,7 +398,7 @@ def _cfg(url: str = '', **kwargs) -> dict:
         'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': 0.95, 'interpolation': 'bicubic',
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'backbone.patch_embed1.0', 'classifier': CLASSIFIERS,
+        'first_conv': 'backbone.patch_embed1.0', 'classifier': CLASSIFIER,
         'paper_ids': 'arXiv:2502.20087',
         'paper_name': 'OverLoCK: An Overview-first-Look-Closely-next ConvNet with Context-Mixing Dynamic Kernels',
         'origin_url': 'https://github.com/LMMMEng/OverLoCK',

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 from mmengine.analysis import FlopAnalyzer
+from mmengine.config import Config
 
 from mmoverlock.analysis import reference
 from mmoverlock.analysis.complexity import analyze_complexity, deploy_
@@ -137,10 +138,12 @@ def test_contmix_aggregation_and_kernel_generation_hand_count():
     assert official.flops_by_operator['conv'] - ours.flops_by_operator['conv'] == groups * n * REGIONS * taps
     assert 'matmul' not in official.flops_by_operator
 
-    plain = FlopAnalyzer(mixer, (x, context))   # mmengine alone: the op is one node it has no rule for
+    # mmengine's own counter (what the get_flops.py tools of mmdet, mmseg and mmpretrain call) counts the same:
+    # ``import mmoverlock`` added the op's rule to its defaults, and the traced ContMix matmuls broadcast nothing
+    plain = FlopAnalyzer(mixer, (x, context))
     plain.unsupported_ops_warnings(False)
-    assert 'na2d_av' not in plain.by_operator() and plain.total() != ours.flops
-    assert plain.unsupported_ops()['mmoverlock::na2d_av'] == 2     # the small and the large kernels
+    assert plain.total() == ours.flops and plain.by_operator()['na2d_av'] == ours.flops_by_operator['na2d_av']
+    assert 'mmoverlock::na2d_av' not in plain.unsupported_ops()
 
 
 def _state(model):
@@ -452,3 +455,30 @@ def test_cascade_mask_heads_see_the_first_100_rois():
     assert preds[250, 0, 0, 0].item() == 50.
     assert _state(model) == before                                        # hooks removed, nothing left
     assert model.roi_head._mask_forward(1, (), rois)['mask_preds'].shape[0] == 1000
+
+
+@pytest.mark.slow
+def test_mmengines_counter_as_mmdets_get_flops_calls_it_equals_ours_on_a_detector():
+    """mmdet's tools/analysis_tools/get_flops.py is mmengine's ``get_model_complexity_info`` on the model's
+    tensor forward (data samples bound with ``functools.partial``), training form: with ``import mmoverlock``'s
+    op handles it counts a Mask R-CNN with OverLoCK exactly as ``analyze_complexity`` does (ContMix included)."""
+    from functools import partial
+
+    from mmengine.analysis import get_model_complexity_info
+
+    from mmoverlock.analysis.models import dummy_inputs
+
+    from .test_det import TINY as DET_TINY
+    from .test_det import TINY_FPN_IN
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'det', 'mask_rcnn_overlock_t_1x_coco.py'))
+    cfg.model.backbone.update(arch=DET_TINY, init_cfg=None)
+    cfg.model.neck.in_channels = TINY_FPN_IN
+    torch.manual_seed(0)
+    model, task = build_model(cfg)
+    image, samples = dummy_inputs(task, (160, 224))
+    ours = analyze_complexity(model, (image, ), parts=(), forward_kwargs=dict(data_samples=samples, mode='tensor'))
+    assert ours.flops_by_operator['na2d_av'] > 0
+    model.forward = partial(model.forward, data_samples=samples)      # as mmdet's get_flops.py does
+    theirs = get_model_complexity_info(model, None, inputs=image, show_table=False, show_arch=False)
+    del model.forward
+    assert theirs['flops'] == ours.flops

@@ -249,9 +249,8 @@ def test_4_readme_snippet_swaps_overlock_into_mmdets_convnext_cascade(coco, tmp_
     assert exit_message(train, config) == (
         "tools/train.py: error: optim_wrapper.constructor='LearningRateDecayOptimizerConstructor' gives layer-wise "
         "lr decay to ConvNeXt / ViT backbones only, not to model.backbone.type='mmoverlock.OverLoCK'; use "
-        "OverLoCK's recipe: optim_wrapper = dict(constructor='DefaultOptimWrapperConstructor', "
-        "paramwise_cfg=dict(_delete_=True, custom_keys={'norm': dict(decay_mult=0.)})) (README, 'Usage in your "
-        "configs')")
+        "constructor='mmoverlock.LearningRateDecayOptimizerConstructor' (mmdet's paramwise_cfg: decay_rate, "
+        "decay_type; README, 'Usage in your configs')")
     # the neck left at ConvNeXt-T's channels: the channel check's fix, in one line, before the first iteration
     left = tiny(user_config(tmp_path, 0, 'neck.py'), coco, str(tmp_path / 'tiny_neck.py'),
                 neck=[96, 192, 384, 768])

@@ -1,5 +1,6 @@
-"""The plugin behaves like one: ``import mmoverlock`` registers its modules in scope ``mmoverlock`` and changes
-nothing else (mmengine's functions and root registries, other libraries); the package's import graph has no
+"""The plugin behaves like one: ``import mmoverlock`` registers its modules in scope ``mmoverlock`` (and the FLOP
+rules of its own ops with mmengine's counters) and changes nothing else (mmengine's functions and root registries,
+other libraries); the package's import graph has no
 cycle, not even through a function-level import."""
 import ast
 import json
@@ -14,6 +15,7 @@ PACKAGE = osp.join(ROOT, 'mmoverlock')
 # Run in a fresh interpreter: records mmengine's state, imports mmoverlock, records it again.
 SNAPSHOT = r'''
 import importlib, inspect, json, sys
+import mmengine.analysis.complexity_analysis as counters
 import mmengine.fileio.backends.registry_utils as backends
 import mmengine.registry as registries
 import mmengine.runner.checkpoint as checkpoint
@@ -35,7 +37,9 @@ def state():
                 backends=sorted(backends.backends), prefix_backends=sorted(backends.prefix_to_backends),
                 loaders=sorted(checkpoint.CheckpointLoader._schemes),
                 modules={n: sorted(r.module_dict) for n, r in root_registries().items()},
-                children={n: sorted(r.children) for n, r in root_registries().items()})
+                children={n: sorted(r.children) for n, r in root_registries().items()},
+                op_handles={table: {op: id(h) for op, h in getattr(counters, table).items()}
+                            for table in ('_DEFAULT_SUPPORTED_FLOP_OPS', '_DEFAULT_SUPPORTED_ACT_OPS')})
 
 before = state()
 import mmoverlock
@@ -62,6 +66,12 @@ def test_import_changes_nothing_but_its_own_scope():
         added = set(children) - set(before['children'][name])
         assert added <= {'mmoverlock'}, (name, added)
     assert 'mmoverlock' in after['children']['MODELS'] and 'mmoverlock' in after['children']['HOOKS']
+    # mmengine's FLOP / activation counters: handles for mmoverlock's own ops added, the others as they were
+    for table, handles in after['op_handles'].items():
+        old = before['op_handles'][table]
+        assert {op: h for op, h in handles.items() if op in old} == old, table
+        assert sorted(set(handles) - set(old)) == ['mmoverlock::depthwise_conv2d', 'mmoverlock::na2d_av',
+                                                   'mmoverlock::na2d_av_triton'], table
 
 
 def test_import_pulls_in_no_downstream_library():

@@ -152,7 +152,7 @@ def test_eval_transform_is_the_release_preprocessing(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- the golden logits
 def test_pretrained_from_local_file_gives_release_and_mmpretrain_logits(fixture, release_file, mmpretrain_model):
-    model = from_file(fixture, release_file['train'])
+    model = from_file(fixture, release_file['train'], aux_logits=True)
     assert not is_deploy_form(model.state_dict())
     with torch.no_grad():
         for x, ref in zip(fixture['inputs'], fixture['cls_logits']):
@@ -199,7 +199,9 @@ def test_every_checkpoint_layout_loads(fixture, release_file, tmp_path):
     model = tiny(fixture).eval()
     nested = dict(state_dict_ema={'module.' + k: v for k, v in fixture['cls_state_dict'].items()})
     filtered = overlock_timm.checkpoint_filter_fn(nested, model)
-    assert set(filtered) == set(model.state_dict()) and all(torch.equal(filtered[k], v) for k, v in mm.items())
+    # the auxiliary head is not built without aux_logits: its weights are skipped
+    assert set(filtered) == set(model.state_dict()) == {k for k in mm if not k.startswith('head.aux_head.')}
+    assert all(torch.equal(v, mm[k]) for k, v in filtered.items())
     model.load_state_dict(fixture['cls_state_dict'], strict=True)
     with torch.no_grad():
         assert rel_err(model(x), ref) <= 1e-4
@@ -233,7 +235,7 @@ def test_features_only(fixture, release_file):
 
 
 def test_forward_head_reset_classifier_and_num_classes(fixture, release_file, tmp_path):
-    model = from_file(fixture, release_file['train'])
+    model = from_file(fixture, release_file['train'], aux_logits=True)
     x = fixture['inputs'][0]
     with torch.no_grad():
         last = model.forward_features(x)
@@ -257,7 +259,8 @@ def test_forward_head_reset_classifier_and_num_classes(fixture, release_file, tm
             assert torch.equal(other.forward_head(other.forward_features(x), pre_logits=True), pre)
 
 
-def test_aux_logits_in_training(fixture):
+def test_aux_logits_in_training(fixture, release_file):
+    assert not any('aux_head' in k for k in tiny(fixture).state_dict())     # parameters only where used
     model = tiny(fixture, aux_logits=True)
     x = fixture['inputs'][0]
     out = model.train()(x)
@@ -266,6 +269,11 @@ def test_aux_logits_in_training(fixture):
     assert model.head.aux_head[2].weight.grad is not None and model.head.main_head[4].weight.grad is not None
     assert model.eval()(x).shape == (2, 10)
     assert tiny(fixture).train()(x).shape == (2, 10)      # off by default: timm's train scripts get a tensor
+    # the release's weights load either way, strictly (the auxiliary head's skipped without one)
+    for aux in (False, True):
+        other = tiny(fixture, aux_logits=aux)
+        other.load_state_dict(fixture['cls_state_dict'], strict=True)
+        assert (other.head.aux_head is not None) == aux
 
 
 def test_training_options_reach_the_model(fixture):
@@ -285,9 +293,10 @@ def test_clear_errors(fixture, release_file, tmp_path):
             kwargs.pop('make', tiny)(fixture, **kwargs)
         assert '\n' not in str(info.value)
 
-    one_line_error(r'in_chans=1 is not supported.*in_chans=3', in_chans=1)
-    one_line_error(r"unsupported argument\(s\) \['img_size'\]", img_size=256)
-    one_line_error(r"global_pool='max'", global_pool='max')
+    one_line_error(r'in_chans=0 must be a positive integer', in_chans=0)
+    with pytest.raises(TypeError, match=r"unsupported argument\(s\) \['img_size'\]"):   # timm's contract
+        tiny(fixture, img_size=256)
+    one_line_error(r"global_pool='catavgmax' is not supported", global_pool='catavgmax')
     one_line_error(r"feature_cls='hook'.*'getter'", features_only=True, feature_cls='hook')
     one_line_error(r'out_indices=\(0, 4\) out of range', features_only=True, out_indices=(0, 4))
     one_line_error(r'deploy form.*deploy=True', make=from_file, path=release_file['deploy'])
@@ -295,8 +304,8 @@ def test_clear_errors(fixture, release_file, tmp_path):
                    projection=32)
     torch.save({'conv.weight': torch.zeros(1)}, tmp_path / 'other.pth')
     one_line_error(r'not an OverLoCK ImageNet model', make=from_file, path=tmp_path / 'other.pth')
-    with pytest.raises(ValueError, match="global_pool='max'"):
-        tiny(fixture).reset_classifier(3, 'max')
+    with pytest.raises(ValueError, match="global_pool='catavgmax'"):
+        tiny(fixture).reset_classifier(3, 'catavgmax')
 
 
 # ---------------------------------------------------------------------------------------------- docs/standalone.md
@@ -320,7 +329,7 @@ def test_doc_channel_table():
 def release_t_file(tmp_path_factory):
     """A full-size OverLoCK-T file in the release's layout (every key and shape of cls_t.tsv), init weights."""
     root = tmp_path_factory.mktemp('weights')
-    state = to_release_layout(timm.create_model('overlock_t').state_dict())
+    state = to_release_layout(timm.create_model('overlock_t', aux_logits=True).state_dict())
     assert {k: tuple(v.shape) for k, v in state.items()} == read_layout('cls_t.tsv')
     torch.save(state, root / 'overlock_t_in1k_224.pth')
     return root
@@ -338,3 +347,100 @@ def test_doc_snippet_runs_as_written(index, release_t_file, monkeypatch):
     with contextlib.redirect_stdout(out):
         exec(compile(code, f'{DOC}[{index}]', 'exec'), {'__name__': '__doc_snippet__'})
     assert out.getvalue() == expected
+
+
+# ---------------------------------------------------------------------------------------------- timm's conventions
+def test_in_chans_adapts_the_release_stem_on_every_route(fixture, release_file, mmpretrain_model):
+    """timm (first_conv), the mmpretrain classifier (load_state_dict) and the dense backbone
+    (load_overlock_checkpoint): a 3-channel stem adapted as timm's adapt_input_conv does."""
+    from timm.models import adapt_input_conv as timm_adapt
+
+    from mmoverlock.checkpoint import adapt_input_conv
+    rgb = fixture['cls_state_dict']['patch_embed1.0.weight']
+    x = fixture['inputs'][0]
+    for chans in (1, 2, 4, 7):
+        expected = timm_adapt(chans, rgb.clone())
+        assert torch.equal(adapt_input_conv(chans, rgb), expected)
+        model = from_file(fixture, release_file['train'], in_chans=chans)
+        assert torch.equal(model.backbone.patch_embed1[0].weight, expected)
+        with torch.no_grad():
+            assert model(torch.randn(2, chans, 64, 64)).shape == (2, 10)
+        backbone = OverLoCK(fixture['arch'], in_channels=chans, layout='detection')
+        load_overlock_checkpoint(backbone, str(release_file['train']))
+        assert torch.equal(backbone.patch_embed1[0].weight, expected)
+    # a grey image through in_chans=1 gives the RGB model's logits of that image repeated on 3 channels
+    grey = from_file(fixture, release_file['train'], in_chans=1)
+    with torch.no_grad():
+        rgb_model = from_file(fixture, release_file['train'])
+        assert rel_err(grey(x[:, :1]), rgb_model(x[:, :1].expand(-1, 3, -1, -1))) <= 1e-5
+    mm = copy.deepcopy(mmpretrain_model)
+    mm.backbone.patch_embed1[0] = torch.nn.Conv2d(1, rgb.shape[0], 3, 2, 1, bias=False)
+    mm.load_state_dict(fixture['cls_state_dict'], strict=True)
+    assert torch.equal(mm.backbone.patch_embed1[0].weight, timm_adapt(1, rgb.clone()))
+    with pytest.raises(ValueError, match='cannot be adapted to in_chans=2'):
+        adapt_input_conv(2, torch.zeros(8, 5, 3, 3))
+
+
+def test_global_pool_and_classifier_reset_follow_timm(fixture, release_file):
+    model = from_file(fixture, release_file['train'])
+    x = fixture['inputs'][0]
+    with torch.no_grad():
+        logits, last = model(x), model.forward_features(x)
+        unpooled = from_file(fixture, release_file['train'], global_pool='')
+        maps = unpooled(x)                                   # the 1x1 classifier on every position
+        assert maps.shape == (2, 10) + last.shape[-2:]
+        assert rel_err(maps.mean((2, 3)), logits) <= 1e-5   # linear: pooling after = pooling before
+        model.reset_classifier(0, '')
+        assert model(x).shape == (2, model.head_hidden_size) + last.shape[-2:]
+        model.reset_classifier(0, 'avg')
+        assert model(x).shape == (2, model.head_hidden_size)
+        assert from_file(fixture, release_file['train'], global_pool='max')(x).shape == (2, 10)
+
+
+def test_torchscript_and_fx_give_the_eager_outputs(fixture, release_file):
+    """torch.jit.script of the whole model, and torch.fx through torchvision's create_feature_extractor with no
+    tracer arguments (mmoverlock's data-dependent helpers are torch.fx.wrap leaves) and through timm's."""
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor
+    model = from_file(fixture, release_file['train'])
+    x = fixture['inputs'][2]                            # 130 x 190: small maps resized to the kernels, pooled back
+    with torch.no_grad():
+        expected = model(x)
+        assert torch.equal(torch.jit.script(model)(x), expected)
+        extractor = create_feature_extractor(model, return_nodes={'cat': 'stage3', 'head.flatten': 'logits'})
+        out = extractor(x)
+        assert torch.allclose(out['logits'], expected, rtol=0, atol=1e-6)
+        assert torch.allclose(out['stage3'], model.forward_intermediates(x, indices=[2])[1][0], rtol=0, atol=1e-6)
+        traced = create_feature_extractor(model, return_nodes=['head.flatten'], tracer_kwargs=dict(
+            leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions()))
+        assert torch.allclose(traced(x)['head.flatten'], expected, rtol=0, atol=1e-6)
+        # timm's fx feature path: the getter's maps
+        getter = from_file(fixture, release_file['train'], features_only=True)
+        graph = from_file(fixture, release_file['train'], features_only=True, feature_cls='fx')
+        for a, b in zip(graph(x), getter(x)):
+            assert torch.allclose(a, b, rtol=0, atol=1e-6)
+    model.train()
+    out = create_feature_extractor(model, return_nodes=['head.flatten'])(x)['head.flatten']
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_dilated_reparam_branches_sum_in_the_tables_order():
+    """The spelled-out (TorchScript) sum of DilatedReparamBlock covers every branch of every kernel size, in
+    the table's order: the same float result as the table's loop."""
+    from mmoverlock.models.layers import BRANCH_ORDER, DILATED_BRANCHES, DilatedReparamBlock
+    x = torch.randn(1, 4, 20, 20)
+    for kernel, (sizes, dilations) in DILATED_BRANCHES.items():
+        branches = list(zip(sizes, dilations))
+        assert [b for b in BRANCH_ORDER if b in branches] == branches, kernel
+        block = DilatedReparamBlock(4, kernel).eval()
+        for m in block.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                torch.nn.init.uniform_(m.weight)
+                torch.nn.init.uniform_(m.running_mean)
+        with torch.no_grad():
+            expected = block.origin_bn(block.lk_origin(x))
+            for k, r in branches:
+                expected = expected + getattr(block, f'dil_bn_k{k}_{r}')(getattr(block, f'dil_conv_k{k}_{r}')(x))
+            assert torch.equal(block(x), expected)
+            assert torch.equal(torch.jit.script(block)(x), expected)

@@ -54,3 +54,4 @@ if [ "$(cat "$venv/.rest-key" 2>/dev/null)" != "$rest_key" ]; then
 fi
 
 link_venv .venv
+tools/env/fetch_timm_tests.sh "$cache" "$venv/bin/python"   # timm's model tests, for tests/test_timm_suite.py

@@ -19,14 +19,16 @@ parts of ContMix are counted that way as follows:
   exact). The paper's ImageNet column (2.6 / 5.5 / 9.7 / 16.7 G) lies within about 2% of the first and
   2.5-4.5% under the second. Softmax and the position bias are uncounted either way, as in fvcore.
 * **LayerScale** -- the official one is a depthwise 1x1 conv (one multiply-add per output element,
-  counted); ours is ``torch.addcmul`` (an uncounted elementwise op, like GRN's), so its conv count is added
-  analytically.
+  counted); ours is ``torch.addcmul`` eagerly and that conv while traced (:class:`~mmoverlock.models.layers.
+  LayerScale`), so the trace counts it as the release's code does.
 
-The analytic extras come from one eager forward with forward hooks (a LayerScale's output size; the input
-size of each ContMix's ``weight_query``, which gives B, H and W after a small map is fitted to the kernel);
-they are added to the total, to the module and every ancestor in ``by_module`` and to ``by_operator``
-('conv' for LayerScale and ``weight_proj``, 'einsum' for the affinity). The hooks are removed afterwards:
-the model is left exactly as it was, training flags included.
+These rules live in the model and in :mod:`mmoverlock.ops.flops` (registered with mmengine's default handles by
+``import mmoverlock``), so mmengine's own counter -- and mmdet's ``tools/analysis_tools/get_flops.py`` -- give
+the 'implemented' count of this module for the same model and input. The 'official' extras come from one eager
+forward with forward hooks (the input size of each ContMix's ``weight_query``, which gives B, H and W after a
+small map is fitted to the kernel); they are added to the total, to the module and every ancestor in
+``by_module`` and to ``by_operator`` ('conv' for ``weight_proj``, 'einsum' for the affinity). The hooks are
+removed afterwards: the model is left exactly as it was, training flags included.
 
 Params are :func:`mmengine.analysis.parameter_count` over the modules that run at inference (the
 ImageNet model's auxiliary Overview-Net head is training-only and left out, as in the official README).
@@ -41,7 +43,7 @@ from mmengine.analysis import FlopAnalyzer, parameter_count
 from mmengine.analysis.jit_handles import get_shape
 
 from mmoverlock.models.contmix import ContMix, ContMixBlock
-from mmoverlock.models.layers import LayerScale
+from mmoverlock.ops.flops import FLOP_HANDLES, na2d_av_flop_jit  # noqa: F401  (na2d_av_flop_jit: re-exported)
 
 __all__ = ['CONVENTIONS', 'ComplexityReport', 'na2d_av_flop_jit', 'broadcast_matmul_flop_jit',
            'analytic_extras', 'analyze_complexity', 'deploy_', 'OP_HANDLES']
@@ -59,13 +61,6 @@ def _prod(values: Sequence[int]) -> int:
     return out
 
 
-def na2d_av_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
-    """attn (B, G, k*k, H, W), value (B, G, C, H, W): k*k multiply-adds per output element."""
-    attn_shape, value_shape = get_shape(inputs[0]), get_shape(inputs[1])
-    taps = attn_shape[2]
-    return _prod(value_shape) * taps
-
-
 def broadcast_matmul_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
     """matmul with broadcast batch dims: prod(batch) * M * K * N (mmengine's rule ignores broadcasting)."""
     a, b = (list(get_shape(v)) for v in inputs[:2])
@@ -79,8 +74,10 @@ def broadcast_matmul_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
     return _prod(batch) * a[-2] * a[-1] * b[-1]
 
 
-#: The extra rules :func:`analyze_complexity` installs on mmengine's FlopAnalyzer.
-OP_HANDLES = {NA2D_AV_OP: na2d_av_flop_jit, 'aten::matmul': broadcast_matmul_flop_jit}
+#: The rules :func:`analyze_complexity` installs on mmengine's FlopAnalyzer: mmoverlock's op handles, which
+#: ``import mmoverlock`` adds to mmengine's defaults too (so mmengine's own counter gives the same count). The
+#: model's ContMix matmuls are broadcast-free while traced, so mmengine's matmul rule counts them.
+OP_HANDLES = dict(FLOP_HANDLES)
 
 
 def kernel_generation_counts(mixer: nn.Module, batch: int, height: int, width: int) -> Dict[str, Counter]:
@@ -103,17 +100,12 @@ def _join(name: str, child: str) -> str:
 def analytic_extras(model: nn.Module, inputs: Tuple[Any, ...], convention: str = 'implemented',
                     forward_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Counter]:
     """FLOPs the trace of ``model(*inputs, **forward_kwargs)`` does not see, by module name of ``model`` and
-    operator, from one eager forward with forward hooks (removed afterwards): each LayerScale call as the
-    official depthwise 1x1 conv (one multiply-add per output element) and, for ``convention='official'``,
-    each ContMix kernel generation in the official operation order (:func:`kernel_generation_counts`)."""
+    operator, from one eager forward with forward hooks (removed afterwards): for ``convention='official'``,
+    each ContMix kernel generation in the official operation order (:func:`kernel_generation_counts`); none
+    for 'implemented'."""
     if convention not in CONVENTIONS:
         raise ValueError(f"analytic_extras: convention='{convention}' is not one of {CONVENTIONS}")
     extras: Dict[str, Counter] = defaultdict(Counter)
-
-    def count_layer_scale(name: str):
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            extras[name]['conv'] += output.numel()
-        return hook
 
     def count_kernel_generation(name: str, mixer: nn.Module):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
@@ -125,9 +117,7 @@ def analytic_extras(model: nn.Module, inputs: Tuple[Any, ...], convention: str =
     handles = []
     try:
         for name, module in model.named_modules():
-            if isinstance(module, LayerScale):
-                handles.append(module.register_forward_hook(count_layer_scale(name)))
-            elif isinstance(module, (ContMix, ContMixBlock)) and convention == 'official':
+            if isinstance(module, (ContMix, ContMixBlock)) and convention == 'official':
                 handles.append(module.weight_query.register_forward_hook(count_kernel_generation(name, module)))
         if handles:
             with torch.no_grad():

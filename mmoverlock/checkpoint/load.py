@@ -9,6 +9,7 @@ from mmengine.logging import MMLogger, print_log
 
 from ..models.layers import DilatedReparamBlock
 from .io import extract_state_dict, has_train_form_blocks, is_deploy_form, read_checkpoint, shape_mismatches
+from .stem import adapt_stem
 
 
 def reparam_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -35,7 +36,8 @@ def load_overlock_checkpoint(model: nn.Module, source: str, prefix: Optional[str
                              logger: Optional[MMLogger] = None) -> Dict[str, list]:
     """Load official or own weights into ``model`` (any layout), logging new and dropped keys.
 
-    Train-form checkpoints load into deploy-form models (re-parameterised on the way). Shape mismatches
+    Train-form checkpoints load into deploy-form models (re-parameterised on the way); a 3-channel stem into a
+    model of other ``in_channels`` is adapted (:func:`~mmoverlock.checkpoint.stem.adapt_input_conv`). Shape mismatches
     (another arch) raise one error that lists them.
     Returns dict(missing=[...], unexpected=[...]).
     """
@@ -46,6 +48,7 @@ def load_overlock_checkpoint(model: nn.Module, source: str, prefix: Optional[str
     elif is_deploy_form(state) and has_train_form_blocks(own):
         raise ValueError(f"checkpoint '{source}' is re-parameterised (deploy form); build the model with "
                          f"deploy=True to load it")
+    state = adapt_stem(state, own)      # RGB weights into a stem of other in_channels, as timm adapts them
     mismatched = shape_mismatches(own, state)
     if mismatched:
         raise ValueError(f"checkpoint '{source}' does not fit this model ({len(mismatched)} shape mismatches, "

@@ -210,26 +210,28 @@ def is_main_process() -> bool:
 
 # ------------------------------------------------------------------------------------------------ config checks
 #: optimizer constructors that give layer-wise lr decay by backbone parameter names: mmdet's and mmseg's know
-#: ConvNeXt (and mmseg's BEiT / MAE) names only
+#: ConvNeXt (and mmseg's BEiT / MAE) names only; mmoverlock's subclass of mmdet's reads OverLoCK's stage table
 LAYER_DECAY_CONSTRUCTORS = ('LearningRateDecayOptimizerConstructor', 'LayerDecayOptimizerConstructor')
-#: OverLoCK's optimizer settings (configs/det/_base_/overlock_coco_1x.py): AdamW, no decay on norms
-OVERLOCK_PARAMWISE = "paramwise_cfg=dict(_delete_=True, custom_keys={'norm': dict(decay_mult=0.)})"
+OVERLOCK_LAYER_DECAY = "mmoverlock.LearningRateDecayOptimizerConstructor"
 
 
 def check_optim_constructor(cfg: Config) -> None:
-    """A layer-decay constructor of ConvNeXt's configs on an OverLoCK backbone: one line saying what to change
-    (mmdet's raises a bare NotImplementedError when the optimizer is built)."""
+    """mmdet's / mmseg's layer-decay constructor of ConvNeXt's configs on an OverLoCK backbone: one line saying
+    what to change (mmdet's raises a bare NotImplementedError when the optimizer is built). mmoverlock's
+    (``constructor='mmoverlock.LearningRateDecayOptimizerConstructor'``, the same ``paramwise_cfg``) and
+    mmpretrain's (``LearningRateDecayOptimWrapperConstructor``) know OverLoCK's layers."""
     optim = cfg.get('optim_wrapper')
     backbone = cfg.get('model', {}).get('backbone') or {}
     if not isinstance(optim, dict) or not isinstance(backbone, dict):
         return
-    constructor = str(optim.get('constructor', '')).split('.')[-1]
-    if constructor in LAYER_DECAY_CONSTRUCTORS and 'OverLoCK' in str(backbone.get('type', '')):
+    scope, _, constructor = str(optim.get('constructor', '')).rpartition('.')
+    if (constructor in LAYER_DECAY_CONSTRUCTORS and scope != 'mmoverlock'
+            and 'OverLoCK' in str(backbone.get('type', ''))):
         raise ValueError(
-            f"optim_wrapper.constructor='{constructor}' gives layer-wise lr decay to ConvNeXt / ViT backbones "
-            f"only, not to model.backbone.type='{backbone['type']}'; use OverLoCK's recipe: optim_wrapper = "
-            f"dict(constructor='DefaultOptimWrapperConstructor', {OVERLOCK_PARAMWISE}) (README, 'Usage in your "
-            f"configs')")
+            f"optim_wrapper.constructor='{optim['constructor']}' gives layer-wise lr decay to ConvNeXt / ViT "
+            f"backbones only, not to model.backbone.type='{backbone['type']}'; use "
+            f"constructor='{OVERLOCK_LAYER_DECAY}' (mmdet's paramwise_cfg: decay_rate, decay_type; "
+            f"README, 'Usage in your configs')")
 
 
 #: where each task's README explains its data layout

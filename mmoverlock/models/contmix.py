@@ -5,16 +5,17 @@ map smaller than the kernel, pooling the context to region centres) are the help
 and :func:`pool_regions`, which take their branch-free, dynamic-size form while exporting
 (:func:`mmoverlock.ops.is_exporting`), and the aggregation is the registered op ``mmoverlock::na2d_av``.
 """
+import contextlib
 from functools import lru_cache
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
 from ..ops import is_exporting, is_tracing, na2d_av_channels_first
-from ..ops.na2d import window_keys
 from ..registry import MODELS
 from .layers import (GRN, DepthwiseConv2d, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale,
                      PointwiseConv2d, ResDWConv, SEModule)
@@ -42,19 +43,31 @@ def _check_contmix_args(dim, ctx_dim, kernel_size, smk_size, num_groups, num_reg
         raise ValueError(f'{owner}: dim={dim} must be divisible by 2 * num_groups = {2 * num_groups}')
 
 
-@lru_cache(maxsize=256)
-def _rpb_index(height: int, width: int, kernel_size: int, device: torch.device):
+def relative_offsets(length: int, kernel_size: int, device: torch.device) -> torch.Tensor:
+    """(k, L) index into the 2k-1 relative offsets along one axis: key - position + k - 1 of every (tap,
+    position) of the clamped windows (NATTEN's: a window starts at clamp(i - k // 2, 0, L - k))."""
+    pos = torch.arange(length, device=device)
+    start = (pos - kernel_size // 2).clamp(0, length - kernel_size)
+    return start[None, :] + torch.arange(kernel_size, device=device)[:, None] - pos[None, :] + kernel_size - 1
+
+
+def rpb_index(height: int, width: int, kernel_size: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     """Index of each (tap, pixel) into a (2k-1, 2k-1) relative position table: rows (k,1,H,1), cols (1,k,1,W)."""
-    rows, cols = window_keys(height, width, kernel_size, device)                   # (k, H), (k, W)
-    rows = rows - torch.arange(height, device=device)[None, :] + kernel_size - 1
-    cols = cols - torch.arange(width, device=device)[None, :] + kernel_size - 1
+    rows = relative_offsets(height, kernel_size, device)
+    cols = relative_offsets(width, kernel_size, device)
     return rows[:, None, :, None], cols[None, :, None, :]
+
+
+_rpb_index = lru_cache(maxsize=256)(rpb_index)
 
 
 def relative_position_bias(rpb: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Gather a (G, 2k-1, 2k-1) table into the bias of every clamped window: (G, k*k, H, W)."""
     kernel_size = (rpb.shape[-1] + 1) // 2
-    index = _rpb_index.__wrapped__ if is_tracing() else _rpb_index   # traced sizes: recorded, not cached
+    if torch.jit.is_scripting():
+        rows, cols = rpb_index(height, width, kernel_size, rpb.device)
+        return rpb[:, rows, cols].flatten(1, 2)
+    index = rpb_index if is_tracing() else _rpb_index   # traced sizes: recorded, not cached
     rows, cols = index(height, width, kernel_size, rpb.device)
     return rpb[:, rows, cols].flatten(1, 2)
 
@@ -102,31 +115,106 @@ def small_map_size(height: int, width: int, kernel_size: int) -> Optional[Tuple[
     return int(kernel_size / width * height), kernel_size
 
 
-def fit_to_kernel(maps, kernel_size: int):
+def fit_to_kernel(maps: List[torch.Tensor], kernel_size: int
+                  ) -> Tuple[List[torch.Tensor], Optional[Tuple[int, int]]]:
     """Resize (bilinear) maps smaller than the kernel to :func:`small_map_size`; the size to pool the result
     back to, or None when they fit. While exporting, always resize (an identity when the map fits) to the
     size :func:`fit_size_traceable` computes, so one graph is right for every input size.
     maps: list of (B, C_i, H, W) -> (list of resized maps, (H, W) or None)."""
-    h, w = maps[0].shape[-2:]
-    size = fit_size_traceable(h, w, kernel_size) if is_exporting() else small_map_size(h, w, kernel_size)
+    h, w = maps[0].shape[-2], maps[0].shape[-1]
+    if torch.jit.is_scripting():
+        size = small_map_size(h, w, kernel_size)
+    else:
+        size = fit_size_traceable(h, w, kernel_size) if is_exporting() else small_map_size(h, w, kernel_size)
     if size is None:
         return maps, None
-    resized = F.interpolate(torch.cat(maps, 1), size=size, mode='bilinear', align_corners=False)
+    resized = F.interpolate(torch.cat(maps, 1), size=[size[0], size[1]], mode='bilinear', align_corners=False)
     return list(resized.split([m.shape[1] for m in maps], dim=1)), (h, w)
 
 
-def pool_back(x: torch.Tensor, size) -> torch.Tensor:
+def pool_back(x: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.Tensor:
     """Undo :func:`fit_to_kernel` by adaptive average pooling to ``size`` (a no-op for None)."""
     if size is None:
         return x
-    return adaptive_avg_pool2d_traceable(x, size) if is_exporting() else F.adaptive_avg_pool2d(x, size)
+    if not torch.jit.is_scripting():
+        if is_exporting():
+            return adaptive_avg_pool2d_traceable(x, size)
+    return F.adaptive_avg_pool2d(x, [size[0], size[1]])
 
 
 def pool_regions(context: torch.Tensor, num_regions: int) -> torch.Tensor:
     """Average-pool a context map to R x R region centres: (B, C, H, W) -> (B, C, R, R). (ONNX opset 17 has
     no adaptive pooling of a dynamic map: exported as two averaging matmuls.)"""
-    size = (num_regions, num_regions)
-    return adaptive_avg_pool2d_traceable(context, size) if is_exporting() else F.adaptive_avg_pool2d(context, size)
+    if not torch.jit.is_scripting():
+        if is_exporting():
+            return adaptive_avg_pool2d_traceable(context, (num_regions, num_regions))
+    return F.adaptive_avg_pool2d(context, [num_regions, num_regions])
+
+
+def contmix_kernels(query: torch.Tensor, key: torch.Tensor, proj_weight: torch.Tensor,
+                    proj_bias: Optional[torch.Tensor],
+                    rpb_small: torch.Tensor, rpb_large: torch.Tensor, scale: float, num_groups: int
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """ContMix's dynamic kernels from the projected queries and keys.
+
+    query (B, dim // 2, H, W), key (B, dim // 2, R, R), ``weight_proj``'s weight (T, R*R, 1, 1) and bias (T,)
+    or None (T = K*K + S*S taps), position bias tables (G, 2S-1, 2S-1) and (G, 2K-1, 2K-1) -> small (B, G, S*S, H, W)
+    and large (B, G, K*K, H, W) kernels, softmax-normalised over taps, in query's dtype.
+    """
+    b, _, h, w = query.shape
+    g = num_groups
+    dtype = query.dtype
+    acc = torch.promote_types(dtype, torch.float32)   # fp32 under autocast; fp64 stays fp64
+    query = (query.to(acc) * scale).reshape(b, g, -1, h * w)                          # (B, G, d, HW)
+    key = key.to(acc).reshape(b, g, -1, key.shape[-2] * key.shape[-1])                # (B, G, d, R*R)
+    # The affinity (a sum of d products) overflows fp16 for activations of a few hundred, so it and
+    # the softmax below run in fp32 whatever the autocast dtype; the matmuls are small (T x d x HW).
+    # weight_proj (a 1x1 conv over the R*R region channels) folded into the keys:
+    # W @ (key^T @ query) == (W @ key^T) @ query, which is ~3x fewer multiply-adds.
+    if torch.jit.is_scripting():
+        kernels = _folded_affinity(query, key, proj_weight.to(acc).flatten(1), proj_bias, acc)
+    else:
+        # (autocast exists on CPU and CUDA; other devices, e.g. 'meta', have none to turn off)
+        off = query.device.type in ('cpu', 'cuda')
+        with torch.autocast(device_type=query.device.type, enabled=False) if off else contextlib.nullcontext():
+            kernels = _folded_affinity(query, key, proj_weight.to(acc).flatten(1), proj_bias, acc)
+    kernels = kernels.view(b, g, -1, h, w)
+    smk, k = (rpb_small.shape[-1] + 1) // 2, (rpb_large.shape[-1] + 1) // 2
+    small, large = kernels.split([smk * smk, k * k], dim=2)
+    # Softmax in fp32 whatever the autocast dtype (bias + exp overflow in fp16).
+    small = (small + relative_position_bias(rpb_small, h, w).to(acc)).softmax(dim=2)
+    large = (large + relative_position_bias(rpb_large, h, w).to(acc)).softmax(dim=2)
+    return small.to(dtype), large.to(dtype)
+
+
+def _folded_affinity(query: torch.Tensor, key: torch.Tensor, proj_weight: torch.Tensor,
+                     proj_bias: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """(proj_weight @ key^T) @ query + bias: query (B, G, d, HW), key (B, G, d, R*R), proj_weight (T, R*R),
+    proj_bias (T,) or None -> (B, G, T, HW); the bias in ``dtype``."""
+    if not torch.jit.is_scripting():
+        if is_tracing():
+            # the broadcast made explicit, so that jit-trace FLOP counters (mmengine's matmul rule ignores
+            # broadcast batch dims) count the B*G matmuls
+            proj_weight = proj_weight.expand(key.shape[0], key.shape[1], -1, -1)
+    kernels = torch.matmul(torch.matmul(proj_weight, key.transpose(-1, -2)), query)        # (B, G, T, HW)
+    if proj_bias is not None:
+        kernels = kernels + proj_bias.to(dtype).view(-1, 1)
+    return kernels
+
+
+def aggregate_halves(x: torch.Tensor, small: torch.Tensor, large: torch.Tensor, smk_size: int,
+                     kernel_size: int) -> torch.Tensor:
+    """x (B, dim, H, W): the first half of the channels aggregated with the small kernels (B, G, S*S, H, W), the
+    second half with the large ones (B, G, K*K, H, W) -> (B, dim, H, W), channels-last if x is."""
+    b, c, h, w = x.shape
+    g = small.shape[1]
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    values = x.contiguous().view(b, 2, g, c // (2 * g), h, w)
+    x_small = na2d_av_channels_first(small.to(x.dtype), values[:, 0], smk_size)
+    x_large = na2d_av_channels_first(large.to(x.dtype), values[:, 1], kernel_size)
+    out = torch.cat([x_small.reshape(b, c // 2, h, w), x_large.reshape(b, c // 2, h, w)], dim=1)
+    # keep a channels-last network channels-last (depthwise convs are much faster in it on CPU)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 class _ContMixBase(BaseModule):
@@ -145,6 +233,9 @@ class _ContMixBase(BaseModule):
     ``weight_proj``   1x1 conv from the R*R region affinities to the K*K + S*S kernel taps
     ================  ==========================================================================
     """
+
+    #: TorchScript: mmengine's ``is_init`` property is Python-side bookkeeping
+    __jit_unused_properties__ = ['is_init']
 
     def __init__(self, dim: int, ctx_dim: int, kernel_size: int, smk_size: int, num_groups: int,
                  num_regions: int, init_cfg=None):
@@ -166,47 +257,21 @@ class _ContMixBase(BaseModule):
                         ) -> Tuple[torch.Tensor, torch.Tensor]:
         """query_src (B, dim, H, W), context (B, ctx_dim, H, W) ->
         small (B, G, S*S, H, W) and large (B, G, K*K, H, W) kernels, softmax-normalised over taps."""
-        b, _, h, w = query_src.shape
-        g = self.num_groups
         query = self.weight_query(query_src)
-        dtype = query.dtype
-        acc = torch.promote_types(dtype, torch.float32)   # fp32 under autocast; fp64 stays fp64
-        query = (query.to(acc) * self.scale).reshape(b, g, -1, h * w)                  # (B, G, d, HW)
-        key = self.weight_key[1:](pool_regions(context, self.num_regions))
-        key = key.to(acc).reshape(b, g, -1, self.num_regions ** 2)                     # (B, G, d, R*R)
-        # The affinity (a sum of d products) overflows fp16 for activations of a few hundred, so it and
-        # the softmax below run in fp32 whatever the autocast dtype; the matmuls are small (T x d x HW).
-        # weight_proj (a 1x1 conv over the R*R region channels) folded into the keys:
-        # W @ (key^T @ query) == (W @ key^T) @ query, which is ~3x fewer multiply-adds.
-        with torch.autocast(device_type=query.device.type, enabled=False):
-            proj_w = self.weight_proj.weight.to(acc).flatten(1)                        # (T, R*R)
-            kernels = torch.matmul(torch.matmul(proj_w, key.transpose(-1, -2)), query)  # (B, G, T, HW)
-            kernels = kernels + self.weight_proj.bias.to(acc).view(-1, 1)
-        kernels = kernels.view(b, g, -1, h, w)
-        small, large = kernels.split([self.smk_size ** 2, self.kernel_size ** 2], dim=2)
-        # Softmax in fp32 whatever the autocast dtype (bias + exp overflow in fp16).
-        small = (small + relative_position_bias(self.rpb1, h, w).to(acc)).softmax(dim=2)
-        large = (large + relative_position_bias(self.rpb2, h, w).to(acc)).softmax(dim=2)
-        return small.to(dtype), large.to(dtype)
+        key = self.weight_key[2](self.weight_key[1](pool_regions(context, self.num_regions)))
+        return contmix_kernels(query, key, self.weight_proj.weight, self.weight_proj.bias, self.rpb1, self.rpb2,
+                               self.scale, self.num_groups)
 
     def aggregate(self, x: torch.Tensor, small: torch.Tensor, large: torch.Tensor) -> torch.Tensor:
         """x (B, dim, H, W): first half aggregated with the small kernels, second half with the large."""
-        b, c, h, w = x.shape
-        g = self.num_groups
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        values = x.contiguous().view(b, 2, g, c // (2 * g), h, w)
-        x_small = na2d_av_channels_first(small.to(x.dtype), values[:, 0], self.smk_size)
-        x_large = na2d_av_channels_first(large.to(x.dtype), values[:, 1], self.kernel_size)
-        out = torch.cat([x_small.reshape(b, c // 2, h, w), x_large.reshape(b, c // 2, h, w)], dim=1)
-        # keep a channels-last network channels-last (depthwise convs are much faster in it on CPU)
-        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+        return aggregate_halves(x, small, large, self.smk_size, self.kernel_size)
 
     def mix(self, x: torch.Tensor, query_src: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Dynamic-kernel aggregation of x; maps under K are resized to fit and pooled back.
         x, query_src (B, dim, H, W); context (B, ctx_dim, H, W) -> (B, dim, H, W)."""
-        (x, query_src, context), size = fit_to_kernel([x, query_src, context], self.kernel_size)
-        small, large = self.dynamic_kernels(query_src, context)
-        return pool_back(self.aggregate(x, small, large), size)
+        maps, size = fit_to_kernel([x, query_src, context], self.kernel_size)
+        small, large = self.dynamic_kernels(maps[1], maps[2])
+        return pool_back(self.aggregate(maps[0], small, large), size)
 
 
 @MODELS.register_module()
@@ -233,13 +298,16 @@ class ContMix(_ContMixBase):
         """x (B, dim, H, W) is both value and query source; context (B, ctx_dim, h', w') from anywhere is
         resized to x's size (bilinear). Without a context, x itself is the context (self-context; needs
         ``ctx_dim == dim``). -> (B, dim, H, W)."""
-        _check_input('x', x, self.dim, type(self).__name__)
+        if not torch.jit.is_scripting():
+            _check_input('x', x, self.dim, type(self).__name__)
         if context is None:
             if self.ctx_dim != self.dim:
-                raise ValueError(f'{type(self).__name__}: no context given and ctx_dim={self.ctx_dim} != '
-                                 f'dim={self.dim}; pass a (B, {self.ctx_dim}, h, w) context or use ctx_dim=dim')
+                raise ValueError(f'ContMix: no context given and ctx_dim={self.ctx_dim} != dim={self.dim}; pass '
+                                 f'a (B, {self.ctx_dim}, h, w) context or use ctx_dim=dim')
             context = x
-        return self.mix(x, x, _resize_context(context, x, self.ctx_dim, type(self).__name__))
+        elif not torch.jit.is_scripting():
+            _check_context(context, x, self.ctx_dim, type(self).__name__, 'context')
+        return self.mix(x, x, _resize_context(context, x))
 
 
 def _check_input(name: str, t: torch.Tensor, channels: int, owner: str) -> None:
@@ -247,15 +315,27 @@ def _check_input(name: str, t: torch.Tensor, channels: int, owner: str) -> None:
         raise ValueError(f'{owner}: {name} has shape {tuple(t.shape)}, expected (B, {channels}, H, W)')
 
 
-def _resize_context(context: torch.Tensor, x: torch.Tensor, channels: int, owner: str,
-                    name: str = 'context') -> torch.Tensor:
-    """Check a context map's channels and batch, and resize it (bilinear) to x's spatial size."""
+def _check_context(context: torch.Tensor, x: torch.Tensor, channels: int, owner: str, name: str) -> None:
+    """A context map's channels and batch, against x's."""
     _check_input(name, context, channels, owner)
     if context.shape[0] != x.shape[0]:
         raise ValueError(f'{owner}: {name} batch {context.shape[0]} != x batch {x.shape[0]}')
+
+
+def _resize_context(context: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A context map resized (bilinear) to x's spatial size: (B, C, h', w') -> (B, C, H, W)."""
     if context.shape[-2:] != x.shape[-2:]:
         context = F.interpolate(context, size=x.shape[-2:], mode='bilinear', align_corners=False)
     return context
+
+
+# torch.fx: the shape-dependent steps and the op calls are leaves of a symbolic trace (torchvision's
+# create_feature_extractor, timm's fx features); TorchScript skips the Python checks (jit.unused)
+for _name in ('fit_to_kernel', 'pool_back', 'contmix_kernels', 'aggregate_halves', '_check_input', '_check_context',
+              '_resize_context'):
+    torch.fx.wrap(_name)
+_check_input = torch.jit.unused(_check_input)
+_check_context = torch.jit.unused(_check_context)
 
 
 @MODELS.register_module()
@@ -326,17 +406,24 @@ class ContMixBlock(_ContMixBase):
                 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """x (B, dim, H, W), h (B, ctx_dim, H', W') or None, h_r (B, ctx_dim, H'', W'') or None ->
         (x (B, dim, H, W), h (B, ctx_dim, H, W)), or (B, dim + ctx_dim, H, W) when ``is_last``."""
-        owner = type(self).__name__
-        _check_input('x', x, self.dim, owner)
+        if not torch.jit.is_scripting():
+            _check_input('x', x, self.dim, type(self).__name__)
         if h is None:
-            if not self.self_context:
-                raise ValueError(f'{owner}: no context h given; pass h (B, {self.ctx_dim}, H, W) or build '
+            if not hasattr(self, 'context_proj'):
+                raise ValueError(f'ContMixBlock: no context h given; pass h (B, {self.ctx_dim}, H, W) or build '
                                  f'the block with self_context=True')
             h = self.context_proj(x)
         else:
-            h = _resize_context(h, x, self.ctx_dim, owner, 'h')
-        if not self.is_first:
-            h_r = h if h_r is None else _resize_context(h_r, x, self.ctx_dim, owner, 'h_r')
+            if not torch.jit.is_scripting():
+                _check_context(h, x, self.ctx_dim, type(self).__name__, 'h')
+            h = _resize_context(h, x)
+        if hasattr(self, 'x_scale'):      # not is_first
+            if h_r is None:
+                h_r = h
+            else:
+                if not torch.jit.is_scripting():
+                    _check_context(h_r, x, self.ctx_dim, type(self).__name__, 'h_r')
+                h_r = _resize_context(h_r, x)
             h = self.x_scale(h) + self.h_scale(h_r)
         f = self.dwconv1(torch.cat([x, h], dim=1))
         identity = f
@@ -344,8 +431,8 @@ class ContMixBlock(_ContMixBase):
         x = self.fusion(f)
         gate = self.gate(x)
         lepe = self.lepe(x)
-        query_src, context = f.split([self.dim, self.ctx_dim], dim=1)
-        x = self.mix(x, query_src, context)
+        parts = f.split([self.dim, self.ctx_dim], dim=1)
+        x = self.mix(x, parts[0], parts[1])
         x = self.dyconv_proj(x) + lepe
         x = gate * self.se_layer(x)
         x = self.proj(x)

@@ -1,12 +1,17 @@
 """Small building blocks of OverLoCK (names and parameter layouts follow the official release)."""
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import is_tracing
+from ..ops import is_exporting, is_tracing
 from ..ops.depthwise import CHOICES, depthwise_conv2d
+
+# torch.fx: data-dependent helpers are leaves of a symbolic trace (torchvision's create_feature_extractor, timm's
+# fx features), not traced through
+torch.fx.wrap('depthwise_conv2d')
 
 # UniRepLKNet's dilated re-parameterisation table: large kernel K -> (branch kernels, dilations).
 DILATED_BRANCHES: Dict[int, Tuple[List[int], List[int]]] = {
@@ -18,6 +23,9 @@ DILATED_BRANCHES: Dict[int, Tuple[List[int], List[int]]] = {
     7: ([5, 3, 3, 3], [1, 1, 2, 3]),
     5: ([3, 3], [1, 2]),
 }
+#: every branch of the table, (kernel, dilation), in an order that keeps each kernel size's own order (the sum in
+#: :meth:`DilatedReparamBlock.forward` follows it, spelled out for TorchScript)
+BRANCH_ORDER = ((5, 1), (7, 1), (3, 1), (9, 2), (7, 2), (5, 2), (3, 2), (3, 3), (3, 4), (3, 5), (3, 7))
 
 
 class DropPath(nn.Module):
@@ -63,6 +71,10 @@ class LayerScale(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if is_tracing() and not is_exporting():
+                # the official form, a depthwise 1x1 conv: what jit-trace FLOP counters (mmengine's, fvcore's) count
+                return F.conv2d(x, self.weight, self.bias, groups=self.weight.shape[0])
         return torch.addcmul(self.bias.view(1, -1, 1, 1), x, self.weight.view(1, -1, 1, 1))
 
 
@@ -79,14 +91,34 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_contiguous():
-            gx = torch.linalg.vector_norm(x, ord=2, dim=(-1, -2), keepdim=True, dtype=torch.float32)
-        else:  # channels-last: a square-sum, faster than a spatial vector_norm there on CPU
-            # (tools/analysis/benchmark_layers.py, docs/benchmarks.md)
-            gx = x.float().square().sum(dim=(-1, -2), keepdim=True).sqrt()
+        gx = spatial_l2_norm(x)
         nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
         # (gamma * nx + 1) * x + beta in one pass
         return torch.addcmul(self.beta, x, self.gamma * nx + 1).to(x.dtype)
+
+
+def spatial_l2_norm(x: torch.Tensor) -> torch.Tensor:
+    """The fp32 L2 norm of each channel's map: (B, C, H, W) -> (B, C, 1, 1) float32."""
+    if x.is_contiguous():
+        return torch.linalg.vector_norm(x, ord=2, dim=(-1, -2), keepdim=True, dtype=torch.float32)
+    # channels-last: a square-sum, faster than a spatial vector_norm there on CPU
+    # (tools/analysis/benchmark_layers.py, docs/benchmarks.md)
+    return x.float().square().sum(dim=(-1, -2), keepdim=True).sqrt()
+
+
+def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """A 1x1 conv (weight (C_out, C_in, 1, 1)); channels-last maps as a matmul over channels on the NHWC view,
+    except while tracing or exporting (the graphs keep the Conv). (B, C_in, H, W) -> (B, C_out, H, W)."""
+    if not torch.jit.is_scripting():
+        if (x.dim() == 4 and not is_tracing() and not x.is_contiguous()
+                and x.is_contiguous(memory_format=torch.channels_last)):
+            out = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias)
+            return out.permute(0, 3, 1, 2)
+    return F.conv2d(x, weight, bias)
+
+
+torch.fx.wrap('spatial_l2_norm')
+torch.fx.wrap('pointwise_conv')
 
 
 class SEModule(nn.Module):
@@ -142,11 +174,7 @@ class PointwiseConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # exported graphs keep the Conv (ONNX Runtime's MatMul+BN fusion breaks on the 4-d MatMul)
-        if (x.dim() == 4 and not is_tracing() and not x.is_contiguous()
-                and x.is_contiguous(memory_format=torch.channels_last)):
-            out = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
-            return out.permute(0, 3, 1, 2)
-        return super().forward(x)
+        return pointwise_conv(x, self.weight, self.bias)
 
 
 class DepthwiseConv2d(nn.Conv2d):
@@ -223,13 +251,32 @@ class DilatedReparamBlock(nn.Module):
         return not hasattr(self, 'origin_bn')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deployed:
+        if not hasattr(self, 'origin_bn'):     # deploy form
             return self.lk_origin(x)
         out = self.origin_bn(self.lk_origin(x))
-        for k, r in zip(self.kernel_sizes, self.dilates):
-            conv = getattr(self, f'dil_conv_k{k}_{r}')
-            bn = getattr(self, f'dil_bn_k{k}_{r}')
-            out = out + bn(conv(x))
+        # the branches this kernel size has, in BRANCH_ORDER (static attribute checks: TorchScript compiles this)
+        if hasattr(self, 'dil_conv_k5_1'):
+            out = out + self.dil_bn_k5_1(self.dil_conv_k5_1(x))
+        if hasattr(self, 'dil_conv_k7_1'):
+            out = out + self.dil_bn_k7_1(self.dil_conv_k7_1(x))
+        if hasattr(self, 'dil_conv_k3_1'):
+            out = out + self.dil_bn_k3_1(self.dil_conv_k3_1(x))
+        if hasattr(self, 'dil_conv_k9_2'):
+            out = out + self.dil_bn_k9_2(self.dil_conv_k9_2(x))
+        if hasattr(self, 'dil_conv_k7_2'):
+            out = out + self.dil_bn_k7_2(self.dil_conv_k7_2(x))
+        if hasattr(self, 'dil_conv_k5_2'):
+            out = out + self.dil_bn_k5_2(self.dil_conv_k5_2(x))
+        if hasattr(self, 'dil_conv_k3_2'):
+            out = out + self.dil_bn_k3_2(self.dil_conv_k3_2(x))
+        if hasattr(self, 'dil_conv_k3_3'):
+            out = out + self.dil_bn_k3_3(self.dil_conv_k3_3(x))
+        if hasattr(self, 'dil_conv_k3_4'):
+            out = out + self.dil_bn_k3_4(self.dil_conv_k3_4(x))
+        if hasattr(self, 'dil_conv_k3_5'):
+            out = out + self.dil_bn_k3_5(self.dil_conv_k3_5(x))
+        if hasattr(self, 'dil_conv_k3_7'):
+            out = out + self.dil_bn_k3_7(self.dil_conv_k3_7(x))
         return out
 
     @torch.no_grad()

@@ -621,6 +621,8 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     Returns:
         (B, C, H, W), dtype of x.
     """
+    if torch.jit.is_scripting():   # TorchScript: PyTorch's conv (the rest is Python)
+        return F.conv2d(x, weight, bias, 1, dilation * (weight.shape[-1] - 1) // 2, dilation, x.shape[1])
     dilation = _check_args(x, weight, dilation)
     _check_choice(choice)
     c, k = x.shape[1], weight.shape[-1]

@@ -549,7 +549,10 @@ compat.register_autograd('mmoverlock::na2d_av_triton',
 def na2d_av_channels_first(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """attn (B, G, k*k, H, W), value (B, G, C, H, W) -> (B, G, C, H, W), contiguous:
     ``torch.ops.mmoverlock.na2d_av`` after promoting mixed dtypes to the wider one. Under ONNX export the op
-    is written out as its standard-op tap loop (Slice/Pad/Mul/Add)."""
+    is written out as its standard-op tap loop (Slice/Pad/Mul/Add). TorchScript calls the op."""
+    if torch.jit.is_scripting():
+        dtype = torch.promote_types(attn.dtype, value.dtype)
+        return torch.ops.mmoverlock.na2d_av(attn.to(dtype), value.to(dtype), kernel_size)
     attn, value = _promoted(attn, value)
     if is_exporting():
         _check_inputs(attn, value, kernel_size)

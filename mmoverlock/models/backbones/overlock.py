@@ -12,7 +12,7 @@ segmentation      LN2d-normed maps
 
 In the dense layouts the *normed* stage-2 map also feeds stage 3 (as the release computes it).
 """
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,7 @@ from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint.load import load_overlock_checkpoint
+from ...checkpoint.stem import adapt_input_conv
 from ...registry import MODELS
 from ..contmix import ContMixBlock
 from ..layers import (GRN, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale, PointwiseConv2d, ResDWConv,
@@ -54,6 +55,22 @@ LAYOUTS: Dict[str, tuple] = {
 SMK_SIZE = 5                       # small dynamic kernel
 LS_INIT = (None, None, 1., 1.)     # LayerScale init of the Base/Overview-Net blocks, per stage
 NUM_OUTPUTS = 5                    # out indices 0-3: stages; 4: the Overview-Net map
+
+#: The one stage table: the backbone's parts in execution order as (stage, modules that feed the stage's first
+#: block, the stage's block list). Layer-wise lr decay derives its layers from it -- mmpretrain's and mmdet's
+#: constructors through :meth:`OverLoCK.get_layer_depth` / :meth:`OverLoCK.get_stage_depth`, timm's through
+#: ``mmoverlock.timm``'s ``group_matcher``: the stem first, then one layer per block (the feeding modules join
+#: the first block of their stage), the output heads last.
+STAGE_TABLE: Tuple[Tuple[str, Tuple[str, ...], Optional[str]], ...] = (
+    ('stem', ('patch_embed1', ), None),
+    ('base1', (), 'blocks1'),
+    ('base2', ('patch_embed2', ), 'blocks2'),
+    ('base3', ('patch_embed3', ), 'blocks3'),
+    ('overview', ('patch_embed4', ), 'blocks4'),
+    ('focus3', ('high_level_proj', ), 'sub_blocks3'),
+    ('focus4', ('patch_embedx', ), 'sub_blocks4'),
+    ('heads', ('extra_norm', 'h_proj'), None),
+)
 
 
 def _per_stage(value, n: int, name: str) -> list:
@@ -162,13 +179,17 @@ class OverLoCK(BaseModule):
         norm_eval: keep every BatchNorm in eval mode while training.
         with_cp: gradient checkpointing per block.
         deploy: build the re-parameterised (inference) form directly.
-        in_channels: image channels.
+        in_channels: image channels. Weights of a 3-channel stem (the release's) are adapted on loading as timm's
+            ``adapt_input_conv`` does (:func:`mmoverlock.checkpoint.adapt_input_conv`).
         depthwise_choice: how the depthwise convs pick their kernels on CUDA (:mod:`mmoverlock.ops.depthwise`):
             'auto' (default; PyTorch's conv, the Triton kernels or the FFT weight gradient, whichever measured
             fastest on first use; PyTorch's conv in deterministic runs), 'torch' or 'triton'. CPU ignores it.
         init_cfg: e.g. ``dict(type='Pretrained', checkpoint=FILE_OR_URL, prefix='backbone.')``; official
             ImageNet checkpoints load without a key map (see :mod:`mmoverlock.checkpoint`).
     """
+
+    #: TorchScript: mmengine's ``is_init`` property is Python-side bookkeeping
+    __jit_unused_properties__ = ['is_init']
 
     def __init__(self, arch: Union[str, dict] = 't', out_indices: Sequence[int] = (0, 1, 2, 3),
                  layout: str = 'detection', drop_path_rate: float = 0.,
@@ -236,6 +257,59 @@ class OverLoCK(BaseModule):
                 self.h_proj = nn.Sequential(nn.Conv2d(e[3], e[3] + ctx_dim, 1), LayerScale(e[3] + ctx_dim, 1e-5))
         set_depthwise_choice(self, depthwise_choice)
         self._freeze_stages()
+        self._register_load_state_dict_pre_hook(self._adapt_stem)
+
+    def _adapt_stem(self, state_dict, prefix, *args) -> None:
+        """load_state_dict pre-hook: a stem weight for another number of image channels (the release's 3) is
+        adapted to ``in_channels`` in place (:func:`~mmoverlock.checkpoint.adapt_input_conv`)."""
+        key = prefix + 'patch_embed1.0.weight'
+        own = self.patch_embed1[0].weight
+        if key in state_dict and state_dict[key].dim() == 4 and state_dict[key].shape[1] != own.shape[1]:
+            state_dict[key] = adapt_input_conv(own.shape[1], state_dict[key])
+
+    # ------------------------------------------------------------------ layer-wise lr decay
+    def _stage_of(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
+        """(stage index in STAGE_TABLE, block index in the stage's list; 0 for the modules feeding it)."""
+        if not param_name.startswith(prefix):
+            return len(STAGE_TABLE) - 1, 0          # the model's heads
+        top, _, rest = param_name[len(prefix):].partition('.')
+        for index, (_, feeders, blocks) in enumerate(STAGE_TABLE):
+            if top in feeders:
+                return index, 0
+            if top == blocks:
+                return index, int(rest.split('.')[0])
+        return len(STAGE_TABLE) - 1, 0
+
+    def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
+        """mmpretrain's layer-decay contract: (layer id, number of layers) of a parameter of the model, from
+        STAGE_TABLE: the stem 0, then one layer per block in execution order (Base-Net, Overview-Net,
+        Focus-Net; downsamplers and projections join the first block of the stage they feed), the output
+        heads and every parameter outside ``prefix`` (the model's heads) last. OverLoCK-T: 32 layers."""
+        stage, block = self._stage_of(param_name, prefix)
+        counts = [len(getattr(self, blocks)) if blocks else 0 for _, _, blocks in STAGE_TABLE]
+        num_layers = sum(counts) + 2
+        if stage == 0:
+            return 0, num_layers
+        if stage == len(STAGE_TABLE) - 1:
+            return num_layers - 1, num_layers
+        return 1 + sum(counts[:stage]) + block, num_layers
+
+    def no_weight_decay(self) -> List[str]:
+        """Parameter names (of this module) that layer-decay constructors keep out of weight decay beyond the
+        1-D ones: ContMix's relative position bias tables (as Swin's), and the per-channel scales and shifts kept
+        in 4-D tensors -- LayerScale weights (C, 1, 1, 1) and GRN's gamma / beta (1, C, 1, 1), which are 1-D (so
+        not decayed) in ConvNeXt(-V2)."""
+        names = []
+        for module_name, module in self.named_modules():
+            if isinstance(module, (GRN, LayerScale, ContMixBlock)):
+                own = {GRN: ('gamma', 'beta'), LayerScale: ('weight', ), ContMixBlock: ('rpb1', 'rpb2')}[type(module)]
+                names += [f'{module_name}.{p}' for p in own]
+        return names
+
+    def get_stage_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
+        """(stage id, number of stages) of a parameter, from STAGE_TABLE: stem 0, Base-Net 1-3, Overview-Net 4,
+        Focus-Net 5-6, heads 7 (mmdet's ``decay_type='stage_wise'``)."""
+        return self._stage_of(param_name, prefix)[0], len(STAGE_TABLE)
 
     # ------------------------------------------------------------------ init, freezing, deploy
     def init_weights(self) -> None:
@@ -296,46 +370,81 @@ class OverLoCK(BaseModule):
             return cp.checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 
-    def _norm(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        return self.extra_norm[i](x) if self.normed_outputs else x
-
     def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """(B, 3, H, W) -> the five maps [s1, s2, s3, s4, overview], outputs norms applied."""
+        """(B, in_channels, H, W) -> the five maps [s1, s2, s3, s4, overview], outputs norms applied.
+
+        TorchScript compiles this (gradient checkpointing is eager-only); the output norms and the fusion
+        are there in the dense layouts only (static ``hasattr`` checks)."""
         x = self.patch_embed1(x)
         for blk in self.blocks1:
-            x = self._run(blk, x)
-        out1 = self._norm(0, x)
+            if torch.jit.is_scripting():
+                x = blk(x)
+            else:
+                x = self._run(blk, x)
+        out1 = x
+        if hasattr(self, 'extra_norm'):
+            out1 = self.extra_norm[0](x)
         x = self.patch_embed2(x)
         for blk in self.blocks2:
-            x = self._run(blk, x)
-        x = out2 = self._norm(1, x)   # the dense layouts feed the *normed* stage-2 map on
+            if torch.jit.is_scripting():
+                x = blk(x)
+            else:
+                x = self._run(blk, x)
+        if hasattr(self, 'extra_norm'):
+            x = self.extra_norm[1](x)     # the dense layouts feed the *normed* stage-2 map on
+        out2 = x
         x = self.patch_embed3(x)
         for blk in self.blocks3:
-            x = self._run(blk, x)
+            if torch.jit.is_scripting():
+                x = blk(x)
+            else:
+                x = self._run(blk, x)
 
         # Overview-Net: a coarse look at the whole image.
         ctx = self.patch_embed4(x)
         for blk in self.blocks4:
-            ctx = self._run(blk, ctx)
+            if torch.jit.is_scripting():
+                ctx = blk(ctx)
+            else:
+                ctx = self._run(blk, ctx)
 
         # Focus-Net: look closely, guided by the overview.
         ctx_ori = self.high_level_proj(ctx)
         ctx_up = F.interpolate(ctx_ori, size=x.shape[-2:], mode='bilinear', align_corners=False)
         h = ctx_up
         for blk in self.sub_blocks3:
-            x, h = self._run(blk, x, h, ctx_up)
-        out3 = self._norm(2, torch.cat([x, h], dim=1))
+            if torch.jit.is_scripting():
+                out = blk(x, h, ctx_up)
+            else:
+                out = self._run(blk, x, h, ctx_up)
+            if isinstance(out, tuple):
+                x, h = out
+            else:
+                x = out
+        out3 = torch.cat([x, h], dim=1)
+        if hasattr(self, 'extra_norm'):
+            out3 = self.extra_norm[2](out3)
         x = self.patch_embedx.x_proj(x)
         h = self.patch_embedx.h_proj(h)
         for blk in self.sub_blocks4:
-            out = self._run(blk, x, h, ctx_ori)
-            x, h = out if isinstance(out, tuple) else (out, None)
-        out4 = self._norm(3, x)
-        if self.fuses_overview:
+            if torch.jit.is_scripting():
+                out = blk(x, h, ctx_ori)
+            else:
+                out = self._run(blk, x, h, ctx_ori)
+            if isinstance(out, tuple):      # (x, h); the last block returns the whole map
+                x, h = out
+            else:
+                x = out
+        out4 = x
+        if hasattr(self, 'extra_norm'):
+            out4 = self.extra_norm[3](x)
+        if hasattr(self, 'h_proj'):
             out4 = out4 + self.h_proj(self.extra_norm[4](ctx))
         return [out1, out2, out3, out4, ctx]
 
+    @torch.jit.unused
     def forward(self, x: torch.Tensor) -> tuple:
-        """(B, 3, H, W) -> tuple of the maps named by ``out_indices``."""
+        """(B, in_channels, H, W) -> tuple of the maps named by ``out_indices``. (TorchScript cannot type a
+        tuple of as many maps as ``out_indices`` names: script :meth:`forward_features`.)"""
         outs = self.forward_features(x)
         return tuple(outs[i] for i in self.out_indices)

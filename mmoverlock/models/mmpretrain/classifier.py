@@ -18,6 +18,9 @@ class OverLoCKClassifier(ImageClassifier):
     * the release's timm-style model (backbone keys at the top level, ``head.*``, ``aux_head.*``), converted
       on the way by :func:`official_cls_to_mmpretrain`; train-form and deploy-form (``*_reparam.pth``, with
       ``backbone.deploy=True``) alike.
+
+    Without an auxiliary head (``head.aux_loss_weight=0``) its weights are skipped; a 3-channel stem loads into
+    a backbone of other ``in_channels`` adapted (:func:`mmoverlock.checkpoint.adapt_input_conv`).
     """
 
     def __init__(self, *args, **kwargs):
@@ -30,10 +33,14 @@ class OverLoCKClassifier(ImageClassifier):
         return official_cls_to_mmpretrain(state) if is_official_cls_layout(state) else state
 
     def _read_official_layout(self, state_dict, prefix, *args) -> None:
-        """load_state_dict pre-hook: rename the release's keys in place before any submodule reads them."""
+        """load_state_dict pre-hook: rename the release's keys in place before any submodule reads them, and
+        skip the auxiliary head's weights when the head has none (``aux_loss_weight=0``)."""
         if prefix:
             return
         renamed = self.to_model_layout(dict(state_dict))
         if set(renamed) != set(state_dict):
             state_dict.clear()
             state_dict.update(renamed)
+        if getattr(self.head, 'aux_head', False) is None:
+            for key in [k for k in state_dict if k.startswith('head.aux_head.')]:
+                del state_dict[key]

@@ -21,14 +21,16 @@ class OverLoCKClsHead(ClsHead):
     * ``main_head`` (official ``head``): conv1x1(in -> projection, no bias) BN SiLU avg-pool
       conv1x1(projection -> classes).
     * ``aux_head`` (official ``aux_head``): BN avg-pool conv1x1(overview -> classes); only its loss is used,
-      weighted ``aux_loss_weight`` (0.4 in the official recipe). Prediction uses the main logits.
+      weighted ``aux_loss_weight`` (0.4 in the official recipe). Prediction uses the main logits. With
+      ``aux_loss_weight=0`` the head is not built (no parameters that nothing uses; the release's weights for it
+      are skipped on loading, :class:`~mmoverlock.models.mmpretrain.OverLoCKClassifier`).
 
     Args:
         num_classes: classes.
         in_channels: channels of the last map (e3 + e3 // 4).
         overview_channels: channels of the Overview-Net map (e3).
         projection: hidden width of the main head (1024 in the release).
-        aux_loss_weight: weight of the auxiliary head's loss.
+        aux_loss_weight: weight of the auxiliary head's loss (0: no auxiliary head).
         init_cfg: mmengine init config.
         **kwargs: mmpretrain ``ClsHead`` arguments (``loss``, ``topk``, ...).
     """
@@ -39,21 +41,25 @@ class OverLoCKClsHead(ClsHead):
         super().__init__(init_cfg=init_cfg, **kwargs)
         if num_classes <= 0:
             raise ValueError(f'OverLoCKClsHead: num_classes={num_classes} must be positive')
+        if aux_loss_weight < 0:
+            raise ValueError(f'OverLoCKClsHead: aux_loss_weight={aux_loss_weight} must be >= 0 (0: no auxiliary head)')
         self.num_classes, self.aux_loss_weight = num_classes, aux_loss_weight
         self.main_head = nn.Sequential(
             nn.Conv2d(in_channels, projection, 1, bias=False), nn.BatchNorm2d(projection), nn.SiLU(),
             nn.AdaptiveAvgPool2d(1), nn.Conv2d(projection, num_classes, 1))
         self.aux_head = nn.Sequential(
             nn.BatchNorm2d(overview_channels), nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(overview_channels, num_classes, 1))
+            nn.Conv2d(overview_channels, num_classes, 1)) if aux_loss_weight > 0 else None
 
     def channel_expectations(self, out_channels: List[int], where: str) -> List[Tuple[str, int, int]]:
         """(config path, declared, expected) of the two maps this head reads, for mmoverlock's
         ``ChannelCheckHook``: the last output and the Overview-Net map."""
         if len(out_channels) < 2:
             return []
-        return [(f'{where}.in_channels', self.main_head[0].in_channels, out_channels[-2]),
-                (f'{where}.overview_channels', self.aux_head[0].num_features, out_channels[-1])]
+        expected = [(f'{where}.in_channels', self.main_head[0].in_channels, out_channels[-2])]
+        if self.aux_head is not None:
+            expected.append((f'{where}.overview_channels', self.aux_head[0].num_features, out_channels[-1]))
+        return expected
 
     def _split(self, feats: Tuple[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         if len(feats) < 2:
@@ -76,6 +82,7 @@ class OverLoCKClsHead(ClsHead):
 
     def loss(self, feats: Tuple[torch.Tensor], data_samples: List, **kwargs) -> dict:
         losses = self._get_loss(self(feats), data_samples, **kwargs)
-        aux = self._get_loss(self.forward_aux(feats), data_samples, **kwargs)
-        losses['loss_aux'] = self.aux_loss_weight * aux['loss']
+        if self.aux_head is not None:
+            aux = self._get_loss(self.forward_aux(feats), data_samples, **kwargs)
+            losses['loss_aux'] = self.aux_loss_weight * aux['loss']
         return losses
