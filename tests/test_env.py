@@ -104,7 +104,7 @@ def test_two_checkouts_each_import_their_own_package(tmp_path):
     assert f'mmoverlock imported from {package_b}' in out, out
     assert imported_from(python_b, cwd=str(tmp_path)) == package_b
     assert venv_state(clone_a) == state_a  # building b left a's venv as it was
-    assert imported_from(python_a, cwd=clone_b) == package_a
+    assert imported_from(python_a, cwd=str(tmp_path)) == package_a
 
     # an up-to-date checkout: make env returns at once and changes nothing
     assert build(clone_a, cache) == ''
