@@ -1,5 +1,5 @@
 # mmoverlock: `make demo` runs the main job on built-in data, `make test` runs the tests.
-# Both build the environment on first use (tools/setup_env.sh: a cached venv keyed by requirements/lock/).
+# Both build the environment on first use (tools/setup_env.sh: this checkout's .venv, from a shared cache).
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 # One intra-op thread per process: the tests' models are tiny and several tests run 2-process DDP on
