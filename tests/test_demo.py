@@ -220,7 +220,7 @@ def test_make_demo_runs_every_phase_at_reduced_size(tmp_path, capsys):
 def test_demo_trains_in_processes_as_dist_train_does():
     assert demo.train_command(1) == ['tools/train.py']
     cmd = demo.train_command(2)
-    assert cmd[:3] == ['-m', 'torch.distributed.run', '--nproc_per_node=2']
+    assert cmd[:3] == ['-m', 'mmoverlock.cli.launch', '--nproc_per_node=2']
     assert cmd[-3:] == ['tools/train.py', '--launcher', 'pytorch'] and '--master_addr=127.0.0.1' in cmd
     port = int(next(a for a in cmd if a.startswith('--master_port=')).split('=')[1])
     assert 1024 <= port <= 65535

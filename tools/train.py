@@ -25,8 +25,9 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from mmoverlock.cli.runtime import (check_checkpoint, check_data, check_optim_constructor, is_main_process,
-                                    one_line_errors, prepare_for_device, set_launcher_env, task_of)
+from mmoverlock.cli.runtime import (check_checkpoint, check_data, check_optim_constructor, end_of_run,
+                                    is_main_process, one_line_errors, prepare_for_device, rank_failures,
+                                    set_launcher_env, task_of)
 
 
 def parse_args(argv=None):
@@ -95,9 +96,10 @@ def main(argv=None):
         raise SystemExit(f'tools/train.py: error: {err}' if is_main_process() else 1) from None
     if args.check_only:
         return None
-    with one_line_errors('tools/train.py'):
+    with rank_failures('tools/train.py', cfg.work_dir), one_line_errors('tools/train.py'):
         runner = Runner.from_cfg(cfg)
         runner.train()
+    end_of_run()   # distributed: every process has finished and flushed, exit 0 (no return)
     return runner
 
 
