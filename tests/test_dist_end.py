@@ -76,3 +76,53 @@ def test_a_process_that_raises_ends_the_run_in_one_line(cls_setup, monkeypatch, 
     # the whole traceback is in the file the line names
     traceback_file = errors[0].split('(traceback: ')[1].rstrip(')')
     assert 'raise_in_one_process.py", line' in open(traceback_file).read()
+
+
+# ---------------------------------------------------------------------------------------------- in-process parts
+def test_launcher_line_names_the_first_failed_process_and_how_it_ended():
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from mmoverlock.cli.launch import failure_line
+    failed = ProcessFailure(local_rank=1, pid=4321, exitcode=1, error_file='<N/A>')
+    stopped = ProcessFailure(local_rank=0, pid=4320, exitcode=-15, error_file='<N/A>')   # the launcher's SIGTERM
+    stopped.timestamp = failed.timestamp + 1
+    line = failure_line(ChildFailedError('tools/train.py', {1: failed, 0: stopped}), 'torchrun')
+    assert line == ('torchrun: error: process 1 (pid 4321) exited with status 1; the launcher stopped the other '
+                    'processes')
+    aborted = ProcessFailure(local_rank=0, pid=99, exitcode=-6, error_file='<N/A>')
+    assert 'process 0 (pid 99) was killed by SIGABRT' in failure_line(ChildFailedError('x', {0: aborted}))
+
+
+@pytest.mark.parametrize('rank, printed', [('0', True), ('1', False)])
+def test_a_failing_process_prints_one_line_before_the_process_group_exists(tmp_path, monkeypatch, capsys, rank,
+                                                                           printed):
+    """Without a process group (an error while the Runner is built) the first process speaks, the others write
+    their traceback only; each exits 1 at once (``os._exit``, replaced here)."""
+    from mmoverlock.cli import runtime
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setenv('RANK', rank)
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(status):
+        raise Exited(status)
+    monkeypatch.setattr(runtime.os, '_exit', fake_exit)
+    with pytest.raises(Exited) as exited:
+        with runtime.rank_failures('tools/train.py', str(tmp_path)):
+            raise KeyError('SGDX is not in the mmengine::optimizer registry.\nPlease check whether the value ...')
+    assert exited.value.args == (1, )
+    err = capsys.readouterr().err
+    traceback_file = tmp_path / f'process_{rank}_error.log'
+    assert 'Traceback' in traceback_file.read_text() and 'Traceback' not in err
+    if printed:
+        assert err == (f'tools/train.py: error: process 0 of 2: KeyError: SGDX is not in the mmengine::optimizer '
+                       f'registry. Please check whether the value ... (traceback: {traceback_file})\n')
+    else:
+        assert err == ''
+
+
+def test_the_end_hook_leaves_a_lone_process_alone():
+    from mmoverlock.engine import DistributedEndHook, end_distributed_run
+    assert end_distributed_run(None) is False
+    DistributedEndHook().after_run(runner=None)   # no process group: nothing to do, nothing raised

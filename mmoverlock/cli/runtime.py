@@ -368,8 +368,11 @@ def _first_to_fail() -> bool:
 
 
 def one_line(err: BaseException) -> str:
-    """``Type: message`` on one line (messages with newlines, e.g. mmengine's registry errors, are joined)."""
-    message = ' '.join(str(err).split())
+    """``Type: message`` on one line (messages with newlines, e.g. mmengine's registry errors, are joined; a
+    KeyError's message without the quotes ``str`` gives it)."""
+    text = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 and isinstance(err.args[0], str) \
+        else str(err)
+    message = ' '.join(text.split())
     return f'{type(err).__name__}: {message}' if message else type(err).__name__
 
 
