@@ -25,8 +25,9 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from mmoverlock.cli.runtime import (EVAL_METRICS, apply_eval, apply_out, apply_show_dir, apply_tta,
-                                    check_checkpoint, check_data, end_of_run, is_main_process, one_line_errors,
-                                    prepare_for_device, rank_failures, set_launcher_env, task_of)
+                                    check_checkpoint, check_data, end_of_run, is_main_process,
+                                    one_line_errors, prepare_for_device, rank_failures, set_launcher_env,
+                                    task_of)
 
 
 def parse_args(argv=None):

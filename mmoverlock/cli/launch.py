@@ -14,7 +14,6 @@ from typing import List, Optional
 
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-
 #: torchrun's log lines that the one line replaces: the failure itself and the stopping of the other processes
 REPLACED_LOG_LINES = ('failed (exitcode', 'Sending process')
 

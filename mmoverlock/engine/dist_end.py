@@ -9,6 +9,7 @@ as ours. A lone process is left alone.
 import atexit
 import logging
 import sys
+
 import torch.distributed as dist
 from mmengine.hooks import Hook
 

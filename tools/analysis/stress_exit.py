@@ -23,8 +23,8 @@ the working directory, e.g. ``core``).
     python tools/analysis/stress_exit.py --runs 20 --catch
 """
 import argparse
-import importlib.util
 import glob
+import importlib.util
 import json
 import os
 import os.path as osp
