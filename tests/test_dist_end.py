@@ -126,3 +126,17 @@ def test_the_end_hook_leaves_a_lone_process_alone():
     from mmoverlock.engine import DistributedEndHook, end_distributed_run
     assert end_distributed_run(None) is False
     DistributedEndHook().after_run(runner=None)   # no process group: nothing to do, nothing raised
+
+
+@pytest.mark.parametrize('code, shown, status', [('tools/train.py: error: model.neck.in_channels=...', True, 1),
+                                                 (1, False, 1), (None, False, 0)])
+def test_a_one_line_error_of_a_process_is_printed_and_ends_it(monkeypatch, capsys, code, shown, status):
+    from mmoverlock.cli import runtime
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setenv('RANK', '0')
+    exits = []
+    monkeypatch.setattr(runtime.os, '_exit', exits.append)
+    with runtime.rank_failures('tools/train.py', None):
+        raise SystemExit(code)
+    assert exits == [status]
+    assert capsys.readouterr().err == (f'{code}\n' if shown else '')

@@ -383,12 +383,17 @@ def rank_failures(tool: str, work_dir: Optional[str]):
     ``WORK_DIR/process_R_error.log``, and exit status 1. Only the first process to fail prints; the others
     (a config error fails every process, a failed peer breaks the others' collectives) write their traceback
     and exit 1 silently. The launcher (torchrun) stops the processes still running as soon as one exits
-    non-zero. ``SystemExit`` and ``KeyboardInterrupt`` pass through."""
+    non-zero. A ``SystemExit`` (a one-line error of :func:`one_line_errors`) prints its message and exits with
+    its status the same way; ``KeyboardInterrupt`` passes through."""
     if _world_size() <= 1:
         yield
         return
     try:
         yield
+    except SystemExit as err:
+        if isinstance(err.code, str):
+            print(err.code, file=sys.stderr)
+        exit_process(err.code if isinstance(err.code, int) else int(err.code is not None))
     except Exception as err:   # noqa: B902  (any error of a process: one line, the traceback to a file)
         rank, world = _rank(), _world_size()
         path = None
