@@ -6,7 +6,8 @@ nor mmdeploy. Importing it registers, in mmdeploy's own rewriter registries:
 
 * :func:`onnx_export__torchscript` -- ``torch.onnx.export`` takes the TorchScript exporter (``dynamo=False``)
   and the model is checked first (:func:`check_exportable`: one-line errors for what mmdeploy 1.3.1 cannot
-  export right); the OverLoCK backbone is re-parameterised (``switch_to_deploy()``, the same outputs);
+  export right); the OverLoCK backbone is re-parameterised (``switch_to_deploy()``, the same outputs); a
+  detection-only deploy config (no ``masks`` output) leaves a detector's mask branch out of the graph;
 * ``_cast_Long`` in ``torch.onnx.symbolic_opset9`` where today's torch lacks it (mmdeploy's RoIAlign
   symbolic imports it): :func:`add_cast_long_symbolic`;
 * :func:`cascade_roi_head__predict_bbox` / :func:`cascade_roi_head__predict_mask` -- Cascade R-CNN with
@@ -66,12 +67,18 @@ def onnx_export__torchscript(model, args, f, *rest, **kwargs):
     For mmdeploy 1.3.1 (``mmdeploy/apis/onnx/export.py`` passes no ``dynamo``) on torch >= 2.9, whose default
     is the dynamo exporter (it needs ``onnxscript`` and does not run mmdeploy's symbolic rewrites); on torch
     2.5-2.8 the keyword only restates the default, before 2.5 it does not exist and is not passed.
-    Active during mmdeploy's export only (its ``RewriterContext``), for every backend.
+    Active during mmdeploy's export only (its ``RewriterContext``), for every backend. The model mmdeploy
+    exports is its own copy: re-parameterising it and dropping its mask head (detection-only configs, whose
+    outputs are ``dets`` and ``labels``: mmdeploy 1.3.1 would add the masks as a third, unnamed output) touch
+    nothing else.
     """
     ctx = FUNCTION_REWRITER.get_context()
     opset_version = kwargs.get('opset_version', getattr(ctx, 'opset', 11))
     check_exportable(model, opset_version)
     _reparameterise(model)
+    roi_head = getattr(model, 'roi_head', None)
+    if getattr(roi_head, 'with_mask', False) and 'masks' not in (kwargs.get('output_names') or []):
+        roi_head.mask_head = None   # a detection-only deploy config: the graph ends at boxes and labels
     if 'dynamo' in inspect.signature(ctx.origin_func).parameters:   # torch >= 2.5
         kwargs['dynamo'] = False
     return ctx.origin_func(model, args, f, *rest, **kwargs)
