@@ -121,7 +121,8 @@ def run(args) -> dict:
                 ms = time_ms(lambda: results.__setitem__(name, model.test_step(data)[0]))
                 if i >= args.warmup:
                     times[name].append(ms)
-    print(f'{TOOL}: input {tuple(inputs.shape)}, {args.threads} thread(s), {args.repeats} runs each after '
+    shape = tuple((inputs[0] if isinstance(inputs, (list, tuple)) else inputs).shape)
+    print(f'{TOOL}: input {shape}, {args.threads} thread(s), {args.repeats} runs each after '
           f'{args.warmup} warm-up, alternating')
     summary = {}
     for name, values in times.items():
