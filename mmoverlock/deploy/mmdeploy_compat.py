@@ -1,0 +1,224 @@
+"""mmdeploy 1.3.1 with ONNX Runtime for OverLoCK detectors and segmentors.
+
+Loaded by the deploy configs in ``configs/deploy/`` through ``custom_imports`` (``mmengine.Config.fromfile``
+imports it in every process mmdeploy's ``tools/deploy.py`` starts); ``import mmoverlock`` never imports it,
+nor mmdeploy. Importing it registers, in mmdeploy's own rewriter registries:
+
+* :func:`onnx_export__torchscript` -- ``torch.onnx.export`` takes the TorchScript exporter (``dynamo=False``)
+  and the model is checked first (:func:`check_exportable`: one-line errors for what mmdeploy 1.3.1 cannot
+  export right); the OverLoCK backbone is re-parameterised (``switch_to_deploy()``, the same outputs); a
+  detection-only deploy config (no ``masks`` output) leaves a detector's mask branch out of the graph;
+* ``_cast_Long`` in ``torch.onnx.symbolic_opset9`` where today's torch lacks it (mmdeploy's RoIAlign
+  symbolic imports it): :func:`add_cast_long_symbolic`;
+* :func:`cascade_roi_head__predict_bbox` / :func:`cascade_roi_head__predict_mask` -- Cascade R-CNN with
+  class-specific box regression (mmdet's ``regress_by_class``) and mmdet's mask averaging, for ONNX Runtime;
+* :func:`adaptive_avg_pool2d__exact` -- ``F.adaptive_avg_pool2d`` with mmdet/mmseg's bins at any input size
+  (UperNet's pyramid pooling), for ONNX Runtime.
+
+Each patch says for which mmdeploy and torch it exists.
+"""
+import inspect
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torch.nn.modules.utils import _pair
+
+from ..models.contmix import ContMix, ContMixBlock, adaptive_avg_pool2d_traceable
+
+try:
+    from mmdeploy.core import FUNCTION_REWRITER
+except ImportError:
+    raise ImportError("mmoverlock.deploy.mmdeploy_compat needs mmdeploy: pip install 'mmoverlock[deploy]' "
+                      '(mmdeploy==1.3.1 installed with --no-deps, requirements/deploy.txt)') from None
+
+ONNXRUNTIME = 'onnxruntime'
+#: ContMix's clamped window starts (``mmoverlock/ops/na2d.py``) export as ``Clip`` on int64: ONNX opset >= 12
+MIN_OPSET = 12
+
+
+def check_exportable(model: torch.nn.Module, opset_version: int) -> None:
+    """Raise a one-line error, naming the piece and what to use instead, for what mmdeploy 1.3.1 would export
+    wrong or into a graph that ONNX Runtime refuses."""
+    if opset_version < MIN_OPSET and any(isinstance(m, (ContMix, ContMixBlock)) for m in model.modules()):
+        raise ValueError(f'onnx_config.opset_version={opset_version}: ContMix exports its clamped window starts '
+                         f'as Clip on int64, which needs opset >= {MIN_OPSET}; use the configs in '
+                         f'configs/deploy/ (opset 17)')
+    test_cfg = getattr(model, 'test_cfg', None)
+    if type(model).__module__.startswith('mmseg') and isinstance(test_cfg, dict) \
+            and test_cfg.get('mode', 'whole') != 'whole':
+        raise ValueError(f"model.test_cfg.mode='{test_cfg['mode']}': mmdeploy 1.3.1 exports whole-image "
+                         f"inference only; set model.test_cfg=dict(mode='whole') in the model config "
+                         f'(the shipped UperNet configs test whole images)')
+
+
+def _reparameterise(model: torch.nn.Module) -> None:
+    """``switch_to_deploy()`` on every OverLoCK backbone in ``model`` (same outputs, fewer convolutions)."""
+    from ..models import OverLoCK
+    for m in model.modules():
+        if isinstance(m, OverLoCK):
+            m.switch_to_deploy()
+
+
+@FUNCTION_REWRITER.register_rewriter('torch.onnx.export')
+def onnx_export__torchscript(model, args, f, *rest, **kwargs):
+    """``torch.onnx.export`` as mmdeploy calls it, with the TorchScript exporter.
+
+    For mmdeploy 1.3.1 (``mmdeploy/apis/onnx/export.py`` passes no ``dynamo``) on torch >= 2.9, whose default
+    is the dynamo exporter (it needs ``onnxscript`` and does not run mmdeploy's symbolic rewrites); on torch
+    2.5-2.8 the keyword only restates the default, before 2.5 it does not exist and is not passed.
+    Active during mmdeploy's export only (its ``RewriterContext``), for every backend. The model mmdeploy
+    exports is its own copy: re-parameterising it and dropping its mask head (detection-only configs, whose
+    outputs are ``dets`` and ``labels``: mmdeploy 1.3.1 would add the masks as a third, unnamed output) touch
+    nothing else.
+    """
+    ctx = FUNCTION_REWRITER.get_context()
+    opset_version = kwargs.get('opset_version', getattr(ctx, 'opset', 11))
+    check_exportable(model, opset_version)
+    _reparameterise(model)
+    roi_head = getattr(model, 'roi_head', None)
+    if getattr(roi_head, 'with_mask', False) and 'masks' not in (kwargs.get('output_names') or []):
+        roi_head.mask_head = None   # a detection-only deploy config: the graph ends at boxes and labels
+    if 'dynamo' in inspect.signature(ctx.origin_func).parameters:   # torch >= 2.5
+        kwargs['dynamo'] = False
+    return ctx.origin_func(model, args, f, *rest, **kwargs)
+
+
+def add_cast_long_symbolic() -> bool:
+    """Give ``torch.onnx.symbolic_opset9`` its ``_cast_Long`` back (a ``Cast`` to int64) where it is missing.
+    Returns whether it was added.
+
+    For mmdeploy 1.3.1, whose RoIAlign symbolic (``mmdeploy/mmcv/ops/roi_align.py``, the ONNX Runtime path)
+    imports it, on torch releases without it (torch 2.13 has none; torch 2.1 has it and is left as it is).
+    Only a missing name is added; nothing of torch's is replaced.
+    """
+    from torch.onnx import symbolic_opset9
+    if hasattr(symbolic_opset9, '_cast_Long'):
+        return False
+
+    def _cast_Long(g, input, non_blocking):  # noqa: N802  (the name mmdeploy imports)
+        return g.op('Cast', input, to_i=torch.onnx.TensorProtoDataType.INT64)
+
+    symbolic_opset9._cast_Long = _cast_Long
+    return True
+
+
+add_cast_long_symbolic()
+
+
+def regress_by_class(bbox_head, boxes: Tensor, cls_score: Tensor, bbox_pred: Tensor, max_shape) -> Tensor:
+    """mmdet's ``BBoxHead.regress_by_class`` on batched RoIs: each box is regressed by the deltas of its own
+    top-scoring foreground class (class-specific heads) or by the one set of deltas (class-agnostic), then
+    clipped to ``max_shape``.
+
+    boxes (B, N, 4), cls_score (B, N, classes + 1) logits, bbox_pred (B, N, 4 * classes) or (B, N, 4)
+    -> (B, N, 4).
+    """
+    from mmdet.structures.bbox import get_box_tensor
+    if bbox_head.custom_activation:
+        raise ValueError(f'{type(bbox_head).__name__} with {type(bbox_head.loss_cls).__name__} (custom '
+                         f'activation) in a cascade stage: not exported by mmdeploy 1.3.1; use a softmax '
+                         f'classification loss (CrossEntropyLoss) as the shipped configs do')
+    reg_dim = bbox_head.bbox_coder.encode_size
+    if not bbox_head.reg_class_agnostic:
+        batch_size, num_rois = boxes.shape[:2]
+        labels = cls_score[..., :-1].argmax(dim=-1)                          # (B, N)
+        index = labels[..., None, None].expand(batch_size, num_rois, 1, reg_dim)
+        bbox_pred = bbox_pred.reshape(batch_size, num_rois, -1, reg_dim).gather(2, index).squeeze(2)
+    return get_box_tensor(bbox_head.bbox_coder.decode(boxes, bbox_pred, max_shape=max_shape))
+
+
+def _with_batch_index(boxes: Tensor) -> Tensor:
+    """(B, N, 4) boxes -> (B, N, 5) RoIs, the image index first."""
+    batch_size, num = boxes.shape[:2]
+    index = torch.arange(batch_size, device=boxes.device).to(boxes.dtype).view(-1, 1, 1)
+    return torch.cat([index.expand(batch_size, num, 1), boxes], dim=-1)
+
+
+@FUNCTION_REWRITER.register_rewriter('mmdet.models.roi_heads.cascade_roi_head.CascadeRoIHead.predict_bbox',
+                                     backend=ONNXRUNTIME)
+def cascade_roi_head__predict_bbox(self, x: Tuple[Tensor], batch_img_metas: List[dict],
+                                   rpn_results_list: List[Tensor], rcnn_test_cfg, rescale: bool = False,
+                                   **kwargs):
+    """Cascade R-CNN's box branch for export, class-specific or class-agnostic regression alike.
+
+    For mmdeploy 1.3.1, whose rewrite asserts ``reg_class_agnostic`` between stages, while the Cascade
+    configs of mmdet 3 and of this project regress per class. As mmdet's ``CascadeRoIHead._refine_roi``:
+    each stage refines the RoIs by its deltas of the argmax foreground class; the final scores are the
+    stages' mean logits, the final deltas the last stage's.
+
+    x: FPN maps (B, C, H_l, W_l); rpn_results_list[0]: proposals (B, N, 5) with scores
+    -> what the last bbox head's (mmdeploy) ``predict_by_feat`` returns: dets (B, K, 5), labels (B, K).
+    """
+    proposals = rpn_results_list[0]
+    batch_size, num_rois = proposals.shape[:2]
+    rois = _with_batch_index(proposals[..., :4])                               # (B, N, 5)
+    max_shape = batch_img_metas[0]['img_shape']
+    stage_scores = []
+    for stage in range(self.num_stages):
+        results = self._bbox_forward(stage, x, rois.reshape(-1, 5), **kwargs)
+        cls_score = results['cls_score'].reshape(batch_size, num_rois, -1)     # (B, N, classes + 1)
+        bbox_pred = results['bbox_pred'].reshape(batch_size, num_rois, -1)     # (B, N, 4 [* classes])
+        stage_scores.append(cls_score)
+        if stage < self.num_stages - 1:
+            boxes = regress_by_class(self.bbox_head[stage], rois[..., 1:], cls_score, bbox_pred, max_shape)
+            rois = _with_batch_index(boxes)
+    cls_scores = sum(stage_scores) / float(len(stage_scores))
+    return self.bbox_head[-1].predict_by_feat(rois=rois, cls_scores=cls_scores, bbox_preds=bbox_pred,
+                                              batch_img_metas=batch_img_metas, rcnn_test_cfg=rcnn_test_cfg,
+                                              rescale=rescale)
+
+
+@FUNCTION_REWRITER.register_rewriter('mmdet.models.roi_heads.cascade_roi_head.CascadeRoIHead.predict_mask',
+                                     backend=ONNXRUNTIME)
+def cascade_roi_head__predict_mask(self, x: Tuple[Tensor], batch_img_metas: List[dict],
+                                   results_list: Sequence[Tensor], rescale: bool = False):
+    """Cascade R-CNN's mask branch for export: the mean of the stages' mask probabilities, as mmdet.
+
+    For mmdeploy 1.3.1, whose rewrite averages the stages' mask logits and takes the sigmoid of the mean
+    (mmdet averages the sigmoids: ``CascadeRoIHead.predict_mask``), which moves every mask probability.
+
+    results_list: dets (B, K, 5), labels (B, K) -> dets, labels, masks: (B, K, h, w) probabilities of each
+    detection's class (``export_postprocess_mask=False``, the shipped configs) or (B, K, H, W) masks pasted
+    into the input image and thresholded (``True``).
+    """
+    from mmdeploy.codebase.mmdet.deploy import get_post_processing_params
+    dets, labels = results_list
+    batch_size, num_dets = dets.shape[:2]
+    mask_rois = _with_batch_index(dets[..., :4]).reshape(-1, 5)
+    probs = sum(self._mask_forward(stage, x, mask_rois)['mask_preds'].sigmoid()
+                for stage in range(self.num_stages)) / float(self.num_stages)   # (B * K, classes, h, w)
+    mask_head = self.mask_head[-1]
+    if mask_head.class_agnostic:
+        probs = probs[:, :1]
+    else:
+        probs = probs[torch.arange(probs.shape[0], device=probs.device), labels.reshape(-1)][:, None]
+    ctx = FUNCTION_REWRITER.get_context()
+    if get_post_processing_params(ctx.cfg).get('export_postprocess_mask', False):
+        from mmdeploy.codebase.mmdet.models.roi_heads.fcn_mask_head import _do_paste_mask
+        height, width = batch_img_metas[0]['img_shape']
+        probs, _ = _do_paste_mask(probs, dets.reshape(-1, 5)[:, :4], height, width, skip_empty=False)
+        if self.test_cfg.mask_thr_binary >= 0:
+            probs = probs >= self.test_cfg.mask_thr_binary
+    return dets, labels, probs.reshape(batch_size, num_dets, *probs.shape[-2:])
+
+
+@FUNCTION_REWRITER.register_rewriter('torch.nn.functional.adaptive_avg_pool2d', backend=ONNXRUNTIME)
+def adaptive_avg_pool2d__exact(input: Tensor, output_size) -> Tensor:
+    """``F.adaptive_avg_pool2d`` with PyTorch's bins at every input size: (B, C, H, W) -> (B, C, *output_size).
+
+    For mmdeploy 1.3.1, whose rewrite pools with kernel = stride = int(input / output), fixed at the export
+    size: a different result where the input is not a multiple of the output (UperNet's 1-2-3-6 pyramid
+    pooling on most maps), and a static kernel in a dynamic-shape graph. Global pooling (output 1x1) is
+    left to torch (GlobalAveragePool).
+    """
+    ctx = FUNCTION_REWRITER.get_context()
+    size = _pair(output_size)
+    if all(s == 1 for s in size):
+        return ctx.origin_func(input, output_size)
+    size = [input.shape[-2 + i] if s is None else s for i, s in enumerate(size)]
+    return adaptive_avg_pool2d_traceable(input, size)
+
+
+__all__ = ['check_exportable', 'regress_by_class', 'add_cast_long_symbolic', 'onnx_export__torchscript',
+           'cascade_roi_head__predict_bbox', 'cascade_roi_head__predict_mask', 'adaptive_avg_pool2d__exact']
