@@ -251,26 +251,6 @@ def test_slide_inference_is_refused_in_one_line(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
-def test_cascade_mask_rcnn_dynamic_matches_pytorch(tmp_path):
-    """Cascade Mask R-CNN (class-specific regression in every stage) exported at 128x128, run by onnxruntime at
-    128x128, 96x160 and a batch of two 64x96 images: boxes, scores, labels and mask probabilities as
-    mmdet's."""
-    model_cfg = tiny_det_config(str(tmp_path / 'cascade.py'))
-    model = build_and_save(model_cfg, str(tmp_path / 'cascade.pth'))
-    assert not any(h.reg_class_agnostic for h in model.roi_head.bbox_head)
-    onnx_file = export(osp.join(DEPLOY, 'instance-seg_onnxruntime_dynamic.py'), model_cfg,
-                       str(tmp_path / 'cascade.pth'), str(tmp_path), (128, 128))
-    sess = session(onnx_file)
-    assert [o.name for o in sess.get_outputs()] == ['dets', 'labels', 'masks']
-    for shape in [(1, 3, 128, 128), (1, 3, 96, 160), (2, 3, 64, 96)]:
-        inputs = torch.randn(shape)
-        outputs = sess.run(None, {'input': inputs.numpy()})
-        expected = torch_detections(model, inputs)
-        for i in range(shape[0]):
-            assert_same_detections([o[i] for o in outputs], expected[i])
-
-
-@pytest.mark.slow
 def test_mask_rcnn_detection_only_static_matches_pytorch(tmp_path):
     """Mask R-CNN through the static detection-only config (exported and run at 96x128): boxes and labels,
     no mask branch in the graph."""

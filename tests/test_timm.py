@@ -116,11 +116,15 @@ def test_full_size_models_match_the_release(name):
     of configs/, feature_info = the dense configs' channels, and the release's eval transform."""
     facts = variant_facts(name)
     model = timm.create_model(name, device='meta')
-    release = read_layout(f'cls_{facts.arch}.tsv')
-    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == official_cls_to_mmpretrain(release)
+    release = official_cls_to_mmpretrain(read_layout(f'cls_{facts.arch}.tsv'))
+    with_aux = timm.create_model(name, device='meta', aux_logits=True)
+    assert {k: tuple(v.shape) for k, v in with_aux.state_dict().items()} == release
+    # timm's default has no auxiliary loss, so the Overview-Net's head is not built
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
+        k: shape for k, shape in release.items() if not k.startswith('head.aux_head.')}
     assert model.feature_info == [dict(num_chs=c, reduction=r, module=m) for c, r, m in zip(
         facts.channels, (4, 8, 16, 32),
-        ('backbone.blocks1', 'backbone.blocks2', 'backbone.sub_blocks3', 'backbone.sub_blocks4'))]
+        ('backbone.blocks1', 'backbone.blocks2', 'cat', 'backbone.sub_blocks4'))]   # stage 3: its fx node
     assert (model.num_features, model.head_hidden_size, model.num_classes) == (facts.channels[3], 1024, 1000)
 
     cfg = model.pretrained_cfg
