@@ -36,7 +36,7 @@ import json, statistics, sys, time
 import torch
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args['threads'])
-from mmoverlock.ops import na2d
+from mmoverlock import ops as na2d
 b, g, c, h, w, k = args['shape']
 dev = torch.device(args['device'])
 cuda = dev.type == 'cuda'
