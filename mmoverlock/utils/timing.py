@@ -34,9 +34,11 @@ def synchronize(device: Optional[torch.device]) -> None:
 
 @dataclass
 class Timing:
-    """Milliseconds of each timed run (``times_ms``, per call when runs batch several calls) and, for CUDA
-    devices measured with ``memory=True``, the peak memory growth in MiB over what was allocated before."""
+    """Milliseconds of each timed run by the clock asked for (``times_ms``, per call when runs batch several
+    calls), the process CPU milliseconds of the same runs (``cpu_ms``) and, for CUDA devices measured with
+    ``memory=True``, the peak memory growth in MiB over what was allocated before."""
     times_ms: List[float] = field(default_factory=list)
+    cpu_ms: List[float] = field(default_factory=list)
     peak_mib: Optional[float] = None
 
     @property
@@ -46,6 +48,10 @@ class Timing:
     @property
     def median(self) -> float:
         return statistics.median(self.times_ms)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu_ms)
 
 
 def _check_clock(clock: str) -> None:
@@ -67,7 +73,8 @@ def measure(fn: Callable[[], object], device: Optional[torch.device] = None, war
         clock: ``'wall'``, ``'process'`` or ``'events'`` (module docstring).
         memory: record the peak memory growth over the timed runs (CUDA devices only).
     Returns:
-        :class:`Timing`: ``repeats`` times in milliseconds (per call), and the peak memory growth.
+        :class:`Timing`: ``repeats`` times in milliseconds (per call) by ``clock`` and by the process clock, and
+        the peak memory growth.
     """
     _check_clock(clock)
     if repeats < 1 or calls < 1:
@@ -82,8 +89,9 @@ def measure(fn: Callable[[], object], device: Optional[torch.device] = None, war
     if memory and cuda:
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
+        cpu_begin = time.process_time()
         if clock == 'events' and cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -92,6 +100,7 @@ def measure(fn: Callable[[], object], device: Optional[torch.device] = None, war
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end) / calls)
+            cpu.append((time.process_time() - cpu_begin) * 1e3 / calls)
             continue
         now = time.process_time if clock == 'process' else time.perf_counter
         if cuda:
@@ -102,8 +111,9 @@ def measure(fn: Callable[[], object], device: Optional[torch.device] = None, war
         if cuda:
             synchronize(device)
         times.append((now() - begin) * 1e3 / calls)
+        cpu.append((time.process_time() - cpu_begin) * 1e3 / calls)
     peak = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20 if base is not None else None
-    return Timing(times, peak)
+    return Timing(times, cpu, peak)
 
 
 def min_ms(name: str, fn: Callable[[], object], device: torch.device, repeats: int = 3) -> float:
