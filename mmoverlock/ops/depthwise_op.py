@@ -22,8 +22,9 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+import mmoverlock.ops.selfcheck as selfcheck
+
 from ..utils import compat
-from . import selfcheck
 from .depthwise_cpu import conv_backward, fft_weight_grad_any, paths_backward, paths_forward
 from .reference import depthwise_conv2d_reference_with_gradients
 from .selection import (AUTO, FFT, FORWARD, INPUT_GRAD, PASSES, TORCH, TRITON, WEIGHT_GRAD, Timer, cached,
@@ -45,7 +46,7 @@ def triton_kernels():
         warnings.warn(f"{reason}; depthwise_conv2d chooses between PyTorch's conv and the FFT weight gradient on "
                       f"CUDA")
         return None
-    from . import depthwise_triton
+    import mmoverlock.ops.depthwise_triton as depthwise_triton
     return depthwise_triton
 
 

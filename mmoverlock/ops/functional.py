@@ -56,8 +56,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+import mmoverlock.ops.checks as checks
+import mmoverlock.ops.depthwise_op as depthwise_op
+import mmoverlock.ops.na2d_cpu as na2d_cpu
+import mmoverlock.ops.na2d_op as na2d_op
+
 from ..utils import compat
-from . import checks, depthwise_op, na2d_cpu, na2d_op
 from .checks import check_window
 from .depthwise_cpu import DepthwiseConv2dPaths, fft_weight_grad, fft_weight_grad_any
 from .na2d_cpu import window_classes, window_keys, window_starts

@@ -24,8 +24,11 @@ from typing import Optional, Tuple
 
 import torch
 
+import mmoverlock.ops.checks as checks
+import mmoverlock.ops.na2d_cpu as na2d_cpu
+import mmoverlock.ops.selfcheck as selfcheck
+
 from ..utils import compat
-from . import checks, na2d_cpu, selfcheck
 from .reference import na2d_av_reference_with_gradients
 
 __all__ = ['NA2D_AV', 'NA2D_AV_TRITON', 'CHECK_PROBLEM', 'FALLBACK', 'triton_kernels', 'require_triton',
@@ -39,7 +42,7 @@ def triton_kernels():
     (:func:`mmoverlock.utils.compat.triton_unusable`)."""
     if compat.triton_unusable('na2d_av') is not None:
         return None
-    from . import na2d_triton
+    import mmoverlock.ops.na2d_triton as na2d_triton
     return na2d_triton
 
 

@@ -12,7 +12,8 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from . import checks
+import mmoverlock.ops.checks as checks
+
 from .depthwise_cpu import conv_backward
 from .na2d_cpu import pads, window_starts
 

@@ -17,7 +17,7 @@ import torch
 
 from ..utils import compat
 from ..utils.timing import min_ms
-from . import selfcheck
+from .selfcheck import distrusted
 from .tracing import is_tracing
 from .triton_common import memory_format
 
@@ -161,7 +161,7 @@ def select(key: tuple, candidates: Dict[str, Callable[[], object]], choice: str,
     :func:`mmoverlock.utils.timing.min_ms`). A candidate other than PyTorch's that fails while measured (e.g.
     out of memory) is left out, with a warning; PyTorch's failing raises."""
     if choice != AUTO:
-        if choice == TRITON and choice not in candidates and selfcheck.distrusted('depthwise_conv2d', device):
+        if choice == TRITON and choice not in candidates and distrusted('depthwise_conv2d', device):
             return TORCH                           # its first-use check failed here (it warned): the fallback
         if choice not in candidates:
             raise RuntimeError(f"depthwise_conv2d: choice='{choice}' is not available here (candidates: "
