@@ -11,7 +11,7 @@ import torch
 from mmengine.logging import HistoryBuffer
 
 from mmoverlock.checkpoint.io import read_checkpoint
-from mmoverlock.ops import depthwise, na2d, na2d_av_reference, triton_na2d_av
+from mmoverlock.ops import depthwise_op, na2d_av_reference, na2d_op, triton_na2d_av
 from mmoverlock.utils import compat
 
 from .test_ops import make
@@ -88,13 +88,13 @@ def test_this_lane_runs_the_fused_kernels():
     """Both lanes' Triton (2.1 with torch 2.1, 3.x on the main lane) runs the fused kernels: the ops load them
     without a fallback warning, autotuned on a GPU with the 5 ms / 25 ms budget in the installed Triton's
     spelling (``compat.triton_autotune``)."""
-    for cache in (na2d._triton_kernels, na2d._warn_no_triton, depthwise._triton_kernels):
+    for cache in (na2d_op.triton_kernels, na2d_op.warn_no_triton, depthwise_op.triton_kernels):
         cache.cache_clear()
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         assert compat.triton_unusable('na2d_av') is None
-        kernels = na2d._triton_kernels()
-        assert kernels is not None and depthwise._triton_kernels() is not None
+        kernels = na2d_op.triton_kernels()
+        assert kernels is not None and depthwise_op.triton_kernels() is not None
     if os.environ.get('MMOVERLOCK_EXPECT_TORCH') == '2.1':
         assert compat.parse_version(compat.triton_version())[:2] == (2, 1) and not kernels.INTERPRET
     tuned = compat.triton_autotune(kernels.FORWARD_CONFIGS, ['K', 'C'])(kernels.KERNELS['forward'])
@@ -132,7 +132,7 @@ def test_grad_scaler_and_fused_adamw_on_this_torch():
 def old_triton(monkeypatch):
     """Triton 2.0 as the ops see it (a patched version string: both lanes' Triton would otherwise be used). The
     ops' cached choices are reset."""
-    caches = (na2d._triton_kernels, na2d._warn_no_triton, depthwise._triton_kernels)
+    caches = (na2d_op.triton_kernels, na2d_op.warn_no_triton, depthwise_op.triton_kernels)
     monkeypatch.setattr(compat, 'triton_version', lambda: '2.0.0')
     for cache in caches:
         cache.cache_clear()
@@ -151,8 +151,8 @@ def test_old_triton_falls_back_to_the_cpu_kernels_once(old_triton):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         for _ in range(3):
-            torch.testing.assert_close(na2d._na2d_av_cuda(attn, value, 5), want)
-        grads = na2d._na2d_av_backward_cuda(torch.ones_like(value), attn, value, 5, True, True)
+            torch.testing.assert_close(na2d_op.cuda_forward(attn, value, 5), want)
+        grads = na2d_op.cuda_backward(torch.ones_like(value), attn, value, 5, True, True)
     assert [g.shape for g in grads] == [attn.shape, value.shape]
     messages = [str(w.message) for w in caught]
     assert messages == [f'na2d_av: triton {old_triton} is installed; the fused kernels need triton >= 2.1 (torch '
@@ -161,8 +161,8 @@ def test_old_triton_falls_back_to_the_cpu_kernels_once(old_triton):
         triton_na2d_av(attn, value, 5)
     x, w = torch.randn(1, 4, 8, 8), torch.randn(4, 1, 3, 3)
     with pytest.warns(UserWarning, match=rf'depthwise_conv2d: triton {old_triton} is installed'):
-        assert set(depthwise.weight_grad_candidates(torch.ones_like(x), x, w, 1)) == {'torch', 'fft'}
-    assert set(depthwise.forward_candidates(x, w, None, 1)) == {'torch'}
+        assert set(depthwise_op.weight_grad_candidates(torch.ones_like(x), x, w, 1)) == {'torch', 'fft'}
+    assert set(depthwise_op.forward_candidates(x, w, None, 1)) == {'torch'}
 
 
 def test_plain_state_dict_loads_safely(tmp_path):

@@ -9,8 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmoverlock.models.layers import DILATED_BRANCHES, DepthwiseConv2d, DilatedReparamBlock
-from mmoverlock.ops.depthwise import (_DepthwiseConv2d, _merge_phases, _split_phases, choose_paths,
-                                      depthwise_conv2d, fft_weight_grad)
+from mmoverlock.ops import choose_paths, depthwise_conv2d, fft_weight_grad
+from mmoverlock.ops.depthwise_cpu import DepthwiseConv2dPaths, merge_phases, split_phases
 from mmoverlock.utils import compat
 
 from .conftest import needs_opcheck
@@ -65,7 +65,7 @@ def test_forced_paths_fp64(shape, k, d, paths, channels_last, bias):
     """Every path combination equals F.conv2d in fp64 (outputs and all three gradients)."""
     x, w, b, gy = _inputs(shape, k, torch.float64, channels_last, bias)
     ref = _run(lambda x_, w_, b_: _ref(x_, w_, b_, d), x, w, b, gy)
-    got = _run(lambda x_, w_, b_: _DepthwiseConv2d.apply(x_, w_, b_, d, *paths), x, w, b, gy)
+    got = _run(lambda x_, w_, b_: DepthwiseConv2dPaths.apply(x_, w_, b_, d, *paths), x, w, b, gy)
     for r, g_ in zip(ref, got):
         assert g_.shape == r.shape and g_.dtype == r.dtype
         assert _rel(g_, r) < 1e-12, (_rel(g_, r), shape, k, d, paths)
@@ -114,9 +114,9 @@ def test_fft_weight_grad_direct(n, c, h, w, k, d):
 @pytest.mark.parametrize('d', [2, 3, 5])
 def test_phase_split_roundtrip(d):
     x = torch.randn(2, 3, 11, 7)
-    s = _split_phases(x, d)
+    s = split_phases(x, d)
     assert s.shape == (2 * d * d, 3, -(-11 // d), -(-7 // d))
-    assert torch.equal(_merge_phases(s, d, 2, 11, 7, torch.contiguous_format), x)
+    assert torch.equal(merge_phases(s, d, 2, 11, 7, torch.contiguous_format), x)
 
 
 @pytest.mark.parametrize('paths', FORCED)
@@ -127,7 +127,7 @@ def test_gradcheck(paths, k, d, bias):
     x = torch.randn(2, 2, 4, 5, dtype=torch.float64, requires_grad=True)
     w = torch.randn(2, 1, k, k, dtype=torch.float64, requires_grad=True)
     b = torch.randn(2, dtype=torch.float64, requires_grad=True) if bias else None
-    fn = lambda x_, w_, b_=None: _DepthwiseConv2d.apply(x_, w_, b_, d, *paths)  # noqa: E731
+    fn = lambda x_, w_, b_=None: DepthwiseConv2dPaths.apply(x_, w_, b_, d, *paths)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, w, b) if bias else (x, w))
 
 
@@ -228,7 +228,7 @@ def test_dilated_reparam_block_equals_plain_convs(kernel_size):
 
 
 # ------------------------------------------------------------------------------------------ the op and the choice
-from mmoverlock.ops import depthwise as dw  # noqa: E402
+from mmoverlock.ops import depthwise_op, selection  # noqa: E402
 
 
 def test_bad_choice_is_one_line():
@@ -264,7 +264,7 @@ def test_torch_flop_counter_counts_the_op_as_its_conv():
     """torch.utils.flop_counter counts the op's forward as F.conv2d of the same shapes (2 FLOPs per
     multiply-add), and its backward as two such convs (input and weight gradient)."""
     from torch.utils.flop_counter import FlopCounterMode
-    dw.register_flop_formulas()
+    depthwise_op.register_flop_formulas()
     x = torch.randn(2, 3, 9, 8, requires_grad=True)
     w = torch.randn(3, 1, 7, 7, requires_grad=True)
     conv = 2 * (2 * 3 * 9 * 8 * 7 * 7)
@@ -307,28 +307,30 @@ def test_onnx_export_writes_conv(tmp_path):
 
 
 def test_pick_keeps_pytorch_unless_clearly_faster():
-    assert dw.pick({'torch': 10., 'triton': 9.6, 'fft': 9.7}) == 'torch'        # within MIN_GAIN = 5 %
-    assert dw.pick({'torch': 10., 'triton': 9.4, 'fft': 9.7}) == 'triton'
-    assert dw.pick({'torch': 10., 'triton': 4., 'fft': 3.}) == 'fft'
-    assert dw.pick({'torch': 1., 'triton': 4.}) == 'torch'
-    assert dw.pick({'torch': 10., 'triton': 8.}, min_gain=0.25) == 'torch'
+    assert selection.pick({'torch': 10., 'triton': 9.6, 'fft': 9.7}) == 'torch'        # within MIN_GAIN = 5 %
+    assert selection.pick({'torch': 10., 'triton': 9.4, 'fft': 9.7}) == 'triton'
+    assert selection.pick({'torch': 10., 'triton': 4., 'fft': 3.}) == 'fft'
+    assert selection.pick({'torch': 1., 'triton': 4.}) == 'torch'
+    assert selection.pick({'torch': 10., 'triton': 8.}, min_gain=0.25) == 'torch'
     with pytest.raises(ValueError, match=r"the timings \['fft', 'triton'\] lack the baseline 'torch'"):
-        dw.pick({'triton': 1., 'fft': 2.})
+        selection.pick({'triton': 1., 'fft': 2.})
 
 
 @pytest.fixture
 def injected(monkeypatch):
-    """Injected timings for select(): {name: ms}; records what was timed; fresh cache, tuning flags off."""
+    """Injected timings for select(): {name: ms}; records what was timed; ``select``: selection.select with this
+    timer; fresh cache, tuning flags off."""
     state = dict(times={}, timed=[])
 
     def timer(name, fn, device):
         state['timed'].append(name)
         return state['times'][name]
-    monkeypatch.setattr(dw, 'TIMER', timer)
+    state['timer'] = timer
+    state['select'] = lambda *args: selection.select(*args, timer=timer)
     monkeypatch.setattr(torch.backends.cudnn, 'deterministic', False)
-    dw.clear_choices()
+    selection.clear_choices()
     yield state
-    dw.clear_choices()
+    selection.clear_choices()
 
 
 def _candidates(calls, names=('torch', 'triton', 'fft')):
@@ -339,41 +341,41 @@ def test_select_measures_once_per_key_and_caches(injected):
     calls = []
     injected['times'] = {'torch': 5., 'triton': 2., 'fft': 3.}
     key = ('weight_grad', 'cpu', 'float32', 'contiguous', 2, 64, 208, 336, 17, 1, False)
-    assert dw.select(key, _candidates(calls), 'auto', torch.device('cpu')) == 'triton'
+    assert injected['select'](key, _candidates(calls), 'auto', torch.device('cpu')) == 'triton'
     assert sorted(injected['timed']) == ['fft', 'torch', 'triton']
     assert sorted(calls) == ['fft', 'torch', 'triton']            # one untimed run each (Triton compiles there)
     injected['times'] = {'torch': 1., 'triton': 9., 'fft': 9.}   # not measured again: the cache answers
-    assert dw.select(key, _candidates(calls), 'auto', torch.device('cpu')) == 'triton'
-    assert len(injected['timed']) == 3 and dw.chosen() == {key: 'triton'}
+    assert injected['select'](key, _candidates(calls), 'auto', torch.device('cpu')) == 'triton'
+    assert len(injected['timed']) == 3 and selection.chosen() == {key: 'triton'}
     other = key[:-2] + (2, False)                                 # another dilation: measured
-    assert dw.select(other, _candidates(calls), 'auto', torch.device('cpu')) == 'torch'
-    assert len(injected['timed']) == 6 and dw.chosen()[other] == 'torch'
-    dw.clear_choices()
-    assert dw.chosen() == {}
+    assert injected['select'](other, _candidates(calls), 'auto', torch.device('cpu')) == 'torch'
+    assert len(injected['timed']) == 6 and selection.chosen()[other] == 'torch'
+    selection.clear_choices()
+    assert selection.chosen() == {}
 
 
 def test_select_fixed_and_deterministic_choices_measure_nothing(injected, monkeypatch):
     calls = []
     injected['times'] = {'torch': 5., 'triton': 1., 'fft': 1.}
     key = ('forward', 'cpu', 'float32', 'contiguous', 1, 8, 16, 16, 7, 1, True)
-    assert dw.select(key, _candidates(calls), 'torch', torch.device('cpu')) == 'torch'
-    assert dw.select(key, _candidates(calls), 'triton', torch.device('cpu')) == 'triton'
+    assert injected['select'](key, _candidates(calls), 'torch', torch.device('cpu')) == 'torch'
+    assert injected['select'](key, _candidates(calls), 'triton', torch.device('cpu')) == 'triton'
     monkeypatch.setattr(torch.backends.cudnn, 'deterministic', True)
-    assert dw.deterministic_requested()
-    assert dw.select(key, _candidates(calls), 'auto', torch.device('cpu')) == 'torch'
-    assert dw.select(key, _candidates(calls), 'triton', torch.device('cpu')) == 'triton'
+    assert selection.deterministic_requested()
+    assert injected['select'](key, _candidates(calls), 'auto', torch.device('cpu')) == 'torch'
+    assert injected['select'](key, _candidates(calls), 'triton', torch.device('cpu')) == 'triton'
     monkeypatch.setattr(torch.backends.cudnn, 'deterministic', False)
     torch.use_deterministic_algorithms(True)
     try:
-        assert dw.deterministic_requested()
-        assert dw.select(key, _candidates(calls), 'auto', torch.device('cpu')) == 'torch'
+        assert selection.deterministic_requested()
+        assert injected['select'](key, _candidates(calls), 'auto', torch.device('cpu')) == 'torch'
     finally:
         torch.use_deterministic_algorithms(False)
-    assert not dw.deterministic_requested()
-    assert injected['timed'] == [] and calls == [] and dw.chosen() == {}
+    assert not selection.deterministic_requested()
+    assert injected['timed'] == [] and calls == [] and selection.chosen() == {}
     with pytest.raises(RuntimeError, match=r"choice='triton' is not available here \(candidates: \['fft', "
                                            r"'torch'\]\); pip install triton"):
-        dw.select(key, _candidates(calls, ('torch', 'fft')), 'triton', torch.device('cpu'))
+        injected['select'](key, _candidates(calls, ('torch', 'fft')), 'triton', torch.device('cpu'))
 
 
 def test_select_leaves_out_a_failing_alternative(injected):
@@ -384,35 +386,35 @@ def test_select_leaves_out_a_failing_alternative(injected):
     candidates = dict(_candidates([]), triton=oom)
     key = ('weight_grad', 'cpu', 'bfloat16', 'channels_last', 2, 64, 208, 336, 17, 1, False)
     with pytest.warns(UserWarning, match="candidate 'triton' failed .*OutOfMemoryError: CUDA out of memory"):
-        assert dw.select(key, candidates, 'auto', torch.device('cpu')) == 'fft'
+        assert injected['select'](key, candidates, 'auto', torch.device('cpu')) == 'fft'
     with pytest.raises(torch.cuda.OutOfMemoryError):                   # PyTorch's own failure is the user's
-        dw.select(key[:-2] + (3, False), dict(candidates, torch=oom), 'auto', torch.device('cpu'))
+        injected['select'](key[:-2] + (3, False), dict(candidates, torch=oom), 'auto', torch.device('cpu'))
 
 
 def test_choice_key_buckets_sizes():
     x = torch.randn(2, 8, 200, 334)
-    assert dw.choice_key('forward', x, 17, 1) == ('forward', 'cpu', 'float32', 'contiguous', 2, 8, 208, 336, 17, 1,
-                                                  False)
-    assert dw.choice_key('forward', torch.randn(2, 8, 193, 321), 17, 1) == dw.choice_key('forward', x, 17, 1)
-    assert dw.choice_key('forward', x.contiguous(memory_format=torch.channels_last), 17, 1)[3] == 'channels_last'
-    assert dw.choice_key('forward', x.bfloat16(), 17, 1)[2] == 'bfloat16'
-    assert dw.choice_key('forward', x, 17, 1) != dw.choice_key('forward', torch.randn(2, 8, 200, 337), 17, 1)
+    key = selection.choice_key
+    assert key('forward', x, 17, 1) == ('forward', 'cpu', 'float32', 'contiguous', 2, 8, 208, 336, 17, 1, False)
+    assert key('forward', torch.randn(2, 8, 193, 321), 17, 1) == key('forward', x, 17, 1)
+    assert key('forward', x.contiguous(memory_format=torch.channels_last), 17, 1)[3] == 'channels_last'
+    assert key('forward', x.bfloat16(), 17, 1)[2] == 'bfloat16'
+    assert key('forward', x, 17, 1) != key('forward', torch.randn(2, 8, 200, 337), 17, 1)
 
 
 @pytest.mark.parametrize('winner', ['torch', 'fft'])
 def test_cuda_kernels_without_triton_candidates(injected, monkeypatch, winner):
     """The op's CUDA kernels, run on CPU tensors with Triton left out: the weight gradient by PyTorch or the
     FFT as the injected timings say; equal to F.conv2d either way."""
-    monkeypatch.setattr(dw, '_triton_for', lambda x: None)
+    monkeypatch.setattr(depthwise_op, 'triton_for', lambda x: None)
     injected['times'] = {'torch': 5., 'fft': 1. if winner == 'fft' else 9.}
     x, w, b, gy = _inputs((2, 3, 12, 11), 13, torch.float64, True, True)
     ref = _run(lambda x_, w_, b_: _ref(x_, w_, b_, 1), x, w, b, gy)
-    y = dw._depthwise_cuda(x, w, b, 1, 'auto')
-    gx, gw, gb = dw._depthwise_backward_cuda(gy, x, w, 1, 'auto', True, True, True)
+    y = depthwise_op.cuda_forward(x, w, b, 1, 'auto', timer=injected['timer'])
+    gx, gw, gb = depthwise_op.cuda_backward(gy, x, w, 1, 'auto', True, True, True, timer=injected['timer'])
     for r, g_ in zip(ref, (y, gx, gw, gb)):
         assert _rel(g_, r) < 1e-12
-    assert sorted(dw.chosen().values()) == sorted(['torch', 'torch', winner])
-    gx_only = dw._depthwise_backward_cuda(gy, x, w, 1, 'torch', True, False, False)
+    assert sorted(selection.chosen().values()) == sorted(['torch', 'torch', winner])
+    gx_only = depthwise_op.cuda_backward(gy, x, w, 1, 'torch', True, False, False)
     assert gx_only[1].numel() == 0 and gx_only[2].numel() == 0 and _rel(gx_only[0], ref[1]) < 1e-12
 
 
@@ -451,7 +453,7 @@ def test_cuda_autocast_casts_as_conv2d_does():
     """Under CUDA autocast the op's inputs are cast as F.conv2d's are: floating tensors other than fp64 to
     the autocast dtype; fp64 and None kept."""
     x, w = torch.randn(1, 2, 4, 4), torch.randn(2, 1, 3, 3, dtype=torch.float64)
-    cast_x, cast_w, cast_b = dw._autocast_cuda(x, w, None)
+    cast_x, cast_w, cast_b = depthwise_op.autocast_cuda(x, w, None)
     assert cast_x.dtype == compat.autocast_dtype('cuda') and cast_w.dtype == torch.float64 and cast_b is None
 
 
@@ -459,18 +461,19 @@ def test_plain_conv_where_every_pass_runs_pytorch(injected, monkeypatch):
     """depthwise_conv2d skips the op (calls F.conv2d) for 'torch', for 'auto' in deterministic runs, and for
     'auto' once the three passes of the key chose 'torch'; not while one pass is unmeasured or chose another."""
     x = torch.randn(2, 8, 30, 40)
-    assert dw.plain_conv(x, 7, 2, False, 'torch')
-    assert not dw.plain_conv(x, 7, 2, False, 'triton')
-    assert not dw.plain_conv(x, 7, 2, False, 'auto')                       # nothing chosen yet
+    assert depthwise_op.plain_conv(x, 7, 2, False, 'torch')
+    assert not depthwise_op.plain_conv(x, 7, 2, False, 'triton')
+    assert not depthwise_op.plain_conv(x, 7, 2, False, 'auto')                       # nothing chosen yet
     injected['times'] = {'torch': 1., 'triton': 2., 'fft': 3.}
     for name in ('forward', 'input_grad'):
-        dw.select(dw.choice_key(name, x, 7, 2), _candidates([]), 'auto', x.device)
-    assert not dw.plain_conv(x, 7, 2, False, 'auto')                       # weight gradient not measured
-    dw.select(dw.choice_key('weight_grad', x, 7, 2), _candidates([]), 'auto', x.device)
-    assert dw.plain_conv(x, 7, 2, False, 'auto')
-    assert not dw.plain_conv(x, 7, 2, True, 'auto')                        # the forward with bias: not measured
+        injected['select'](selection.choice_key(name, x, 7, 2), _candidates([]), 'auto', x.device)
+    assert not depthwise_op.plain_conv(x, 7, 2, False, 'auto')              # weight gradient not measured
+    injected['select'](selection.choice_key('weight_grad', x, 7, 2), _candidates([]), 'auto', x.device)
+    assert depthwise_op.plain_conv(x, 7, 2, False, 'auto')
+    assert not depthwise_op.plain_conv(x, 7, 2, True, 'auto')               # the forward with bias: not measured
     injected['times'] = {'torch': 5., 'triton': 2., 'fft': 3.}
-    assert dw.select(dw.choice_key('forward', x, 7, 2, True), _candidates([]), 'auto', x.device) == 'triton'
-    assert not dw.plain_conv(x, 7, 2, True, 'auto')
+    forward_key = selection.choice_key('forward', x, 7, 2, True)
+    assert injected['select'](forward_key, _candidates([]), 'auto', x.device) == 'triton'
+    assert not depthwise_op.plain_conv(x, 7, 2, True, 'auto')
     monkeypatch.setattr(torch.backends.cudnn, 'deterministic', True)
-    assert dw.plain_conv(x, 7, 2, True, 'auto') and not dw.plain_conv(x, 7, 2, True, 'triton')
+    assert depthwise_op.plain_conv(x, 7, 2, True, 'auto') and not depthwise_op.plain_conv(x, 7, 2, True, 'triton')

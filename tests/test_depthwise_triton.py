@@ -8,7 +8,6 @@ weight-gradient reductions) instead of the interpreter's one-tile programs. The 
 out-of-bounds accesses, hence the guard-band test: inputs and outputs are views into larger buffers whose
 margins hold NaN, which any stray read would carry into the results and any stray write would overwrite.
 """
-import inspect
 import json
 import os
 import os.path as osp
@@ -24,13 +23,8 @@ DEVICE = 'cuda' if CUDA else 'cpu'
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
-def test_triton_runs_here():
-    """The kernels need triton and, without a GPU, the interpreter (set by conftest before triton's import)."""
-    import triton  # noqa: F401  (an ImportError fails this test: triton is a test requirement)
-    assert CUDA or os.environ.get('TRITON_INTERPRET') == '1'
-
-
-from mmoverlock.ops import depthwise, triton_depthwise_conv2d  # noqa: E402
+from mmoverlock.ops import (depthwise_device_kernels, depthwise_op, selection,  # noqa: E402
+                            triton_depthwise_conv2d)
 
 
 def kernels():
@@ -189,15 +183,28 @@ def test_gradcheck_fp64():
     assert torch.autograd.gradcheck(lambda *a: triton_depthwise_conv2d(*a, 2), (x, w, b), fast_mode=True)
 
 
-def test_weight_grad_deterministic_without_atomics(gpu_tiling):
-    """The weight gradient is a two-pass reduction (per-chunk partial sums, then one torch.sum): no atomic
-    in the kernels, and two runs are bitwise equal."""
+def test_backward_is_bitwise_deterministic(gpu_tiling):
+    """Forward and backward twice with the GPU's tiling (the weight gradient reduced over several programs: per-chunk
+    partial sums, then one torch.sum): every output and gradient bitwise equal."""
     m = kernels()
-    source = inspect.getsource(m)
-    assert 'atomic' not in source.replace('no atomics', '')
-    x, _, _, gy = make((2, 40, 12, 13), 5, torch.float32, True, False, seed=5)
-    first, second = m.depthwise_weight_grad(x, gy, 5, 2), m.depthwise_weight_grad(x, gy, 5, 2)
-    assert torch.equal(first, second)
+    assert m.weight_grad_chunks(2 * 9 * 10, m.tile_config(8, 9 * 10)[0], 1)[0] > 1      # several partial sums
+    x, w, b, gy = make((2, 8, 9, 10), 3, torch.float32, True, True, seed=5)
+    first = run(lambda *a: triton_depthwise_conv2d(*a, 2), x, w, b, gy)
+    second = run(lambda *a: triton_depthwise_conv2d(*a, 2), x, w, b, gy)
+    for name, one, two in zip(('y', 'grad_x', 'grad_w', 'grad_b'), first, second):
+        assert torch.equal(one, two), name
+
+
+def test_the_op_takes_the_triton_kernels_as_a_candidate_here():
+    """On this machine (CUDA, or Triton's interpreter, which conftest turns on before triton's import) the op's
+    Triton kernels pass their first-use check and are a candidate of every pass; the forward candidate runs them
+    (a stub in their place is what the candidate calls)."""
+    x, w, b, gy = make((1, 3, 6, 7), 3, torch.float32)
+    assert depthwise_op.triton_for(x) is kernels()
+    assert set(depthwise_op.forward_candidates(x, w, b, 1)) == {'torch', 'triton'}
+    assert set(depthwise_op.input_grad_candidates(gy, x, w, 1)) == {'torch', 'triton'}
+    assert set(depthwise_op.weight_grad_candidates(gy, x, w, 1)) == {'torch', 'triton', 'fft'}
+    torch.testing.assert_close(depthwise_op.forward_candidates(x, w, b, 1)['triton'](), reference(x, w, b, 1))
 
 
 def test_op_cuda_kernels_run_triton():
@@ -205,14 +212,15 @@ def test_op_cuda_kernels_run_triton():
     choice 'triton', and 'auto' with timings that make Triton win, both equal F.conv2d in fp64."""
     x, w, b, gy = make((2, 3, 9, 10), 9, torch.float64, True, True, seed=6)
     expected = run(lambda *a: reference(*a, 2), x, w, b, gy)
-    y = depthwise._depthwise_cuda(x, w, b, 2, 'triton')
-    gx, gw, gb = depthwise._depthwise_backward_cuda(gy, x, w, 2, 'triton', True, True, True)
+    forward, backward = depthwise_device_kernels()
+    y = forward(x, w, b, 2, 'triton')
+    gx, gw, gb = backward(gy, x, w, 2, 'triton', True, True, True)
     for name, g, e in zip(('y', 'grad_x', 'grad_w', 'grad_b'), (y, gx, gw, gb), expected):
         assert rel(g, e) < 1e-10, (name, rel(g, e))
     assert y.is_contiguous(memory_format=torch.channels_last) and gx.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_auto_choice_takes_triton_when_it_measures_fastest(monkeypatch):
+def test_auto_choice_takes_triton_when_it_measures_fastest():
     """'auto' with injected timings where Triton is fastest: every pass measured once per candidate, Triton
     chosen and cached, and the results equal F.conv2d."""
     times = {'torch': 10., 'triton': 4., 'fft': 6.}
@@ -221,18 +229,18 @@ def test_auto_choice_takes_triton_when_it_measures_fastest(monkeypatch):
     def timer(name, fn, device):
         timed.append(name)
         return times[name]
-    monkeypatch.setattr(depthwise, 'TIMER', timer)
-    depthwise.clear_choices()
+    selection.clear_choices()
+    forward, backward = depthwise_device_kernels()
     x, w, b, gy = make((1, 3, 8, 9), 5, torch.float64, False, True, seed=7)
     expected = run(lambda *a: reference(*a, 1), x, w, b, gy)
     for _ in range(2):                          # the second call reads the cache
-        y = depthwise._depthwise_cuda(x, w, b, 1, 'auto')
-        gx, gw, gb = depthwise._depthwise_backward_cuda(gy, x, w, 1, 'auto', True, True, True)
+        y = forward(x, w, b, 1, 'auto', timer=timer)
+        gx, gw, gb = backward(gy, x, w, 1, 'auto', True, True, True, timer=timer)
     for name, g, e in zip(('y', 'grad_x', 'grad_w', 'grad_b'), (y, gx, gw, gb), expected):
         assert rel(g, e) < 1e-10, (name, rel(g, e))
     assert sorted(timed) == ['fft', 'torch', 'torch', 'torch', 'triton', 'triton', 'triton']
-    assert sorted(depthwise.chosen().values()) == ['triton'] * 3
-    depthwise.clear_choices()
+    assert sorted(selection.chosen().values()) == ['triton'] * 3
+    selection.clear_choices()
 
 
 # Compiles the kernels for an H100 / H200 (sm_90) in a fresh interpreter (the interpreter mode of this one
@@ -247,7 +255,7 @@ from triton.compiler import ASTSource
 from mmoverlock.ops import depthwise_triton as m
 
 ptxas = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'ptxas')
-KERNELS = {'conv': m._dw_conv_kernel, 'weight_grad': m._dw_weight_grad_kernel}
+KERNELS = m.KERNELS
 LAYOUTS = {'nchw': {'sx_w', 'sy_w', 'sg_w', 'sw_w'}, 'nhwc': {'sx_c', 'sy_c', 'sg_c', 'sw_w'}}
 result = {}
 for pointer, acc, layouts in (('fp32', tl.float32, LAYOUTS), ('bf16', tl.float32, LAYOUTS),

@@ -2,6 +2,7 @@
 and d need no OpenMMLab package beyond mmengine (checked with mmcv, mmdet, mmseg, mmpretrain and pytest blocked
 from import, as on a bare GPU machine)."""
 import json
+import math
 import os
 import os.path as osp
 import shlex
@@ -11,6 +12,8 @@ import warnings
 
 import pytest
 import torch
+
+from mmoverlock.analysis import gpu_check
 
 from .conftest import ROOT, load_tool
 
@@ -37,6 +40,7 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 
 
 def load_gpu_check():
+    """The tool, a thin command line over :mod:`mmoverlock.analysis.gpu_check`."""
     return load_tool('analysis/gpu_check')
 
 
@@ -62,7 +66,6 @@ def documented_cpu_command():
 
 
 def test_feature_sizes_follow_the_strided_convs():
-    gpu_check = load_gpu_check()
     assert [gpu_check.feature_size(800, s) for s in (4, 8, 16, 32)] == [200, 100, 50, 25]
     assert [gpu_check.feature_size(1333, s) for s in (4, 8, 16, 32)] == [334, 167, 84, 42]
 
@@ -103,18 +106,17 @@ def test_convnext_row_skipped_with_its_reason_without_mmpretrain_and_torchvision
 def test_small_maps_are_skipped_with_the_reason(capsys):
     """At 128x160 the stride-16 and -32 maps (8x10, 4x5) are smaller than k = 13 and 7: row a says so; row d
     checks the op at a k x k map."""
-    rows = load_gpu_check().main(['--device', 'cpu', '--image', '128', '160', '--rows', 'a'])
+    rows = gpu_check.main(['--device', 'cpu', '--image', '128', '160', '--rows', 'a'])
     assert [r['note'] for r in rows] == ['skipped: the 8x10 map is smaller than k=13 (use a larger --image)',
                                          'skipped: the 4x5 map is smaller than k=7 (use a larger --image)'] * 2
-    op_row = load_gpu_check().determinism_rows(
-        load_gpu_check().parse_args(['--device', 'cpu', '--image', '128', '160']), torch.device('cpu'))[0]
+    op_row = gpu_check.determinism.rows(
+        gpu_check.parse_args(['--device', 'cpu', '--image', '128', '160']), torch.device('cpu'))[0]
     assert op_row['case'] == 'na2d_av op, B1 G8 C16 13x13 k13' and op_row['note'] == 'bitwise equal'
 
 
 def test_nondeterministic_ops_are_named_from_pytorchs_own_warnings():
     """What ``torch.use_deterministic_algorithms(True, warn_only=True)`` reports is collected by name (here two
     reports in PyTorch's wording, one repeated), and the setting is restored."""
-    gpu_check = load_gpu_check()
 
     def backward_with_atomics():
         assert torch.are_deterministic_algorithms_enabled()
@@ -127,25 +129,29 @@ def test_nondeterministic_ops_are_named_from_pytorchs_own_warnings():
     assert not torch.are_deterministic_algorithms_enabled()
 
 
+@pytest.mark.slow
 def test_gpu_check_detector_row():
     """Row c: one training iteration of the shipped Cascade Mask R-CNN OverLoCK-T on random data (mmdet and
-    mmcv's ops are installed here); ~30 s on one CPU thread, most of it the three 4conv1fc RoI heads."""
-    rows = load_gpu_check().main(['--device', 'cpu', '--rows', 'c'])
-    assert len(rows) == 1 and rows[0]['ms'] > 0 and 'note' not in rows[0], rows
+    mmcv's ops are installed here; ~30 s on one CPU thread, most of it the three 4conv1fc RoI heads): the RPN's
+    and all three cascade stages' box, class and mask losses, finite, and the backbone's weights moved."""
+    rows = gpu_check.main(['--device', 'cpu', '--rows', 'c'])
+    assert len(rows) == 1 and 'note' not in rows[0], rows
+    stages = [f's{i}.{name}' for i in range(3) for name in ('loss_bbox', 'loss_cls', 'loss_mask')]
+    assert rows[0]['loss_terms'] == sorted(['loss_rpn_bbox', 'loss_rpn_cls', *stages]), rows[0]['loss_terms']
+    assert math.isfinite(rows[0]['loss']) and rows[0]['backbone_updated'] is True
 
 
 def test_gpu_check_refuses_cuda_without_a_gpu(capsys):
     if torch.cuda.is_available():
         pytest.skip('a CUDA device is present')
     with pytest.raises(SystemExit):
-        load_gpu_check().main(['--device', 'cuda'])
+        gpu_check.main(['--device', 'cuda'])
     assert 'no CUDA device here; use --device cpu' in capsys.readouterr().err
 
 
 def test_a_failing_row_loses_no_finished_row(tmp_path, capsys, monkeypatch):
     """Rows are printed (and the JSON written) as each finishes: a row that raises becomes a 'failed' line,
     the rows before and after it are kept, and the run ends with a one-line non-zero exit."""
-    gpu_check = load_gpu_check()
 
     def broken(args, device):
         raise RuntimeError('CUDA error: an illegal memory access was encountered\nmore lines')
@@ -167,7 +173,7 @@ def test_training_step_runs_on_this_torch():
     parameters move."""
     model = torch.nn.Conv2d(3, 4, 3)
     before = model.weight.detach().clone()
-    load_gpu_check().training_step(model, torch.randn(1, 3, 8, 8), amp=False)()
+    gpu_check.training_step(model, torch.randn(1, 3, 8, 8), amp=False)()
     assert not torch.equal(before, model.weight)
 
 
@@ -177,7 +183,7 @@ def test_self_check_row_reports_the_first_use_check():
     from mmoverlock.ops import selfcheck
     from mmoverlock.utils import compat
     try:
-        rows = load_gpu_check().main(['--device', 'cpu', '--rows', 'f'])
+        rows = gpu_check.main(['--device', 'cpu', '--rows', 'f'])
     finally:
         selfcheck.clear()
     kernels = [(r['case'].split(' first-use')[0], r['dtype']) for r in rows]

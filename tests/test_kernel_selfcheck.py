@@ -1,6 +1,6 @@
 """The first-use check of the fused Triton kernels (``mmoverlock.ops.selfcheck``), on CPU, in both lanes.
 
-The ops' CUDA kernels (``na2d._na2d_av_cuda`` and its backward, ``depthwise._depthwise_cuda`` and its backward)
+The ops' CUDA kernels (``na2d_op.cuda_forward`` and its backward, ``depthwise_op.cuda_forward`` and its backward)
 are called directly on CPU tensors, the functions the dispatcher calls for CUDA ones. The Triton launchers are
 replaced by stand-ins: a *wrong kernel* (an index bug: the attention taps transposed; the weight gradient of the
 flipped kernel), a right one (the op's CPU algorithm) or one that raises (a launcher that cannot be built). The
@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmoverlock.ops import depthwise, na2d, na2d_av_reference, selfcheck
+from mmoverlock.ops import (depthwise_cpu, depthwise_op, na2d_av_reference, na2d_cpu, na2d_op, reference,
+                            selection, selfcheck)
 from mmoverlock.utils import compat
 
 INTERPRETER = compat.triton_interpreter_active()
@@ -23,14 +24,14 @@ INTERPRETER = compat.triton_interpreter_active()
 def fresh(monkeypatch):
     """No check run yet, the check on, the Triton modules loaded (Triton >= 2.1 in both lanes)."""
     monkeypatch.delenv(selfcheck.ENV_VAR, raising=False)
-    for cache in (na2d._triton_kernels, na2d._warn_no_triton, depthwise._triton_kernels):
+    for cache in (na2d_op.triton_kernels, na2d_op.warn_no_triton, depthwise_op.triton_kernels):
         cache.cache_clear()
     selfcheck.clear()
-    depthwise.clear_choices()
-    assert na2d._triton_kernels() is not None and depthwise._triton_kernels() is not None
+    selection.clear_choices()
+    assert na2d_op.triton_kernels() is not None and depthwise_op.triton_kernels() is not None
     yield
     selfcheck.clear()
-    depthwise.clear_choices()
+    selection.clear_choices()
 
 
 class Counted:
@@ -46,20 +47,20 @@ def _transposed_taps(attn, value, kernel_size, out=None, tiles=None):
     """A wrong na2d_av forward: tap (a, b) read as (b, a)."""
     b, g, _, h, w = attn.shape
     swapped = attn.reshape(b, g, kernel_size, kernel_size, h, w).transpose(2, 3).reshape(attn.shape)
-    return na2d._cpu_forward(swapped.contiguous(), value, kernel_size)
+    return na2d_cpu.forward(swapped.contiguous(), value, kernel_size)
 
 
 def _cpu_forward(attn, value, kernel_size, out=None, tiles=None):
-    return na2d._cpu_forward(attn, value, kernel_size)
+    return na2d_cpu.forward(attn, value, kernel_size)
 
 
 def _cpu_backward(grad_out, attn, value, kernel_size, attn_grad=True, value_grad=True, grad_attn=None,
                   grad_value=None, tiles=None):
-    return na2d._cpu_backward(grad_out, attn, value, kernel_size, attn_grad, value_grad)
+    return na2d_cpu.backward(grad_out, attn, value, kernel_size, attn_grad, value_grad)
 
 
 def _inject_na2d(monkeypatch, forward, backward=_cpu_backward):
-    kernels = na2d._triton_kernels()
+    kernels = na2d_op.triton_kernels()
     forward, backward = Counted(forward), Counted(backward)
     monkeypatch.setattr(kernels, 'na2d_av_forward', forward)
     monkeypatch.setattr(kernels, 'na2d_av_backward', backward)
@@ -89,7 +90,7 @@ def test_a_wrong_kernel_is_caught_and_the_cpu_kernels_run(fresh, monkeypatch):
     the wrong kernel is not called again."""
     forward, backward = _inject_na2d(monkeypatch, _transposed_taps)
     attn, value, want = _problem()
-    out, messages = _caught(lambda: na2d._na2d_av_cuda(attn, value, 3))
+    out, messages = _caught(lambda: na2d_op.cuda_forward(attn, value, 3))
     torch.testing.assert_close(out, want)
     assert len(messages) == 1 and '\n' not in messages[0], messages
     assert messages[0].startswith('mmoverlock: the fused Triton kernels of na2d_av failed their first-use check in '
@@ -99,17 +100,17 @@ def test_a_wrong_kernel_is_caught_and_the_cpu_kernels_run(fresh, monkeypatch):
     assert (result.kernel, result.dtype, result.device, result.passed) == ('na2d_av', 'float32', 'cpu', False)
     assert result.error > 0.1 and result.ms > 0 and f'{result.error:.3g}' in messages[0]
     calls = forward.calls
-    assert calls == len(na2d._triton_kernels().check_tiles())           # every checked tile configuration
+    assert calls == len(na2d_op.triton_kernels().check_tiles())           # every checked tile configuration
     grad_out = torch.randn_like(value)
-    (grads, again), messages = _caught(lambda: (na2d._na2d_av_backward_cuda(grad_out, attn, value, 3, True, True),
-                                                na2d._na2d_av_cuda(attn, value, 3)))
+    (grads, again), messages = _caught(lambda: (na2d_op.cuda_backward(grad_out, attn, value, 3, True, True),
+                                                na2d_op.cuda_forward(attn, value, 3)))
     assert messages == [] and (forward.calls, backward.calls) == (calls, calls)
     torch.testing.assert_close(again, want)
-    expected = na2d._cpu_backward(grad_out, attn, value, 3, True, True)
+    expected = na2d_cpu.backward(grad_out, attn, value, 3, True, True)
     for got, exp in zip(grads, expected):
         torch.testing.assert_close(got, exp)
     # the device is distrusted whatever the dtype: float64 is not checked, it runs the CPU kernels too
-    torch.testing.assert_close(na2d._na2d_av_cuda(attn.double(), value.double(), 3), want.double())
+    torch.testing.assert_close(na2d_op.cuda_forward(attn.double(), value.double(), 3), want.double())
     assert forward.calls == calls and len(selfcheck.results()) == 1
 
 
@@ -122,7 +123,7 @@ def test_reference_gradients_are_the_gathers_autograd():
     out = na2d_av_reference(attn.permute(0, 1, 3, 4, 2), value.permute(0, 1, 3, 4, 2), 5).permute(0, 1, 4, 2, 3)
     expected = [out, *torch.autograd.grad(out, (attn, value), grad_out)]
     with torch.no_grad():
-        got = na2d.reference_with_gradients(attn, value, grad_out, 5)
+        got = reference.na2d_av_reference_with_gradients(attn, value, grad_out, 5)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
 
@@ -135,16 +136,16 @@ def test_right_kernels_pass_and_are_used(fresh, monkeypatch):
 
     def below_autograd():
         with torch._C._AutoDispatchBelowAutograd():
-            return na2d._na2d_av_cuda(attn, value, 3)
+            return na2d_op.cuda_forward(attn, value, 3)
     out, messages = _caught(below_autograd)
     assert messages == []
     torch.testing.assert_close(out, want, rtol=0, atol=0.02)          # the stand-in sums in bf16
-    rounds = len(na2d._triton_kernels().check_tiles())
+    rounds = len(na2d_op.triton_kernels().check_tiles())
     assert (forward.calls, backward.calls) == (rounds + 1, rounds)           # the check's rounds, then the call
     [result] = selfcheck.results()
     assert result.passed and result.dtype == 'bfloat16' and result.error <= result.tolerance == selfcheck.TOLERANCE[
         torch.bfloat16]
-    na2d._na2d_av_backward_cuda(torch.ones_like(value), attn, value, 3, True, True)
+    na2d_op.cuda_backward(torch.ones_like(value), attn, value, 3, True, True)
     assert backward.calls == rounds + 1 and len(selfcheck.results()) == 1    # checked once per dtype
 
 
@@ -155,7 +156,7 @@ def test_a_kernel_that_raises_is_a_failed_check(fresh, monkeypatch):
         raise RuntimeError('Triton Error [CUDA]: invalid device context\nsecond line')
     _inject_na2d(monkeypatch, broken)
     attn, value, want = _problem()
-    out, messages = _caught(lambda: na2d._na2d_av_cuda(attn, value, 3))
+    out, messages = _caught(lambda: na2d_op.cuda_forward(attn, value, 3))
     torch.testing.assert_close(out, want)
     assert messages == ['mmoverlock: the fused Triton kernels of na2d_av failed their first-use check in float32 on '
                         'cpu (RuntimeError: Triton Error [CUDA]: invalid device context); na2d_av runs its CPU '
@@ -167,7 +168,7 @@ def test_turned_off_the_kernels_run_unchecked(fresh, monkeypatch):
     monkeypatch.setenv(selfcheck.ENV_VAR, '0')
     forward, _ = _inject_na2d(monkeypatch, _transposed_taps)
     attn, value, want = _problem()
-    out, messages = _caught(lambda: na2d._na2d_av_cuda(attn, value, 3))
+    out, messages = _caught(lambda: na2d_op.cuda_forward(attn, value, 3))
     assert messages == [] and forward.calls == 1 and selfcheck.results() == []
     torch.testing.assert_close(out, _transposed_taps(attn, value, 3))
     assert not torch.allclose(out, want)
@@ -177,19 +178,20 @@ def _flipped_weight_grad(x, grad_out, kernel_size, dilation=1, out=None):
     """A wrong depthwise weight gradient: the kernel flipped."""
     pad = dilation * (kernel_size - 1) // 2
     weight = torch.zeros(x.shape[1], 1, kernel_size, kernel_size, dtype=x.dtype)
-    grad = depthwise._conv_bwd(grad_out, x, weight, pad, dilation, [False, True, False])[1]
+    grad = depthwise_cpu.conv_backward(grad_out, x, weight, pad, dilation, [False, True, False])[1]
     return grad.flip(-2, -1)
 
 
 def test_depthwise_wrong_kernel_falls_back_to_pytorch(fresh, monkeypatch):
     """The Triton candidate with a wrong weight gradient: its check fails (one warning), the fixed choice
     'triton' then runs PyTorch's conv and 'auto' no longer offers Triton; the results equal F.conv2d's."""
-    kernels = depthwise._triton_kernels()
+    kernels = depthwise_op.triton_kernels()
     monkeypatch.setattr(kernels, 'INTERPRET', True)          # the stand-ins run on CPU tensors in both lanes
     monkeypatch.setattr(kernels, 'depthwise_forward', lambda x, w, b=None, d=1, out=None: F.conv2d(
         x, w, b, 1, d * (w.shape[-1] - 1) // 2, d, x.shape[1]))
-    monkeypatch.setattr(kernels, 'depthwise_input_grad', lambda g, w, d=1, like=None, out=None: depthwise._conv_bwd(
-        g, g if like is None else like, w, d * (w.shape[-1] - 1) // 2, d, [True, False, False])[0])
+    monkeypatch.setattr(kernels, 'depthwise_input_grad', lambda g, w, d=1, like=None, out=None: (
+        depthwise_cpu.conv_backward(g, g if like is None else like, w, d * (w.shape[-1] - 1) // 2, d,
+                                    [True, False, False])[0]))
     wrong = Counted(_flipped_weight_grad)
     monkeypatch.setattr(kernels, 'depthwise_weight_grad', wrong)
     generator = torch.Generator().manual_seed(2)
@@ -197,7 +199,7 @@ def test_depthwise_wrong_kernel_falls_back_to_pytorch(fresh, monkeypatch):
 
     def below_autograd():
         with torch._C._AutoDispatchBelowAutograd():
-            return depthwise._depthwise_cuda(x, weight, bias, 2, 'triton')
+            return depthwise_op.cuda_forward(x, weight, bias, 2, 'triton')
     y, messages = _caught(below_autograd)
     assert len(messages) == 1 and messages[0].startswith(
         'mmoverlock: the fused Triton kernels of depthwise_conv2d failed their first-use check in float32 on cpu '
@@ -205,14 +207,13 @@ def test_depthwise_wrong_kernel_falls_back_to_pytorch(fresh, monkeypatch):
         "; depthwise_conv2d runs PyTorch's conv (and the FFT weight gradient) on cpu from now on"), messages
     torch.testing.assert_close(y, F.conv2d(x, weight, bias, 1, 2, 2, 4))
     grad_out = torch.randn_like(y)
-    grads, messages = _caught(lambda: depthwise._depthwise_backward_cuda(grad_out, x, weight, 2, 'triton', True, True,
-                                                                         True))
-    expected = depthwise._conv_bwd(grad_out, x, weight, 2, 2, [True, True, True])
+    grads, messages = _caught(lambda: depthwise_op.cuda_backward(grad_out, x, weight, 2, 'triton', True, True, True))
+    expected = depthwise_cpu.conv_backward(grad_out, x, weight, 2, 2, [True, True, True])
     for got, exp in zip(grads, expected):
         torch.testing.assert_close(got, exp)
     assert messages == [] and wrong.calls == 1
-    assert set(depthwise.forward_candidates(x, weight, bias, 2)) == {'torch'}
-    assert set(depthwise.weight_grad_candidates(grad_out, x, weight, 2)) == {'torch', 'fft'}
+    assert set(depthwise_op.forward_candidates(x, weight, bias, 2)) == {'torch'}
+    assert set(depthwise_op.weight_grad_candidates(grad_out, x, weight, 2)) == {'torch', 'fft'}
 
 
 @pytest.mark.skipif(not INTERPRETER, reason="the real kernels run on CPU only under Triton >= 3.0's interpreter "
@@ -222,10 +223,10 @@ def test_the_real_kernels_pass_their_check(fresh, dtype):
     """The fused kernels themselves, under the interpreter: both ops' checks pass in fp32 and bf16, within the
     dtype's tolerance, and the ops then run them."""
     attn, value, want = _problem(dtype)
-    out, messages = _caught(lambda: na2d._na2d_av_cuda(attn, value, 3))
+    out, messages = _caught(lambda: na2d_op.cuda_forward(attn, value, 3))
     x = torch.randn(1, 3, 6, 7, dtype=dtype)
     weight = torch.randn(3, 1, 3, 3, dtype=dtype)
-    y, more = _caught(lambda: depthwise._depthwise_cuda(x, weight, None, 1, 'triton'))
+    y, more = _caught(lambda: depthwise_op.cuda_forward(x, weight, None, 1, 'triton'))
     assert messages + more == []
     results = {r.kernel: r for r in selfcheck.results()}
     assert sorted(results) == ['depthwise_conv2d', 'na2d_av']

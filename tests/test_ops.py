@@ -4,7 +4,9 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mmoverlock.ops import na2d, na2d_av, na2d_av_channels_first, na2d_av_reference, na2d_av_unfold
+from mmoverlock.ops import (DENSE_MAX_RATIO, NA2D_CPU_PATHS, na2d_av, na2d_av_channels_first,
+                            na2d_av_cpu_kernels, na2d_av_reference, na2d_av_unfold, uses_windows)
+from mmoverlock.ops.na2d_cpu import taps_forward
 
 from .conftest import needs_fake_impl, needs_opcheck
 
@@ -52,11 +54,6 @@ def test_all_variants_equal_brute_force(case):
                                expected.permute(0, 1, 4, 2, 3), rtol=1e-12, atol=1e-12)
 
 
-#: each CPU path's (forward, backward) kernel in mmoverlock.ops.na2d
-PATH_KERNELS = {'taps': ('_forward_taps', '_taps_backward'), 'dense': ('_dense_aggregate', '_dense_backward'),
-                'windows': ('_windows_aggregate', '_windows_backward')}
-
-
 @pytest.mark.parametrize('case,path', [(TAP_CASE, 'taps'), (GRADCHECK_TAP_CASE, 'taps'), (DENSE_CASE, 'dense'),
                                        (EXACT_CASE, 'windows'), (WINDOWS_CASE, 'windows')])
 def test_each_case_runs_the_kernel_claimed(case, path, monkeypatch):
@@ -64,22 +61,24 @@ def test_each_case_runs_the_kernel_claimed(case, path, monkeypatch):
     path each case stands for -- recorded as they run -- and equals brute force; the traced (export) loop
     equals it too."""
     ran = []
-    export_loop = na2d._forward_taps
-    for name in sum(PATH_KERNELS.values(), ()):
-        def spy(*args, _name=name, _kernel=getattr(na2d, name), **kwargs):
-            ran.append(_name)
-            return _kernel(*args, **kwargs)
-        monkeypatch.setattr(na2d, name, spy)
+    for name, kernels in list(NA2D_CPU_PATHS.items()):
+        def spy(kernel, label):
+            def run(*args, **kwargs):
+                ran.append(label)
+                return kernel(*args, **kwargs)
+            return run
+        monkeypatch.setitem(NA2D_CPU_PATHS, name, (spy(kernels[0], f'{name} forward'),
+                                                   spy(kernels[1], f'{name} backward')))
     attn, value, k = make(case, requires_grad=True)
     expected = brute_force(attn, value, k)
     attn_cf, value_cf = (t.detach().requires_grad_() for t in channels_first(attn, value))
     out = na2d_av_channels_first(attn_cf, value_cf, k)
     assert 'mmoverlock_na2d_av' in type(out.grad_fn).__name__
-    assert ran == [PATH_KERNELS[path][0]]
+    assert ran == [f'{path} forward']
     out.backward(torch.ones_like(out))
-    assert ran == list(PATH_KERNELS[path])
+    assert ran == [f'{path} forward', f'{path} backward']
     torch.testing.assert_close(out, expected.permute(0, 1, 4, 2, 3), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(export_loop(attn_cf, value_cf, k), out)
+    torch.testing.assert_close(taps_forward(attn_cf, value_cf, k), out)     # the loop ONNX export writes
     brute_force(attn, value, k).backward(torch.ones_like(expected))
     torch.testing.assert_close(attn_cf.grad, attn.grad.permute(0, 1, 4, 2, 3), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(value_cf.grad, value.grad.permute(0, 1, 4, 2, 3), rtol=1e-12, atol=1e-12)
@@ -146,12 +145,13 @@ def test_channel_half_views_need_no_copy():
     assert copies.ops == ['aten::clone']
     half = x[:, 1]
     grad = torch.randn(half.shape, dtype=torch.float64)
+    cpu_forward, cpu_backward = na2d_av_cpu_kernels()
     with CopiesOf(x) as copies:                     # the op's CPU kernels (the op hides its inner calls)
-        out = na2d._cpu_forward(attn, half, k)
-        grads = na2d._cpu_backward(grad, attn, half, k, True, True)
+        out = cpu_forward(attn, half, k)
+        grads = cpu_backward(grad, attn, half, k, True, True)
     assert copies.ops == []
     torch.testing.assert_close(out, na2d_av_channels_first(attn, half.contiguous(), k))
-    expected = na2d._cpu_backward(grad, attn, half.contiguous(), k, True, True)
+    expected = cpu_backward(grad, attn, half.contiguous(), k, True, True)
     for got, exp in zip(grads, expected):
         torch.testing.assert_close(got, exp)
 
@@ -257,12 +257,13 @@ def test_memory_nothing_of_size_c_k2_hw(case):
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
         out = na2d_av_channels_first(attn, value, k)     # the op: saves attn and value only
     out.backward(torch.ones_like(out))
+    cpu_forward, cpu_backward = na2d_av_cpu_kernels()
     with LargestTensor() as mode:                        # its CPU kernels (the op hides their inner tensors)
-        out = na2d._cpu_forward(attn.detach(), value.detach(), k)
-        na2d._cpu_backward(torch.ones_like(out), attn.detach(), value.detach(), k, True, True)
+        out = cpu_forward(attn.detach(), value.detach(), k)
+        cpu_backward(torch.ones_like(out), attn.detach(), value.detach(), k, True, True)
     unfolded = b * g * c * k * k * h * w
-    dense = not na2d.uses_windows(h, w, k) and h * w <= na2d.DENSE_MAX_RATIO * k * k
-    bound = max(attn.numel(), value.numel()) * (na2d.DENSE_MAX_RATIO if dense else 1)
+    dense = not uses_windows(h, w, k) and h * w <= DENSE_MAX_RATIO * k * k
+    bound = max(attn.numel(), value.numel()) * (DENSE_MAX_RATIO if dense else 1)
     assert mode.largest <= bound < unfolded / 2
     assert max(saved) <= bound
     with LargestTensor() as mode:

@@ -99,8 +99,7 @@ assert not na2d_triton.INTERPRET and all(t is not None for t in na2d_triton.TUNE
 check = triton_common.check_kernel_tensors          # CPU tensors stand in for CUDA ones
 na2d_triton.check_kernel_tensors = depthwise_triton.check_kernel_tensors = (
     lambda op, name, first, others, interpret: check(op, name, first, others, True))
-KERNELS = {k.fn.__name__: k for k in (*na2d_triton.KERNELS.values(), depthwise_triton._dw_conv_kernel,
-                                   depthwise_triton._dw_weight_grad_kernel)}
+KERNELS = {k.fn.__name__: k for k in (*na2d_triton.KERNELS.values(), *depthwise_triton.KERNELS.values())}
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16, 'fp64': torch.float64}
 for dtype_name, dtype in DTYPES.items():
     for tuned in na2d_triton.TUNED_KERNELS.values():
@@ -205,7 +204,7 @@ def test_triton21_interpreter_cannot_run_the_kernels():
       no arithmetic operators;
     * ``x.to(tl.float32)`` hands a Triton dtype to ``torch.Tensor.to``; ``ptr.dtype.element_ty`` reads a torch
       dtype (the interpreter's pointers are int64 tensors);
-    * a ``@triton.jit`` helper called from the kernel (``_clamped_start``) runs as a grid of its own and returns
+    * a ``@triton.jit`` helper called from the kernel (``clamped_start``) runs as a grid of its own and returns
       nothing.
 
     Each item is shown here on Triton 2.1 itself; where all fail the compile test stands for it."""
@@ -215,7 +214,7 @@ def test_triton21_interpreter_cannot_run_the_kernels():
 
     from mmoverlock.ops import na2d_triton
 
-    kernel = triton.jit(na2d_triton._na2d_av_forward_kernel.fn, interpret=True)
+    kernel = triton.jit(na2d_triton.KERNELS['forward'].fn, interpret=True)
     assert isinstance(kernel, GridSelector)
     attn, value = torch.randn(1, 1, 9, 4, 4), torch.randn(1, 1, 2, 4, 4)
     out = torch.empty_like(value)
@@ -231,5 +230,5 @@ def test_triton21_interpreter_cannot_run_the_kernels():
     with pytest.raises(TypeError):
         tl_lang.WrappedTensor(torch.zeros(2)).to(tl.float32)
     assert tl_lang.WrappedTensor(torch.zeros(1, dtype=torch.int64)).dtype == torch.int64      # no element_ty
-    helper = triton.jit(na2d_triton._clamped_start.fn, interpret=True)
+    helper = triton.jit(na2d_triton.clamped_start.fn, interpret=True)
     assert isinstance(helper, GridSelector)                       # called in a kernel: a grid of one, returns None

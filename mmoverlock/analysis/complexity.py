@@ -6,7 +6,8 @@ handles for ``na2d_av``. The model is traced as it is -- nothing of it is replac
 parts of ContMix are counted that way as follows:
 
 * **aggregation** -- the registered op ``mmoverlock::na2d_av`` is one node of the trace, which
-  :func:`na2d_av_flop_jit` charges k*k multiply-adds per output element, NATTEN's ``av_2d_flop`` rule.
+  :func:`mmoverlock.ops.flops.na2d_av_flop_jit` charges k*k multiply-adds per output element, NATTEN's
+  ``av_2d_flop`` rule.
 * **kernel generation** -- the official code forms the affinity ``einsum('bgcn,bgcl->bgnl', query, key)``
   (B, G, H*W, R*R) and then applies ``weight_proj`` (1x1 conv, R*R -> T = K*K + S*S) to it; our
   implementation folds ``weight_proj`` into the keys first (the same result, fewer multiply-adds).
@@ -43,9 +44,9 @@ from mmengine.analysis import FlopAnalyzer, parameter_count
 from mmengine.analysis.jit_handles import get_shape
 
 from mmoverlock.models.contmix import ContMix, ContMixBlock
-from mmoverlock.ops.flops import FLOP_HANDLES, na2d_av_flop_jit  # noqa: F401  (na2d_av_flop_jit: re-exported)
+from mmoverlock.ops.flops import FLOP_HANDLES
 
-__all__ = ['CONVENTIONS', 'ComplexityReport', 'na2d_av_flop_jit', 'broadcast_matmul_flop_jit',
+__all__ = ['CONVENTIONS', 'ComplexityReport', 'broadcast_matmul_flop_jit',
            'analytic_extras', 'analyze_complexity', 'deploy_', 'OP_HANDLES']
 
 CONVENTIONS = ('implemented', 'official')

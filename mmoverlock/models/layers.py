@@ -6,8 +6,7 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import is_exporting, is_tracing
-from ..ops.depthwise import CHOICES, depthwise_conv2d
+from ..ops import CHOICES, depthwise_conv2d, is_exporting, is_tracing
 
 # torch.fx: data-dependent helpers are leaves of a symbolic trace (torchvision's create_feature_extractor, timm's
 # fx features), not traced through
@@ -179,7 +178,7 @@ class PointwiseConv2d(nn.Conv2d):
 
 class DepthwiseConv2d(nn.Conv2d):
     """A stride-1 depthwise ``nn.Conv2d`` with 'same' padding (same parameters) computed by
-    :func:`mmoverlock.ops.depthwise.depthwise_conv2d`: on CPU the large-kernel weight gradient by FFT and the
+    :func:`mmoverlock.ops.depthwise_conv2d`: on CPU the large-kernel weight gradient by FFT and the
     dilated kernels on their polyphase sub-grids (several times faster, equal up to rounding); on CUDA the
     fastest of PyTorch's conv, the Triton kernels and the FFT weight gradient, by measurement
     (``choice='auto'``; see :func:`set_depthwise_choice`). (B, C, H, W) -> (B, C, H, W)."""

@@ -1,7 +1,15 @@
-from .depthwise import depthwise_conv2d, triton_depthwise_conv2d  # noqa: F401
-from .na2d import (na2d_av, na2d_av_channels_first, na2d_av_reference, na2d_av_unfold,  # noqa: F401
-                   triton_na2d_av)
-from .tracing import is_exporting, is_tracing  # noqa: F401
+"""The ops: ``na2d_av`` (ContMix's neighbourhood aggregation) and ``depthwise_conv2d``, by concern.
 
-__all__ = ['na2d_av', 'na2d_av_channels_first', 'na2d_av_reference', 'na2d_av_unfold', 'triton_na2d_av',
-           'depthwise_conv2d', 'triton_depthwise_conv2d', 'is_exporting', 'is_tracing']
+* :mod:`~mmoverlock.ops.functional` -- the public functions (re-exported here: import from ``mmoverlock.ops``);
+* :mod:`~mmoverlock.ops.na2d_op`, :mod:`~mmoverlock.ops.depthwise_op` -- the ``torch.library`` registration of
+  each op: kernels per device, fake implementations, autograd;
+* :mod:`~mmoverlock.ops.na2d_cpu`, :mod:`~mmoverlock.ops.depthwise_cpu` -- the CPU kernels;
+* :mod:`~mmoverlock.ops.na2d_triton`, :mod:`~mmoverlock.ops.depthwise_triton` -- the Triton kernels (imported on
+  first use), :mod:`~mmoverlock.ops.triton_common` -- what they share (helpers, the tuning policy);
+* :mod:`~mmoverlock.ops.reference` -- the reference implementations (the baselines);
+* :mod:`~mmoverlock.ops.selection` -- which path runs: the CPU rules and the measured choice on CUDA;
+* :mod:`~mmoverlock.ops.checks` -- input checks; :mod:`~mmoverlock.ops.selfcheck` -- the fused kernels'
+  first-use check; :mod:`~mmoverlock.ops.flops` -- mmengine's FLOP handles; :mod:`~mmoverlock.ops.tracing`.
+"""
+from .functional import *  # noqa: F401,F403
+from .functional import __all__  # noqa: F401

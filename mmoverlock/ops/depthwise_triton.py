@@ -21,8 +21,8 @@ Runs on Triton >= 2.1: only ``tl.program_id``, ``tl.arange``, ``tl.load`` / ``tl
 ``tl.sum``, ``tl.zeros`` and ``range`` loops are used, and Triton 2.1 compiles both kernels for sm_80 and sm_90
 in every dtype (tests/test_triton21.py). This module defines its ``@triton.jit`` functions on import, so
 ``TRITON_INTERPRET=1`` (Triton >= 3.0's CPU interpreter, used by the tests) must be set before it is first
-imported; ``mmoverlock.ops.depthwise`` imports it lazily. The ops check the kernels on their first use per dtype
-and device (:mod:`mmoverlock.ops.selfcheck`).
+imported; :mod:`mmoverlock.ops.depthwise_op` imports it lazily. The ops check the kernels on their first use
+per dtype and device (:mod:`mmoverlock.ops.selfcheck`).
 """
 from typing import Optional, Tuple
 
@@ -30,15 +30,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import compat
-from .triton_common import check_kernel_tensors, output_buffer
+from .triton_common import (INTERPRET, accumulator, accumulator_dtype, cdiv, check_kernel_tensors,
+                            memory_format, next_power_of_2, output_buffer)
 
 __all__ = ['depthwise_forward', 'depthwise_input_grad', 'depthwise_weight_grad', 'triton_depthwise_conv2d',
-           'INTERPRET', 'tile_config', 'weight_grad_chunks']
-
-#: Triton's interpreter (CPU tensors) is active: ``TRITON_INTERPRET=1`` set before this module was imported, with
-#: Triton >= 3.0 (:func:`mmoverlock.utils.compat.triton_interpreter_active`)
-INTERPRET = compat.triton_interpreter_active()
+           'INTERPRET', 'KERNELS', 'tile_config', 'weight_grad_chunks']
 
 #: tile sizes on a GPU: pixels x channels held in registers per program, and the largest channel block
 GPU_TILE_ELEMENTS = 2048
@@ -52,13 +48,6 @@ INTERPRETER_TILE_ELEMENTS = 1 << 16
 #: The tile settings in use: the GPU's, or the interpreter's large tiles. Tests set ``GPU_TILING = True``
 #: under the interpreter to run the GPU's tiling (many programs, chunked reductions).
 GPU_TILING = not INTERPRET
-
-
-def memory_format(x: torch.Tensor) -> torch.memory_format:
-    """channels_last for an NHWC-strided 4-d tensor, else contiguous (the layout outputs are made in)."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 @triton.jit
@@ -135,20 +124,21 @@ def _dw_weight_grad_kernel(
             tl.store(part_tile + (a * K + b) * sp_t, tl.sum(acc, axis=0), mask=mask_c)
 
 
+#: the kernels by name. Their tiles come from :func:`tile_config`, not from autotuning: the tuning policy of
+#: :mod:`mmoverlock.ops.triton_common` says why
+KERNELS = {'conv': _dw_conv_kernel, 'weight_grad': _dw_weight_grad_kernel}
+
+
 def tile_config(channels: int, pixels: int) -> Tuple[int, int]:
     """(BLOCK_P, BLOCK_C) for a map of ``pixels`` positions: powers of two (``tl.arange`` needs them), their
     product within the tile budget of the GPU (or of the interpreter's large tiles, ``GPU_TILING`` off)."""
     if GPU_TILING:
-        block_c = min(triton.next_power_of_2(channels), GPU_MAX_BLOCK_C)
-        block_p = max(16, min(GPU_TILE_ELEMENTS // block_c, triton.next_power_of_2(pixels), GPU_MAX_BLOCK_P))
+        block_c = min(next_power_of_2(channels), GPU_MAX_BLOCK_C)
+        block_p = max(16, min(GPU_TILE_ELEMENTS // block_c, next_power_of_2(pixels), GPU_MAX_BLOCK_P))
     else:
-        block_c = min(triton.next_power_of_2(channels), 64)
-        block_p = max(16, min(INTERPRETER_TILE_ELEMENTS // block_c, triton.next_power_of_2(pixels)))
+        block_c = min(next_power_of_2(channels), 64)
+        block_p = max(16, min(INTERPRETER_TILE_ELEMENTS // block_c, next_power_of_2(pixels)))
     return block_p, block_c
-
-
-def _accumulator(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _check(x: torch.Tensor, weight: Optional[torch.Tensor], others=(), kernel_size: Optional[int] = None) -> None:
@@ -171,12 +161,12 @@ def _conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], d
     n, c, h, w = x.shape
     k = weight.shape[-1]
     block_p, block_c = tile_config(c, h * w)
-    grid = (triton.cdiv(h * w, block_p), n, triton.cdiv(c, block_c))
+    grid = (cdiv(h * w, block_p), n, cdiv(c, block_c))
     _dw_conv_kernel[grid](
         x, weight, weight if bias is None else bias, out, c, h, w, *x.stride(),
         weight.stride(0), weight.stride(2), weight.stride(3), *out.stride(),
         K=k, DIL=dilation, HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_C=block_c,
-        ACC=_accumulator(x.dtype))
+        ACC=accumulator(x.dtype))
     return out
 
 
@@ -201,12 +191,12 @@ def weight_grad_chunks(total: int, block_p: int, channel_blocks: int) -> Tuple[i
     """(S, tiles): the reduction over ``total`` (batch x pixel) positions runs in S chunks of ``tiles`` tiles
     of ``block_p`` positions, about GPU_WEIGHT_GRAD_PROGRAMS programs in all (one chunk per program under
     the interpreter's large tiles unless GPU_TILING)."""
-    tiles_total = triton.cdiv(total, block_p)
+    tiles_total = cdiv(total, block_p)
     if not GPU_TILING:
         return tiles_total, 1
     target = max(1, GPU_WEIGHT_GRAD_PROGRAMS // channel_blocks)
-    tiles = triton.cdiv(tiles_total, target)
-    return triton.cdiv(tiles_total, tiles), tiles
+    tiles = cdiv(tiles_total, target)
+    return cdiv(tiles_total, tiles), tiles
 
 
 def depthwise_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: int, dilation: int = 1,
@@ -220,14 +210,13 @@ def depthwise_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: 
     n, c, h, w = x.shape
     k, dilation = int(kernel_size), int(dilation)
     block_p, block_c = tile_config(c, h * w)
-    channel_blocks = triton.cdiv(c, block_c)
+    channel_blocks = cdiv(c, block_c)
     chunks, tiles = weight_grad_chunks(n * h * w, block_p, channel_blocks)
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    partial = torch.empty(chunks, k * k, c, dtype=acc_dtype, device=x.device)
+    partial = torch.empty(chunks, k * k, c, dtype=accumulator_dtype(x.dtype), device=x.device)
     _dw_weight_grad_kernel[(chunks, channel_blocks)](
         x, grad_out, partial, c, h, w, n * h * w, tiles, *x.stride(), *grad_out.stride(),
         partial.stride(0), partial.stride(1),
-        K=k, DIL=dilation, BLOCK_P=block_p, BLOCK_C=block_c, ACC=_accumulator(x.dtype))
+        K=k, DIL=dilation, BLOCK_P=block_p, BLOCK_C=block_c, ACC=accumulator(x.dtype))
     grad_w = partial.sum(0).t().reshape(c, 1, k, k).to(x.dtype)
     if out is None:
         return grad_w

@@ -2,7 +2,7 @@
 
 attn (B, G, k*k, H, W), value (B, G, C, H, W) -> out (B, G, C, H, W); the window of pixel (i, j) starts at
 ``(clamp(i - k // 2, 0, H - k), clamp(j - k // 2, 0, W - k))`` and tap ``t = a * k + b`` is key
-``(start_i + a, start_j + b)`` (see :mod:`mmoverlock.ops.na2d`).
+``(start_i + a, start_j + b)`` (see :mod:`mmoverlock.ops.functional`).
 
 Three kernels, as NATTEN 0.17's CUDA kernels are organised. One program handles one (batch, group), a tile of
 pixels and a block of ``BLOCK_C`` channels, held as (pixels, BLOCK_C): Triton then lays neighbouring pixels on
@@ -30,28 +30,23 @@ Accumulation is in fp32 for fp16 / bf16 / fp32 inputs and in fp64 for fp64 (grad
 strided views (ContMix passes the channel halves of one map); outputs are contiguous.
 
 Runs on Triton >= 2.1 (torch 2.1's Triton 2.1 compiles every configuration for sm_80 and sm_90 in every dtype:
-tests/test_triton21.py); :func:`mmoverlock.utils.compat.triton_autotune` passes the tuning budget as the
-installed Triton takes it. This module defines the ``@triton.jit`` functions on import, so
+tests/test_triton21.py); the tuning is the one policy of :func:`mmoverlock.ops.triton_common.tuned`. This
+module defines the ``@triton.jit`` functions on import, so
 ``TRITON_INTERPRET=1`` (Triton >= 3.0's CPU interpreter, used by the tests) must be set before it is first
-imported; :mod:`mmoverlock.ops.na2d` imports it lazily and checks the kernels on their first use per dtype and
+imported; :mod:`mmoverlock.ops.na2d_op` imports it lazily and checks the kernels on their first use per dtype and
 device (:mod:`mmoverlock.ops.selfcheck`).
 """
-import contextlib
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ..utils import compat
-from .triton_common import SUPPORTED_DTYPES, check_kernel_tensors, output_buffer
+from .triton_common import (INTERPRET, SUPPORTED_DTYPES, accumulator, cdiv, check_kernel_tensors,
+                            device_guard, next_power_of_2, output_buffer, tuned)
 
 __all__ = ['na2d_av_forward', 'na2d_av_backward', 'check_tiles', 'INTERPRET', 'MAX_BLOCK_C', 'FORWARD_CONFIGS',
            'GRAD_ATTN_CONFIGS', 'GRAD_VALUE_CONFIGS', 'INTERPRETER_TILES', 'SUPPORTED_DTYPES']
-
-#: Triton's interpreter (CPU tensors) is active: ``TRITON_INTERPRET=1`` set before this module was imported, with
-#: Triton >= 3.0 (:func:`mmoverlock.utils.compat.triton_interpreter_active`)
-INTERPRET = compat.triton_interpreter_active()
 
 #: largest channel block of one program (more channels: more programs, or a loop in grad_attn)
 MAX_BLOCK_C = 32
@@ -87,7 +82,7 @@ INTERPRETER_TILES = {'forward': dict(BLOCK_P=1024), 'grad_attn': dict(BLOCK_P=10
 
 
 @triton.jit
-def _clamped_start(pos, length, K: tl.constexpr):
+def clamped_start(pos, length, K: tl.constexpr):
     """Start of the clamped k-window of every position along one axis."""
     return tl.minimum(tl.maximum(pos - K // 2, 0), length - K)
 
@@ -107,8 +102,8 @@ def _na2d_av_forward_kernel(
     mask = mask_p[:, None] & (c < C)[None, :]
     i = p // W
     j = p % W
-    start_i = _clamped_start(i, H, K)
-    start_j = _clamped_start(j, W, K)
+    start_i = clamped_start(i, H, K)
+    start_j = clamped_start(j, W, K)
     attn_tile = attn_ptr + batch * sa_b + group * sa_g + i * sa_h + j * sa_w                 # (P,)
     value_base = value_ptr + batch * sv_b + group * sv_g                                     # scalar
     channel_offsets = (c * sv_c)[None, :]                                                    # (1, C) int32
@@ -139,8 +134,8 @@ def _na2d_av_grad_attn_kernel(
     mask_p = p < H * W
     i = p // W
     j = p % W
-    start_i = _clamped_start(i, H, K)
-    start_j = _clamped_start(j, W, K)
+    start_i = clamped_start(i, H, K)
+    start_j = clamped_start(j, W, K)
     grad_out_base = grad_out_ptr + batch * sg_b + group * sg_g                                     # scalar
     pixel_offsets = (i * sg_h + j * sg_w)[:, None]                                                # (P, 1)
     value_base = value_ptr + batch * sv_b + group * sv_g                                          # scalar
@@ -209,12 +204,12 @@ def _na2d_av_grad_value_kernel(
     while di < span_i:
         i = lo_i + di
         ok_i = mask_q & (i <= hi_i)
-        tap_row = qi - _clamped_start(i, H, K)        # in [0, K) wherever ok_i
+        tap_row = qi - clamped_start(i, H, K)        # in [0, K) wherever ok_i
         dj = span_j * 0
         while dj < span_j:
             j = lo_j + dj
             ok = ok_i & (j <= hi_j)
-            tap = tap_row * K + qj - _clamped_start(j, W, K)
+            tap = tap_row * K + qj - clamped_start(j, W, K)
             weight = tl.load(attn_base + (tap * sa_t + i * sa_h + j * sa_w), mask=ok, other=0.).to(ACC)
             grad_out = tl.load(grad_out_base + (channel_offsets + (i * sg_h + j * sg_w)[:, None]),
                                mask=ok[:, None] & mask_c, other=0.)
@@ -226,32 +221,12 @@ def _na2d_av_grad_value_kernel(
     tl.store(grad_value_tile, acc.to(grad_value_ptr.dtype.element_ty), mask=mask_q[:, None] & mask_c)
 
 
-def _cdiv(numerator: int, denominator: int) -> int:
-    """Ceiling division on the host (``triton.cdiv`` is a constexpr-function wrapper in Triton 3.x, several
-    times slower per call; the launch path calls this a few times per op call)."""
-    return -(-numerator // denominator)
-
-
-def _next_power_of_2(n: int) -> int:
-    """The smallest power of two >= n, for n >= 1, on the host (see :func:`_cdiv`)."""
-    return 1 << (n - 1).bit_length()
-
-
-def _tuned(kernel, configs):
-    """``kernel`` under ``triton.autotune`` over ``configs`` (on a GPU) with a short budget per configuration
-    (5 ms of warm-up, 25 ms of timed runs; :func:`mmoverlock.utils.compat.triton_autotune` spells it for the
-    installed Triton); None under the interpreter, which runs the plain kernel with :data:`INTERPRETER_TILES`."""
-    if INTERPRET:
-        return None
-    return compat.triton_autotune(configs, TUNING_KEY, warmup_ms=5, rep_ms=25)(kernel)
-
-
 #: the plain kernels and their tuned forms (None under the interpreter), by name
 KERNELS = {'forward': _na2d_av_forward_kernel, 'grad_attn': _na2d_av_grad_attn_kernel,
            'grad_value': _na2d_av_grad_value_kernel}
-TUNED_KERNELS = {'forward': _tuned(_na2d_av_forward_kernel, FORWARD_CONFIGS),
-                 'grad_attn': _tuned(_na2d_av_grad_attn_kernel, GRAD_ATTN_CONFIGS),
-                 'grad_value': _tuned(_na2d_av_grad_value_kernel, GRAD_VALUE_CONFIGS)}
+TUNED_KERNELS = {'forward': tuned(_na2d_av_forward_kernel, FORWARD_CONFIGS, TUNING_KEY),
+                 'grad_attn': tuned(_na2d_av_grad_attn_kernel, GRAD_ATTN_CONFIGS, TUNING_KEY),
+                 'grad_value': tuned(_na2d_av_grad_value_kernel, GRAD_VALUE_CONFIGS, TUNING_KEY)}
 
 
 def check_tiles() -> List[Optional[Dict[str, Dict[str, int]]]]:
@@ -285,28 +260,17 @@ def _interpreter_tiles(name: str, args: tuple) -> Dict[str, int]:
     height, width = args[5], args[6]
     tiles = INTERPRETER_TILES[name]
     if name == 'grad_value':
-        return dict(BLOCK_H=min(tiles['BLOCK_H'], _next_power_of_2(height)),
-                    BLOCK_W=min(tiles['BLOCK_W'], _next_power_of_2(width)))
-    return dict(BLOCK_P=max(16, min(tiles['BLOCK_P'], _next_power_of_2(height * width))))
-
-
-def _device_guard(tensor: torch.Tensor):
-    """The tensor's CUDA device made current around the launches (Triton launches on the current device)."""
-    if tensor.device.type == 'cuda':
-        return torch.cuda.device(tensor.device)
-    return contextlib.nullcontext()
+        return dict(BLOCK_H=min(tiles['BLOCK_H'], next_power_of_2(height)),
+                    BLOCK_W=min(tiles['BLOCK_W'], next_power_of_2(width)))
+    return dict(BLOCK_P=max(16, min(tiles['BLOCK_P'], next_power_of_2(height * width))))
 
 
 def _block_c(channels: int) -> int:
-    return min(_next_power_of_2(channels), MAX_BLOCK_C)
-
-
-def _accumulator(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    return min(next_power_of_2(channels), MAX_BLOCK_C)
 
 
 def _check(attn: torch.Tensor, value: torch.Tensor) -> None:
-    """One-line errors for what the kernels cannot take (shapes are checked by :mod:`mmoverlock.ops.na2d`)."""
+    """One-line errors for what the kernels cannot take (shapes are checked by :mod:`mmoverlock.ops.checks`)."""
     check_kernel_tensors('triton na2d_av', 'attn', attn, (value, ), INTERPRET)
 
 
@@ -324,11 +288,11 @@ def na2d_av_forward(attn: torch.Tensor, value: torch.Tensor, kernel_size: int,
     b, g, c, h, w = value.shape
     out = _output(out, value, 'out')
     block_c = _block_c(c)
-    args = (attn, value, out, g, c, h, w, _next_power_of_2(h * w), *attn.stride(), *value.stride(),
-            *out.stride(), kernel_size, block_c, _accumulator(value.dtype))
-    channel_blocks = _cdiv(c, block_c)
-    with _device_guard(value):
-        _launch('forward', lambda meta: (b * g, _cdiv(h * w, meta['BLOCK_P']), channel_blocks), args, tiles)
+    args = (attn, value, out, g, c, h, w, next_power_of_2(h * w), *attn.stride(), *value.stride(),
+            *out.stride(), kernel_size, block_c, accumulator(value.dtype))
+    channel_blocks = cdiv(c, block_c)
+    with device_guard(value):
+        _launch('forward', lambda meta: (b * g, cdiv(h * w, meta['BLOCK_P']), channel_blocks), args, tiles)
     return out
 
 
@@ -346,20 +310,20 @@ def na2d_av_backward(grad_out: torch.Tensor, attn: torch.Tensor, value: torch.Te
         raise ValueError(f'triton na2d_av: grad_out is {grad_out.dtype}, expected {value.dtype} like value')
     b, g, c, h, w = value.shape
     block_c = _block_c(c)
-    channel_blocks = _cdiv(c, block_c)
-    common = (g, c, h, w, _next_power_of_2(h * w))
-    constexprs = (kernel_size, block_c, _accumulator(value.dtype))
+    channel_blocks = cdiv(c, block_c)
+    common = (g, c, h, w, next_power_of_2(h * w))
+    constexprs = (kernel_size, block_c, accumulator(value.dtype))
     tiles = tiles or {}
     grad_attn = _output(grad_attn, attn, 'grad_attn') if attn_grad else None
     grad_value = _output(grad_value, value, 'grad_value') if value_grad else None
-    with _device_guard(value):
+    with device_guard(value):
         if attn_grad:
-            _launch('grad_attn', lambda meta: (b * g, _cdiv(h * w, meta['BLOCK_P']), 1),
+            _launch('grad_attn', lambda meta: (b * g, cdiv(h * w, meta['BLOCK_P']), 1),
                     (grad_out, value, grad_attn, *common, *grad_out.stride(), *value.stride(), *grad_attn.stride(),
                      *constexprs, channel_blocks), tiles.get('grad_attn'))
         if value_grad:
-            _launch('grad_value', lambda meta: (b * g, _cdiv(h, meta['BLOCK_H'])
-                                                * _cdiv(w, meta['BLOCK_W']), channel_blocks),
+            _launch('grad_value', lambda meta: (b * g, cdiv(h, meta['BLOCK_H'])
+                                                * cdiv(w, meta['BLOCK_W']), channel_blocks),
                     (grad_out, attn, grad_value, *common, *grad_out.stride(), *attn.stride(), *grad_value.stride(),
                      *constexprs), tiles.get('grad_value'))
     return grad_attn, grad_value

@@ -22,12 +22,13 @@ being captured an unchecked kernel is not checked (the check synchronises): that
 """
 import math
 import os
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Sequence, Set, Tuple
 
 import torch
+
+from ..utils.timing import Stopwatch
 
 __all__ = ['ENV_VAR', 'TOLERANCE', 'CheckResult', 'enabled', 'trusted', 'distrusted', 'run_check', 'results',
            'clear', 'relative_error']
@@ -92,19 +93,16 @@ def run_check(kernel: str, device: torch.device, dtype: torch.dtype,
     if device.type == 'cuda' and device.index is None:
         device = torch.device('cuda', torch.cuda.current_device())        # as tensors name their device
     tolerance = TOLERANCE[dtype]
-    start = time.perf_counter()
-    try:
-        with torch.no_grad():
-            got, expected = check(device, dtype)
-        error = relative_error(got, expected)
-        reason = '' if error <= tolerance else f'max relative error {error:.3g} > tolerance {tolerance:.3g}'
-    except Exception as err:        # a compile or launch error must not stop the run: the fallback is taken
-        error = math.nan
-        reason = f'{type(err).__name__}: {(str(err).strip().splitlines() or [""])[0][:200]}'
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-    result = CheckResult(kernel, _name(dtype), str(device), not reason, error, tolerance,
-                         (time.perf_counter() - start) * 1e3, reason)
+    with Stopwatch(device if device.type == 'cuda' else None) as watch:
+        try:
+            with torch.no_grad():
+                got, expected = check(device, dtype)
+            error = relative_error(got, expected)
+            reason = '' if error <= tolerance else f'max relative error {error:.3g} > tolerance {tolerance:.3g}'
+        except Exception as err:        # a compile or launch error must not stop the run: the fallback is taken
+            error = math.nan
+            reason = f'{type(err).__name__}: {(str(err).strip().splitlines() or [""])[0][:200]}'
+    result = CheckResult(kernel, _name(dtype), str(device), not reason, error, tolerance, watch.ms, reason)
     _RESULTS[(kernel, dtype, device)] = result
     if not result.passed:
         _DISTRUSTED.add((kernel, device))

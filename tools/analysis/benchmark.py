@@ -27,12 +27,12 @@ import copy
 import ctypes
 import gc
 import os.path as osp
-import statistics
 import sys
 import tempfile
-import time
 
 import torch
+
+from mmoverlock.utils.timing import Stopwatch, measure, synchronize
 
 INPUTS = {'224': ((224, 224), 8), '800x1333': ((800, 1333), 1)}
 
@@ -62,8 +62,8 @@ def build_models(names, device, memory_format):
 
 
 def sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
+    """Wait for the device's queued work (CUDA; :func:`mmoverlock.utils.timing.synchronize`)."""
+    synchronize(device)
 
 
 def rss_kib(field):
@@ -102,17 +102,9 @@ class PeakMemory:
 
 
 def timed(fn, device, warmup, repeats, cpu_time):
-    """Median seconds of ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.process_time() if cpu_time else time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.process_time() if cpu_time else time.perf_counter()) - t0)
-    return statistics.median(times)
+    """Median seconds of ``repeats`` calls after ``warmup`` calls (process CPU time with ``cpu_time``, else wall
+    time; CUDA synchronised around each call): :func:`mmoverlock.utils.timing.measure`."""
+    return measure(fn, device, warmup=warmup, repeats=repeats, clock='process' if cpu_time else 'wall').median / 1e3
 
 
 def inference_fn(model, images):
@@ -236,10 +228,9 @@ def main():
                 net.switch_to_deploy()
                 net.to(memory_format=memory_format).eval()
                 compiled = torch.compile(net)
-                t0 = time.perf_counter()
-                with torch.no_grad():
+                with Stopwatch(device) as watch, torch.no_grad():
                     compiled(images)
-                compile_s = time.perf_counter() - t0
+                compile_s = watch.ms / 1e3
                 seconds = timed(inference_fn(compiled, images), device, args.warmup, args.repeats, cpu_time)
                 rows.append(dict(input=input_name, batch=b, mode=mode, model='OverLoCK-T (compiled)',
                                  seconds=seconds, wall=None, peak=None, compile_s=compile_s))

@@ -32,11 +32,12 @@ INPUTS = {'224x224': (224, 224), '800x1333': (800, 1333)}
 
 # The child: imports mmoverlock.ops, builds inputs, measures, prints JSON.
 CHILD = r'''
-import json, statistics, sys, time
+import json, sys
 import torch
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args['threads'])
-from mmoverlock.ops import na2d
+from mmoverlock import ops as na2d
+from mmoverlock.utils.timing import measure
 b, g, c, h, w, k = args['shape']
 dev = torch.device(args['device'])
 cuda = dev.type == 'cuda'
@@ -86,13 +87,8 @@ else:
     base = rss_kib('VmRSS') * 1024
 run()                                  # warm-up (excluded from timing); its peak counts for memory
 peak = (torch.cuda.max_memory_allocated() if cuda else rss_kib('VmHWM') * 1024) - base
-wall, cpu = [], []
-for _ in range(args['repeats']):
-    t0, c0 = time.perf_counter(), time.process_time()
-    run()
-    wall.append(time.perf_counter() - t0); cpu.append(time.process_time() - c0)
-print(json.dumps(dict(wall_ms=statistics.median(wall) * 1e3, cpu_ms=statistics.median(cpu) * 1e3,
-                      peak_mib=peak / 2 ** 20)))
+timing = measure(run, dev, repeats=args['repeats'])     # wall and process CPU time of the same runs
+print(json.dumps(dict(wall_ms=timing.median, cpu_ms=timing.cpu_median, peak_mib=peak / 2 ** 20)))
 '''
 
 

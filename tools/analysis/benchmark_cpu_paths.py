@@ -1,6 +1,6 @@
 """The three CPU kernels of ``na2d_av`` on the same shapes: where the op's thresholds between them come from.
 
-The op picks its CPU kernel by map size (``mmoverlock.ops.na2d``): the per-window matmuls where the pixels
+The op picks its CPU kernel by map size (``mmoverlock.ops.na2d_cpu_path``): the per-window matmuls where the pixels
 share at most ``WINDOW_CLASSES_MAX`` distinct clamped windows, the dense operator where
 H*W <= ``DENSE_MAX_RATIO`` * k*k, the tap loop otherwise. This tool runs every kernel that applies to a shape
 (the per-window matmuls at any map size, though the op only takes them for few windows) forward + backward
@@ -8,16 +8,17 @@ and prints the time of each against the one the op picks.
 
 Shapes: OverLoCK-T's Focus-Net aggregations at 224x224 (stage 3: G8 C16 14x14 k13; stage 4: G16 C16 7x7 k7)
 and, around the dense / tap-loop threshold, maps of 2 to 8 times k*k for k = 7 and 13 (G8 C16).
-Time is process CPU time (one intra-op thread), the median of ``--repeats`` runs after one warm-up.
+Time is process CPU time (one intra-op thread; :func:`mmoverlock.utils.timing.measure`), the median of
+``--repeats`` runs after one warm-up.
 
     python tools/analysis/benchmark_cpu_paths.py
 """
 import argparse
-import statistics
-import time
 from typing import List
 
 import torch
+
+from mmoverlock.utils.timing import measure as measure_time
 
 #: (label, B, G, C, H, W, k)
 SHAPES = [
@@ -32,34 +33,26 @@ SHAPES = [
 
 
 def time_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return statistics.median(times) * 1e3
+    """Median milliseconds of process CPU time of ``repeats`` calls of ``fn`` after one untimed call."""
+    return measure_time(fn, warmup=1, repeats=repeats, clock='process').median
 
 
 def measure(repeats: int) -> List[dict]:
-    from mmoverlock.ops import na2d
-    kernels = {'windows': (na2d._windows_aggregate, na2d._windows_backward),
-               'dense': (na2d._dense_aggregate, na2d._dense_backward),
-               'taps': (lambda a, v, k: na2d._forward_taps(a, v, k, inplace=True), na2d._taps_backward)}
+    from mmoverlock.ops import NA2D_CPU_PATHS, na2d_cpu_path, window_classes
     rows = []
     for label, b, g, c, h, w, k in SHAPES:
         torch.manual_seed(0)
         attn = torch.randn(b, g, k * k, h, w).softmax(2)
         value = torch.randn(b, g, c, h, w)
         grad = torch.randn_like(value)
-        chosen = 'windows' if na2d.uses_windows(h, w, k) else 'dense' if na2d.uses_dense(h, w, k) else 'taps'
+        chosen = na2d_cpu_path(h, w, k)
         times = {}
-        for name, (forward, backward) in kernels.items():
+        for name, (forward, backward) in NA2D_CPU_PATHS.items():
             def step(forward=forward, backward=backward):
                 forward(attn, value, k)
                 backward(grad, attn, value, k, True, True)
             times[name] = time_ms(step, repeats)
-        distinct = len(na2d.window_classes(h, k)) * len(na2d.window_classes(w, k))
+        distinct = len(window_classes(h, k)) * len(window_classes(w, k))
         rows.append(dict(shape=f'{label}: G{g} C{c} {h}x{w} k{k}', chosen=chosen, distinct_windows=distinct,
                          **times))
     return rows

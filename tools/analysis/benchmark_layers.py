@@ -12,22 +12,17 @@ baseline / ours (above 1: ours is faster). Shapes: the Focus-Net stage-3 MLP of 
     python tools/analysis/benchmark_layers.py [--threads 1] [--repeats 10]
 """
 import argparse
-import statistics
-import time
 from typing import Callable, List, Optional
 
 import torch
 import torch.nn.functional as F
 
+from mmoverlock.utils.timing import measure
+
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    """Median wall milliseconds of ``repeats`` calls after one untimed call (:mod:`mmoverlock.utils.timing`)."""
+    return measure(fn, warmup=1, repeats=repeats).median
 
 
 def rows(repeats: int) -> List[tuple]:

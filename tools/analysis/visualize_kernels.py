@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from mmoverlock.analysis.erf import build_backbone, demo_images, to_tensor
 from mmoverlock.models.contmix import ContMixBlock
-from mmoverlock.ops.na2d import window_starts
+from mmoverlock.ops import window_starts
 
 
 def focus_blocks(backbone: nn.Module) -> Dict[str, ContMixBlock]:

@@ -181,7 +181,7 @@ class OverLoCK(BaseModule):
         deploy: build the re-parameterised (inference) form directly.
         in_channels: image channels. Weights of a 3-channel stem (the release's) are adapted on loading as timm's
             ``adapt_input_conv`` does (:func:`mmoverlock.checkpoint.adapt_input_conv`).
-        depthwise_choice: how the depthwise convs pick their kernels on CUDA (:mod:`mmoverlock.ops.depthwise`):
+        depthwise_choice: how the depthwise convs pick their kernels on CUDA (:func:`mmoverlock.ops.depthwise_conv2d`):
             'auto' (default; PyTorch's conv, the Triton kernels or the FFT weight gradient, whichever measured
             fastest on first use; PyTorch's conv in deterministic runs), 'torch' or 'triton'. CPU ignores it.
         init_cfg: e.g. ``dict(type='Pretrained', checkpoint=FILE_OR_URL, prefix='backbone.')``; official
