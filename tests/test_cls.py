@@ -290,7 +290,7 @@ def test_deploy_form_official_default_config(tmp_path, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU fallback applies only without CUDA')
 def test_sync_bn_switch_dropped_without_cuda():
     """sync_bn='torch' (the release's SyncBN) would make DDP on CPU (gloo) fail: the tools drop it there."""
-    from mmoverlock.cli.runtime import prepare_for_device
+    from mmoverlock.cli.device import prepare_for_device
     cfg = Config.fromfile(CLS_CONFIGS['t'])
     assert cfg.sync_bn == 'torch'
     prepare_for_device(cfg)

@@ -87,7 +87,7 @@ def save_untrained(config, out: str, note: str = '', seed: int = 0) -> None:
     from mmengine.runner import set_random_seed
 
     import mmoverlock  # noqa: F401
-    from mmoverlock.cli.runtime import sync_bn_to_bn, task_of
+    from mmoverlock.utils.config import sync_bn_to_bn, task_of
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
     task_of(cfg)
     sync_bn_to_bn(cfg)
@@ -355,7 +355,7 @@ def main(argv: Optional[List[str]] = None):
 
 
 if __name__ == '__main__':
-    from mmoverlock.cli.runtime import one_line_errors
+    from mmoverlock.cli.errors import one_line_errors
     try:
         with one_line_errors('tools/demo.py', __file__):   # bad options and files: one line, no traceback
             main()
