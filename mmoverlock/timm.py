@@ -30,13 +30,12 @@ from timm.layers import SelectAdaptivePool2d, register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 
-from .checkpoint.io import extract_state_dict, has_train_form_blocks, is_deploy_form, shape_mismatches
-from .checkpoint.load import reparam_state_dict
+from .checkpoint.io import extract_state_dict, shape_mismatches
 from .checkpoint.official import is_official_cls_layout, official_cls_to_mmpretrain
-from .checkpoint.stem import STEM_CONV
-from .models.backbones.overlock import STAGE_TABLE, OverLoCK, resolve_arch
+from .models.backbones.overlock import STAGE_TABLE, STEM_CONV, OverLoCK, resolve_arch
 from .models.layers import (GRN, DepthwiseConv2d, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale,
-                            PointwiseConv2d, ResDWConv)
+                            PointwiseConv2d, ResDWConv, has_train_form_blocks, is_deploy_form,
+                            reparam_state_dict)
 
 __all__ = ['OverLoCKTimm', 'OverLoCKHead', 'checkpoint_filter_fn', 'VARIANTS', 'CROP_PCT']
 
