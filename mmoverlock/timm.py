@@ -36,14 +36,15 @@ from .models.backbones.overlock import STAGE_TABLE, STEM_CONV, OverLoCK, resolve
 from .models.layers import (GRN, DepthwiseConv2d, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale,
                             PointwiseConv2d, ResDWConv, has_train_form_blocks, is_deploy_form,
                             reparam_state_dict)
+from .variants import VARIANTS as OFFICIAL
+from .variants import params_m
 
 __all__ = ['OverLoCKTimm', 'OverLoCKHead', 'checkpoint_filter_fn', 'VARIANTS', 'CROP_PCT']
 
-#: timm name -> the backbone's arch
-VARIANTS = {'overlock_xt': 'xt', 'overlock_t': 't', 'overlock_s': 's', 'overlock_b': 'b'}
-#: the release's ImageNet test crop per variant (its model default_cfg)
-CROP_PCT = {'overlock_xt': 0.925, 'overlock_t': 0.95, 'overlock_s': 0.95, 'overlock_b': 0.975}
-RELEASE_URL = 'https://github.com/LMMMEng/OverLoCK/releases/download/v1/{}_in1k_224{}.pth'
+#: timm name -> the backbone's arch (:mod:`mmoverlock.variants`)
+VARIANTS = {v.timm_name: v.name for v in OFFICIAL.values()}
+#: the release's ImageNet test crop per variant (its model default_cfg; :mod:`mmoverlock.variants`)
+CROP_PCT = {v.timm_name: v.crop_pct for v in OFFICIAL.values()}
 #: the classifier timm replaces when num_classes differs from the weights' (``pretrained_cfg['classifier']``),
 #: and the auxiliary one (there with ``aux_logits=True`` only)
 CLASSIFIER = 'head.main_head.4'
@@ -406,33 +407,40 @@ def _cfg(url: str = '', **kwargs) -> dict:
 
 
 default_cfgs = generate_default_cfgs({
-    f'{name}.{tag}': _cfg(RELEASE_URL.format(name, suffix), crop_pct=CROP_PCT[name], **extra)
-    for name in VARIANTS
-    for tag, suffix, extra in (('in1k', '', {}),
-                               (REPARAM_TAG, '_reparam', dict(notes=('deploy form (re-parameterised): '
-                                                                     'the model is built with deploy=True',))))
+    f'{variant.timm_name}.{tag}': _cfg(variant.url(reparam), crop_pct=variant.crop_pct, **extra)
+    for variant in OFFICIAL.values()
+    for tag, reparam, extra in (('in1k', False, {}),
+                                (REPARAM_TAG, True, dict(notes=('deploy form (re-parameterised): '
+                                                                'the model is built with deploy=True',))))
 })
+
+
+def _describe(name: str) -> str:
+    """The docstring of a variant's model function, from :mod:`mmoverlock.variants`."""
+    v = OFFICIAL[name]
+    return (f'OverLoCK-{name.upper()}: {params_m(v.params)} params as trained (train form, with the auxiliary head; '
+            f'{params_m(v.params_deploy)} for inference, deploy form without it), {v.top1} top-1 at 224.')
 
 
 @register_model
 def overlock_xt(pretrained: bool = False, **kwargs) -> OverLoCKTimm:
-    """OverLoCK-XT (16.5M params, 82.7 top-1 at 224)."""
     return _create_overlock('overlock_xt', pretrained=pretrained, **kwargs)
 
 
 @register_model
 def overlock_t(pretrained: bool = False, **kwargs) -> OverLoCKTimm:
-    """OverLoCK-T (33.5M params, 84.2 top-1 at 224)."""
     return _create_overlock('overlock_t', pretrained=pretrained, **kwargs)
 
 
 @register_model
 def overlock_s(pretrained: bool = False, **kwargs) -> OverLoCKTimm:
-    """OverLoCK-S (56.2M params, 84.8 top-1 at 224)."""
     return _create_overlock('overlock_s', pretrained=pretrained, **kwargs)
 
 
 @register_model
 def overlock_b(pretrained: bool = False, **kwargs) -> OverLoCKTimm:
-    """OverLoCK-B (94.9M params, 85.1 top-1 at 224)."""
     return _create_overlock('overlock_b', pretrained=pretrained, **kwargs)
+
+
+for _function in (overlock_xt, overlock_t, overlock_s, overlock_b):
+    _function.__doc__ = _describe(_function.__name__[len('overlock_'):])
