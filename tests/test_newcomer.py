@@ -397,7 +397,7 @@ def test_8_repeated_out_indices_are_refused():
 
 
 def test_8_demo_pictures_say_how_to_read_them(tmp_path):
-    from mmoverlock.demo import report   # the demo's figures (tools/demo.py calls them)
+    from mmoverlock.demo import report  # the demo's figures (tools/demo.py calls them)
     overlays = tmp_path / 'overlays'
     overlays.mkdir()
     for i in range(2):
