@@ -24,27 +24,27 @@ from typing import Dict, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
-from mmengine.model.weight_init import trunc_normal_
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import SelectAdaptivePool2d, register_notrace_module
+from timm.layers import register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 
-from .checkpoint.io import extract_state_dict, has_train_form_blocks, is_deploy_form, shape_mismatches
-from .checkpoint.load import reparam_state_dict
+from .checkpoint.io import extract_state_dict, shape_mismatches
 from .checkpoint.official import is_official_cls_layout, official_cls_to_mmpretrain
-from .checkpoint.stem import STEM_CONV
-from .models.backbones.overlock import STAGE_TABLE, OverLoCK, resolve_arch
+from .models.backbones.overlock import STAGE_TABLE, STEM_CONV, OverLoCK, resolve_arch
+from .models.heads import OverLoCKHead, global_pool_layer, init_convs
 from .models.layers import (GRN, DepthwiseConv2d, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale,
-                            PointwiseConv2d, ResDWConv)
+                            PointwiseConv2d, ResDWConv, has_train_form_blocks, is_deploy_form,
+                            reparam_state_dict)
+from .variants import VARIANTS as OFFICIAL
+from .variants import params_m
 
 __all__ = ['OverLoCKTimm', 'OverLoCKHead', 'checkpoint_filter_fn', 'VARIANTS', 'CROP_PCT']
 
-#: timm name -> the backbone's arch
-VARIANTS = {'overlock_xt': 'xt', 'overlock_t': 't', 'overlock_s': 's', 'overlock_b': 'b'}
-#: the release's ImageNet test crop per variant (its model default_cfg)
-CROP_PCT = {'overlock_xt': 0.925, 'overlock_t': 0.95, 'overlock_s': 0.95, 'overlock_b': 0.975}
-RELEASE_URL = 'https://github.com/LMMMEng/OverLoCK/releases/download/v1/{}_in1k_224{}.pth'
+#: timm name -> the backbone's arch (:mod:`mmoverlock.variants`)
+VARIANTS = {v.timm_name: v.name for v in OFFICIAL.values()}
+#: the release's ImageNet test crop per variant (its model default_cfg; :mod:`mmoverlock.variants`)
+CROP_PCT = {v.timm_name: v.crop_pct for v in OFFICIAL.values()}
 #: the classifier timm replaces when num_classes differs from the weights' (``pretrained_cfg['classifier']``),
 #: and the auxiliary one (there with ``aux_logits=True`` only)
 CLASSIFIER = 'head.main_head.4'
@@ -57,8 +57,6 @@ REPARAM_TAG = 'in1k_reparam'
 FEATURE_NODES = ('backbone.blocks1', 'backbone.blocks2', 'cat', 'backbone.sub_blocks4')
 #: timm's feature wrappers that work: FeatureGetterNet (forward_intermediates) and FeatureGraphNet (torch.fx)
 FEATURE_CLASSES = ('getter', 'fx')
-#: timm's global_pool values the head takes ('' = no pooling)
-GLOBAL_POOLS = ('avg', 'max', 'avgmax', '')
 #: keyword arguments of timm.create_model that build_model_with_cfg consumes itself
 BUILD_KWARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'pretrained_strict', 'features_only',
                 'out_indices', 'feature_cls', 'pretrained_model_args')
@@ -72,83 +70,6 @@ MODEL_KWARGS = ('arch', 'num_classes', 'in_chans', 'global_pool', 'projection', 
 for _layer in (GRN, DepthwiseConv2d, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale, PointwiseConv2d,
                ResDWConv):
     register_notrace_module(_layer)
-
-
-def _init_convs(module: nn.Module) -> None:
-    """The release's init: trunc-normal (std 0.02) conv weights, zero biases (meta tensors: nothing to do)."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d) and not m.weight.is_meta:
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-
-def _pool(global_pool: str) -> nn.Module:
-    """The head's pooling for timm's ``global_pool``: 'avg' (the release's), 'max', 'avgmax' or '' (none)."""
-    if global_pool not in GLOBAL_POOLS:
-        raise ValueError(f"OverLoCK (timm): global_pool='{global_pool}' is not supported; one of {GLOBAL_POOLS} "
-                         f"(the head pools its {{projection}}-channel map and classifies it with a 1x1 conv)")
-    return SelectAdaptivePool2d(pool_type=global_pool, flatten=False) if global_pool else nn.Identity()
-
-
-class OverLoCKHead(nn.Module):
-    """The release's ImageNet head (the layers of :class:`~mmoverlock.models.mmpretrain.OverLoCKClsHead`,
-    without mmpretrain).
-
-    * ``main_head``: conv1x1(in -> projection, no bias) BN SiLU pool conv1x1(projection -> classes) on the
-      last map (B, in_chs, h, w) -> (B, num_classes); without pooling (``global_pool=''``) the 1x1 classifier
-      runs on every position: (B, num_classes, h, w).
-    * ``aux_head`` (only with ``aux``, and classes): BN avg-pool conv1x1(overview -> classes) on the
-      Overview-Net map (B, overview_chs, h, w) -> (B, num_classes); deep supervision in training only (the release
-      weights its loss 0.4).
-
-    ``drop`` (dropout before the classifier, timm's ``drop_rate``) has no weights; the release uses none.
-    """
-
-    def __init__(self, in_chs: int, overview_chs: int, num_classes: int, projection: int = 1024,
-                 drop_rate: float = 0., global_pool: str = 'avg', aux: bool = False):
-        super().__init__()
-        self.overview_chs, self.projection, self.aux = overview_chs, projection, aux
-        self.main_head = nn.Sequential(
-            nn.Conv2d(in_chs, projection, 1, bias=False), nn.BatchNorm2d(projection), nn.SiLU(),
-            _pool(global_pool), nn.Identity())
-        self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
-        self.aux_head: Optional[nn.Sequential] = None
-        self.drop = nn.Dropout(drop_rate)
-        self.reset(num_classes)
-
-    def reset(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """New classifiers for ``num_classes`` (trunc-normal init; 0 removes them and the auxiliary head), on the
-        device, in the dtype and in the training mode of the head; a new pooling if ``global_pool`` is given."""
-        like = self.main_head[0].weight
-        factory = dict(device=like.device, dtype=like.dtype)
-        if global_pool is not None:
-            self.main_head[3] = _pool(global_pool)
-            self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
-        self.main_head[4] = nn.Conv2d(self.projection, num_classes, 1, **factory) if num_classes else nn.Identity()
-        self.aux_head = None
-        if self.aux and num_classes:
-            self.aux_head = nn.Sequential(nn.BatchNorm2d(self.overview_chs, **factory), nn.AdaptiveAvgPool2d(1),
-                                          nn.Conv2d(self.overview_chs, num_classes, 1, **factory))
-        _init_convs(self.main_head[4])
-        if self.aux_head is not None:
-            _init_convs(self.aux_head[2])
-        self.train(self.training)
-
-    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """(B, in_chs, h, w) -> logits (B, num_classes), or with ``pre_logits`` the pooled (B, projection); without
-        pooling (B, num_classes, h, w) and (B, projection, h, w)."""
-        x = self.main_head[3](self.main_head[2](self.main_head[1](self.main_head[0](x))))
-        if pre_logits:
-            return self.flatten(x)
-        return self.flatten(self.main_head[4](self.drop(x)))
-
-    @torch.jit.unused
-    def forward_aux(self, overview: torch.Tensor) -> torch.Tensor:
-        """Overview-Net map (B, overview_chs, h, w) -> auxiliary logits (B, num_classes)."""
-        if self.aux_head is None:
-            raise RuntimeError('OverLoCK (timm): no auxiliary head; create the model with aux_logits=True')
-        return self.aux_head(overview).flatten(1)
 
 
 def _group_matcher(coarse: bool) -> dict:
@@ -194,7 +115,7 @@ class OverLoCKTimm(nn.Module):
             raise ValueError(f'OverLoCK (timm): in_chans={in_chans!r} must be a positive integer')
         if num_classes < 0:
             raise ValueError(f'OverLoCK (timm): num_classes={num_classes} must be >= 0')
-        _pool(global_pool)       # a one-line error before anything is built
+        global_pool_layer(global_pool, 'OverLoCK (timm)')       # a one-line error before anything is built
         self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, global_pool
         self.drop_rate, self.aux_logits, self.grad_checkpointing = drop_rate, aux_logits, False
         arch = resolve_arch(arch)
@@ -207,7 +128,7 @@ class OverLoCKTimm(nn.Module):
                                      aux=aux_logits)
             if not self.head.main_head[0].weight.is_meta:    # (meta tensors hold no values to initialise)
                 self.backbone.init_weights()      # the release's init (trunc-normal convs), no checkpoint
-                _init_convs(self.head)
+                init_convs(self.head)
         if dtype is not None:
             self.to(dtype)
         self.num_features = e[3] + ctx
@@ -407,33 +328,40 @@ def _cfg(url: str = '', **kwargs) -> dict:
 
 
 default_cfgs = generate_default_cfgs({
-    f'{name}.{tag}': _cfg(RELEASE_URL.format(name, suffix), crop_pct=CROP_PCT[name], **extra)
-    for name in VARIANTS
-    for tag, suffix, extra in (('in1k', '', {}),
-                               (REPARAM_TAG, '_reparam', dict(notes=('deploy form (re-parameterised): '
-                                                                     'the model is built with deploy=True',))))
+    f'{variant.timm_name}.{tag}': _cfg(variant.url(reparam), crop_pct=variant.crop_pct, **extra)
+    for variant in OFFICIAL.values()
+    for tag, reparam, extra in (('in1k', False, {}),
+                                (REPARAM_TAG, True, dict(notes=('deploy form (re-parameterised): '
+                                                                'the model is built with deploy=True',))))
 })
+
+
+def _describe(name: str) -> str:
+    """The docstring of a variant's model function, from :mod:`mmoverlock.variants`."""
+    v = OFFICIAL[name]
+    return (f'OverLoCK-{name.upper()}: {params_m(v.params)} params as trained (train form, with the auxiliary head; '
+            f'{params_m(v.params_deploy)} for inference, deploy form without it), {v.top1} top-1 at 224.')
 
 
 @register_model
 def overlock_xt(pretrained: bool = False, **kwargs) -> OverLoCKTimm:
-    """OverLoCK-XT (16.5M params, 82.7 top-1 at 224)."""
     return _create_overlock('overlock_xt', pretrained=pretrained, **kwargs)
 
 
 @register_model
 def overlock_t(pretrained: bool = False, **kwargs) -> OverLoCKTimm:
-    """OverLoCK-T (33.5M params, 84.2 top-1 at 224)."""
     return _create_overlock('overlock_t', pretrained=pretrained, **kwargs)
 
 
 @register_model
 def overlock_s(pretrained: bool = False, **kwargs) -> OverLoCKTimm:
-    """OverLoCK-S (56.2M params, 84.8 top-1 at 224)."""
     return _create_overlock('overlock_s', pretrained=pretrained, **kwargs)
 
 
 @register_model
 def overlock_b(pretrained: bool = False, **kwargs) -> OverLoCKTimm:
-    """OverLoCK-B (94.9M params, 85.1 top-1 at 224)."""
     return _create_overlock('overlock_b', pretrained=pretrained, **kwargs)
+
+
+for _function in (overlock_xt, overlock_t, overlock_s, overlock_b):
+    _function.__doc__ = _describe(_function.__name__[len('overlock_'):])

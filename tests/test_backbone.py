@@ -123,7 +123,7 @@ def test_deploy_form_checkpoint_initialises_a_deploy_backbone(fixture, tmp_path,
     """A deploy-form backbone file (e.g. from the release's *_reparam.pth ImageNet weights) initialises a dense
     backbone built with deploy=True through init_cfg, and gives the train-form model's features; a train-form
     model refuses it in one line."""
-    from mmoverlock.checkpoint import reparam_state_dict
+    from mmoverlock.models.layers import reparam_state_dict
     deploy_form = reparam_state_dict(fixture[f'{task}_state_dict'])
     path = str(tmp_path / 'deploy_form.pth')
     torch.save(deploy_form, path)

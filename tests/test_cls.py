@@ -241,7 +241,7 @@ def test_release_checkpoints_load_as_they_are_and_deploy_form_gives_reparam_logi
     model gives the fixture's re-parameterised logits, also through tools/test.py."""
     from mmpretrain.registry import MODELS
 
-    from mmoverlock.checkpoint import reparam_state_dict
+    from mmoverlock.models.layers import reparam_state_dict
     official = fixture['cls_state_dict']
     num_classes, projection = official['head.4.bias'].numel(), official['head.0.weight'].shape[0]
     deploy_form = reparam_state_dict(official)            # the release's *_reparam.pth: the same keys, merged
@@ -276,7 +276,7 @@ def test_release_checkpoints_load_as_they_are_and_deploy_form_gives_reparam_logi
 
 def test_deploy_form_official_default_config(tmp_path, capsys):
     """A full-size deploy-form ImageNet file: the converter picks configs/cls/overlock_t_in1k_reparam.py."""
-    from mmoverlock.checkpoint import reparam_state_dict
+    from mmoverlock.models.layers import reparam_state_dict
     layout = {}
     for line in open(osp.join(ROOT, 'tests', 'data', 'state_dict_layout', 'cls_t.tsv')):
         key, shape = line.rstrip('\n').split('\t')
@@ -290,7 +290,7 @@ def test_deploy_form_official_default_config(tmp_path, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU fallback applies only without CUDA')
 def test_sync_bn_switch_dropped_without_cuda():
     """sync_bn='torch' (the release's SyncBN) would make DDP on CPU (gloo) fail: the tools drop it there."""
-    from mmoverlock.cli.runtime import prepare_for_device
+    from mmoverlock.cli.device import prepare_for_device
     cfg = Config.fromfile(CLS_CONFIGS['t'])
     assert cfg.sync_bn == 'torch'
     prepare_for_device(cfg)

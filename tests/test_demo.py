@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mmoverlock.analysis import erf as erf_lib
-from mmoverlock.demo import shapes_data
+from mmoverlock.demo import report, shapes_data
 
 from .conftest import ROOT, load_tool
 
@@ -194,7 +194,7 @@ def test_make_demo_runs_every_phase_at_reduced_size(tmp_path, capsys):
     summary = demo.main(['--config', config, '--data', str(data), '--work-dir', str(wd), '--epochs', '1',
                          '--train-processes', '1'])
     for name in ('untrained', 'trained'):
-        assert set(summary[name]) == set(demo.AP_KEYS)
+        assert set(summary[name]) == set(report.AP_KEYS)
         assert all(0 <= v <= 1 for v in summary[name].values())
     for picture in ('curves.png', 'predictions.png', 'erf_untrained.png', 'erf_trained.png', 'kernels_trained.png'):
         assert cv2.imread(str(wd / picture)) is not None, picture

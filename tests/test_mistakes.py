@@ -19,7 +19,9 @@ import pytest
 import torch
 from mmengine.registry import MODELS, Registry
 
-from mmoverlock.cli.runtime import check_writable, known_mistake, resume_command
+from mmoverlock.cli.checks import check_writable
+from mmoverlock.cli.errors import known_mistake
+from mmoverlock.cli.interruption import resume_command
 from mmoverlock.engine.atomic_checkpoint import signals_deferred
 
 from .conftest import ROOT, load_tool

@@ -397,19 +397,19 @@ def test_8_repeated_out_indices_are_refused():
 
 
 def test_8_demo_pictures_say_how_to_read_them(tmp_path):
-    demo = load_tool('demo')
+    from mmoverlock.demo import report  # the demo's figures (tools/demo.py calls them)
     overlays = tmp_path / 'overlays'
     overlays.mkdir()
     for i in range(2):
         cv2.imwrite(str(overlays / f'{i}.png'), np.full((60, 200, 3), 90, np.uint8))
-    out = demo.montage(str(overlays), str(tmp_path / 'predictions.png'))
+    out = report.montage(str(overlays), str(tmp_path / 'predictions.png'))
     picture = cv2.imread(out)
     band = picture.shape[0] - 120
     assert picture.shape[1] == 200 and band > 0
     assert (picture[:band] < 128).any() and (picture[:band] == 255).mean() > 0.7   # dark text on a white band
-    assert 'LEFT = ground truth, RIGHT = ' in demo.PREDICTIONS_CAPTION
+    assert 'LEFT = ground truth, RIGHT = ' in report.PREDICTIONS_CAPTION
     erf = tmp_path / 'erf.png'
     cv2.imwrite(str(erf), np.full((100, 120, 3), 30, np.uint8))
-    demo.caption_file(str(erf), demo.ERF_CAPTION)
+    report.caption_file(str(erf), report.ERF_CAPTION)
     captioned = cv2.imread(str(erf))
     assert captioned.shape[0] > 100 + 18 * 3 and (captioned[:-100] == 255).mean() > 0.7   # several lines of text

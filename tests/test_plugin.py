@@ -1,7 +1,7 @@
 """The plugin behaves like one: ``import mmoverlock`` registers its modules in scope ``mmoverlock`` (and the FLOP
 rules of its own ops with mmengine's counters) and changes nothing else (mmengine's functions and root registries,
-other libraries); the package's import graph has no
-cycle, not even through a function-level import."""
+other libraries); the package's import graph has no cycle, not even through a function-level import, neither between
+modules nor between the parts of the package (subpackages)."""
 import ast
 import json
 import os
@@ -110,11 +110,12 @@ def _modules():
     return modules
 
 
-def test_import_graph_has_no_cycle():
+def _module_graph():
+    """mmoverlock module -> the mmoverlock modules it imports (an import of a.b.c runs a/__init__ and a/b/__init__
+    too; an imported name may be a module)."""
     modules = _modules()
     graph = {}
     for name, path in modules.items():
-        # an import of a.b.c runs a/__init__ and a/b/__init__ too; an imported name may be a module
         targets = set()
         for target in _imports(path, name):
             while target and target not in modules:
@@ -122,6 +123,83 @@ def test_import_graph_has_no_cycle():
             if target and target != name:
                 targets.add(target)
         graph[name] = targets
+    return graph
+
+
+def _package_of(module: str) -> str:
+    """The part of the package a module belongs to: its subpackage (``mmoverlock.models`` for
+    ``mmoverlock.models.backbones.overlock``), or the module itself at the top level (``mmoverlock.timm``)."""
+    return '.'.join(module.split('.')[:2])
+
+
+def _package_graph(module_graph):
+    """Subpackage -> the other subpackages (and top-level modules) its modules import; the package's own
+    ``__init__`` (its interface, importing every part) is left out."""
+    graph = {}
+    for module, targets in module_graph.items():
+        if module == 'mmoverlock':
+            continue
+        source = _package_of(module)
+        graph.setdefault(source, set()).update(
+            _package_of(t) for t in targets if t != 'mmoverlock' and _package_of(t) != source)
+    return graph
+
+
+def find_cycles(graph):
+    """The import cycles of ``graph`` (node -> nodes it imports): each strongly connected component of more
+    than one node (Tarjan's algorithm), as a sorted list; none for an acyclic graph."""
+    index, low, stack, on_stack, components = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(components)
+
+
+def test_cycle_finder_on_small_graphs():
+    assert find_cycles({'a': {'b'}, 'b': {'c'}, 'c': set()}) == []
+    assert find_cycles({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': {'a'}}) == [['a', 'b', 'c']]
+    assert find_cycles({'a': {'b'}, 'b': {'a'}, 'c': {'d'}, 'd': {'c'}, 'e': {'a', 'c'}}) == [['a', 'b'], ['c', 'd']]
+
+
+def test_package_graph_catches_the_models_checkpoint_cycle():
+    """The cycle the package had (no module imports itself back, so the module-level test passed): the backbone
+    imported ``checkpoint.load``, which imported ``models.layers``. The package-level graph finds it."""
+    modules = {
+        'mmoverlock': {'mmoverlock.models', 'mmoverlock.checkpoint'},
+        'mmoverlock.models.backbones.overlock': {'mmoverlock.checkpoint.load', 'mmoverlock.models.layers'},
+        'mmoverlock.models.layers': {'mmoverlock.ops.depthwise'},
+        'mmoverlock.checkpoint.load': {'mmoverlock.models.layers', 'mmoverlock.checkpoint.io'},
+        'mmoverlock.checkpoint.io': {'mmoverlock.utils.compat'},
+        'mmoverlock.ops.depthwise': set(), 'mmoverlock.utils.compat': set(),
+    }
+    assert find_cycles(modules) == [], 'the module-level graph has no cycle'
+    assert find_cycles(_package_graph(modules)) == [['mmoverlock.checkpoint', 'mmoverlock.models']]
+
+
+def test_import_graph_has_no_cycle():
+    graph = _module_graph()
 
     def reaches(start, goal, seen):
         for nxt in graph[start]:
@@ -133,3 +211,12 @@ def test_import_graph_has_no_cycle():
     cycles = [(a, b) for a in graph for b in graph[a]
               if not b.startswith(a + '.') and not a.startswith(b + '.') and reaches(b, a, set())]
     assert cycles == [], f'modules importing each other back: {cycles}'
+
+
+def test_import_graph_has_no_package_level_cycle():
+    """No two parts of the package import each other, through any chain of modules (``models`` -> ``checkpoint``
+    -> ``models`` was one): each subpackage builds on the ones below it."""
+    graph = _package_graph(_module_graph())
+    assert {'mmoverlock.models', 'mmoverlock.checkpoint', 'mmoverlock.variants'} <= set(graph)
+    assert 'mmoverlock.checkpoint' in graph['mmoverlock.models']    # the graph sees cross-package imports
+    assert find_cycles(graph) == [], f'parts of the package importing each other back: {find_cycles(graph)}'

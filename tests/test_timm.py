@@ -18,8 +18,9 @@ from PIL import Image
 
 import mmoverlock.timm as overlock_timm
 from mmoverlock import OverLoCK
-from mmoverlock.checkpoint import is_deploy_form, load_overlock_checkpoint, reparam_state_dict
+from mmoverlock.checkpoint import load_overlock_checkpoint
 from mmoverlock.checkpoint.official import official_cls_to_mmpretrain
+from mmoverlock.models.layers import is_deploy_form, reparam_state_dict
 
 from .conftest import LAYOUTS, ROOT
 

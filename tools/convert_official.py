@@ -29,8 +29,9 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 from mmengine.utils import import_modules_from_strings
 
-from mmoverlock.checkpoint import extract_state_dict, is_deploy_form, read_checkpoint
+from mmoverlock.checkpoint import extract_state_dict, read_checkpoint
 from mmoverlock.checkpoint.official import TASKS, check_state_dict, convert_state_dict, infer_arch
+from mmoverlock.models.layers import is_deploy_form
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEFAULT_CONFIGS = {'cls': 'configs/cls/overlock_{}_in1k.py', 'det': 'configs/det/mask_rcnn_overlock_{}_1x_coco.py',

@@ -30,8 +30,10 @@ from mmengine.config import Config
 from mmengine.runner import load_checkpoint
 
 import mmoverlock  # noqa: F401  (registers OverLoCK; installs the checkpoint allow-list)
-from mmoverlock.cli.runtime import check_checkpoint, check_writable, one_line_errors, sync_bn_to_bn, task_of
+from mmoverlock.cli.checks import check_checkpoint, check_writable
+from mmoverlock.cli.errors import one_line_errors
 from mmoverlock.engine.load_check import check_checkpoint_fits
+from mmoverlock.utils.config import sync_bn_to_bn, task_of
 
 
 def parse_args(argv: Optional[List[str]] = None):

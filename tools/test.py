@@ -24,9 +24,11 @@ except ImportError as err:   # a python without the environment: one line, not a
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from mmoverlock.cli.runtime import (EVAL_METRICS, apply_eval, apply_out, apply_show_dir, apply_tta,
-                                    check_checkpoint, check_data, check_writable, is_main_process,
-                                    one_line_errors, prepare_for_device, set_launcher_env, task_of)
+from mmoverlock.cli.checks import check_checkpoint, check_data, check_writable
+from mmoverlock.cli.device import is_main_process, prepare_for_device, set_launcher_env
+from mmoverlock.cli.errors import one_line_errors
+from mmoverlock.cli.options import EVAL_METRICS, apply_eval, apply_out, apply_show_dir, apply_tta
+from mmoverlock.utils.config import task_of
 
 
 def parse_args(argv=None):

@@ -25,9 +25,12 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from mmoverlock.cli.runtime import (check_checkpoint, check_data, check_optim_constructor, check_writable,
-                                    interruption_line, is_main_process, one_line_errors, prepare_for_device,
-                                    resume_target, set_launcher_env, task_of)
+from mmoverlock.cli.checks import (check_checkpoint, check_data, check_optim_constructor, check_writable,
+                                   resume_target)
+from mmoverlock.cli.device import is_main_process, prepare_for_device, set_launcher_env
+from mmoverlock.cli.errors import one_line_errors
+from mmoverlock.cli.interruption import interruption_line
+from mmoverlock.utils.config import task_of
 
 
 def parse_args(argv=None):

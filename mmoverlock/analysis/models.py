@@ -10,8 +10,8 @@ from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import init_default_scope
 from mmengine.utils import import_modules_from_strings
 
-from mmoverlock.cli.runtime import task_of
 from mmoverlock.models.backbones.overlock import resolve_arch
+from mmoverlock.utils.config import task_of
 
 from .complexity import ComplexityReport, analyze_complexity, deploy_
 from .reference import FLOPS_SHAPE

@@ -1,5 +1,6 @@
-"""Reading checkpoints safely, and the two rules every reader of OverLoCK weights shares: which state dicts are
-in deploy form, and which tensors do not fit a model."""
+"""Reading checkpoints safely: weights only, one-line errors for files that are not checkpoints, and which tensors
+do not fit a model. Knows no model (which state dicts are in deploy form is the blocks' own rule,
+:mod:`mmoverlock.models.layers`)."""
 import os
 import pickle
 import re
@@ -142,23 +143,10 @@ def extract_state_dict(checkpoint: dict, prefix: Optional[str] = None) -> Dict[s
     return state
 
 
-def has_train_form_blocks(state: Dict[str, torch.Tensor]) -> bool:
-    """Whether a state dict (a model's or a checkpoint's) holds train-form DilatedReparamBlocks: a BN after the
-    large kernel (``origin_bn``) and the dilated branches."""
-    return any(k.endswith('origin_bn.weight') for k in state)
-
-
-def is_deploy_form(state: Dict[str, torch.Tensor]) -> bool:
-    """Whether a state dict holds re-parameterised (deploy-form) DilatedReparamBlocks: one large kernel with
-    a bias (``lk_origin.bias``) and no dilated branches or BNs. Such weights need ``deploy=True``."""
-    return any(k.endswith('lk_origin.bias') for k in state) and not has_train_form_blocks(state)
-
-
 def shape_mismatches(own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor]) -> List[str]:
     """'key: checkpoint (shape) vs model (shape)' for every tensor both have with different shapes."""
     return [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
             for k, v in state.items() if k in own and v.shape != own[k].shape]
 
 
-__all__ = ['read_checkpoint', 'sniff_checkpoint', 'extract_state_dict', 'has_train_form_blocks', 'is_deploy_form',
-           'shape_mismatches', 'NESTING_KEYS']
+__all__ = ['read_checkpoint', 'sniff_checkpoint', 'extract_state_dict', 'shape_mismatches', 'NESTING_KEYS']

@@ -18,15 +18,13 @@ from typing import Dict, Optional
 
 import torch
 
-from ..models.backbones.overlock import arch_settings
+from ..variants import VARIANTS
 
 CLS_HEAD_KEYS = {'head.': 'head.main_head.', 'aux_head.': 'head.aux_head.'}
 #: top-level modules of the official dense-prediction models (unchanged in mmdet 3 / mmseg 1)
 DET_MODULES = ('backbone.', 'neck.', 'rpn_head.', 'roi_head.')
 SEG_MODULES = ('backbone.', 'decode_head.', 'auxiliary_head.')
 TASKS = ('cls', 'det', 'seg')
-#: the official variants by their short name (the aliases in arch_settings point at the same dicts)
-VARIANTS = ('xt', 't', 's', 'b')
 
 
 def is_official_cls_layout(state: Dict[str, torch.Tensor]) -> bool:
@@ -91,9 +89,8 @@ def infer_arch(state: Dict[str, torch.Tensor], prefix: str = '') -> Optional[str
         return None
     depths = [depth(f'blocks{i}') for i in (1, 2, 3, 4)]
     sub_depths = [depth('sub_blocks3'), depth('sub_blocks4')]
-    for name in VARIANTS:
-        arch = arch_settings[name]
-        if (list(arch['embed_dim']), list(arch['depth']), list(arch['sub_depth'])) == (dims, depths, sub_depths):
+    for name, variant in VARIANTS.items():
+        if (list(variant.embed_dim), list(variant.depth), list(variant.sub_depth)) == (dims, depths, sub_depths):
             return name
     return None
 

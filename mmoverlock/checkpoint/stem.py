@@ -1,11 +1,7 @@
-"""Stem weights for another number of image channels, adapted as timm's ``adapt_input_conv`` adapts them."""
+"""First-conv weights for another number of image channels, adapted as timm's ``adapt_input_conv`` adapts them."""
 import math
-from typing import Dict
 
 import torch
-
-#: the stem's first conv, the one layer that reads the image (backbone key)
-STEM_CONV = 'patch_embed1.0.weight'
 
 
 def adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
@@ -34,14 +30,3 @@ def adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
         raise ValueError(f'adapt_input_conv: a first conv of {chans} input channels cannot be adapted to '
                          f'in_chans={in_chans}; only 3-channel (RGB) weights adapt to any channel count')
     return w.to(weight.dtype)
-
-
-def adapt_stem(state: Dict[str, torch.Tensor], own: Dict[str, torch.Tensor],
-               prefix: str = '') -> Dict[str, torch.Tensor]:
-    """``state`` with its stem conv (``prefix + STEM_CONV``) adapted to the channels of the model's (``own``)
-    one, when they differ; other keys as they are."""
-    key = prefix + STEM_CONV
-    if key in state and key in own and state[key].dim() == 4 and state[key].shape[1] != own[key].shape[1]:
-        state = dict(state)
-        state[key] = adapt_input_conv(own[key].shape[1], state[key])
-    return state

@@ -13,10 +13,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..cli.runtime import sync_bn_to_bn, task_of
 from ..engine.load_check import check_checkpoint_fits
 from ..models.contmix import adaptive_avg_pool2d_traceable
 from ..utils import compat
+from ..utils.config import sync_bn_to_bn, task_of
 
 OPSET = 17
 

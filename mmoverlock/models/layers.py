@@ -244,6 +244,25 @@ class DilatedReparamBlock(nn.Module):
             for k, r in zip(self.kernel_sizes, self.dilates):
                 self.add_module(f'dil_conv_k{k}_{r}', DepthwiseConv2d(channels, k, dilation=r))
                 self.add_module(f'dil_bn_k{k}_{r}', nn.BatchNorm2d(channels))
+        self._register_load_state_dict_pre_hook(self._convert_loaded_form)
+
+    def _convert_loaded_form(self, state_dict: Dict[str, torch.Tensor], prefix: str, *args) -> None:
+        """load_state_dict pre-hook: train-form weights (``origin_bn``, the dilated branches) loading into a
+        deploy-form block are merged into its one kernel with bias in place (as :meth:`switch_to_deploy` merges
+        them); deploy-form weights (``lk_origin.bias``, no branches) cannot load into a train-form block: one-line
+        ``ValueError``."""
+        train_form = prefix + 'origin_bn.weight' in state_dict
+        if self.deployed and train_form:
+            train = {k[len(prefix):]: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)}
+            weight = train['lk_origin.weight']
+            block = DilatedReparamBlock(weight.shape[0], weight.shape[-1]).to(weight.device, weight.dtype)
+            block.load_state_dict(train)
+            block.eval()
+            block.switch_to_deploy()
+            state_dict.update({prefix + k: v for k, v in block.state_dict().items()})
+        elif not self.deployed and not train_form and prefix + 'lk_origin.bias' in state_dict:
+            raise ValueError(f'{prefix}lk_origin is re-parameterised (deploy form); build the model with '
+                             f'deploy=True to load it')
 
     @property
     def deployed(self) -> bool:
@@ -300,3 +319,25 @@ class DilatedReparamBlock(nn.Module):
         for k, r in zip(self.kernel_sizes, self.dilates):
             delattr(self, f'dil_conv_k{k}_{r}')
             delattr(self, f'dil_bn_k{k}_{r}')
+
+
+def has_train_form_blocks(state: Dict[str, torch.Tensor]) -> bool:
+    """Whether a state dict (a model's or a checkpoint's) holds train-form DilatedReparamBlocks: a BN after the
+    large kernel (``origin_bn``) and the dilated branches."""
+    return any(k.endswith('origin_bn.weight') for k in state)
+
+
+def is_deploy_form(state: Dict[str, torch.Tensor]) -> bool:
+    """Whether a state dict holds re-parameterised (deploy-form) DilatedReparamBlocks: one large kernel with
+    a bias (``lk_origin.bias``) and no dilated branches or BNs. Such weights need ``deploy=True``."""
+    return any(k.endswith('lk_origin.bias') for k in state) and not has_train_form_blocks(state)
+
+
+def reparam_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A state dict with every train-form DilatedReparamBlock converted to its deploy form (what the release's
+    ``*_reparam.pth`` holds); other keys as they are."""
+    state = dict(state)
+    for prefix in [k[:-len('origin_bn.weight')] for k in state if k.endswith('origin_bn.weight')]:
+        weight = state[prefix + 'lk_origin.weight']
+        DilatedReparamBlock(weight.shape[0], weight.shape[-1], deploy=True)._convert_loaded_form(state, prefix)
+    return state

@@ -26,7 +26,7 @@ try:
 except ImportError as err:   # a python without the environment: one line, not a traceback
     raise SystemExit(f"benchmark_mmdeploy.py: error: {err} ({sys.executable}); run the tools with the "
                      f"environment's python: source .venv/bin/activate (made by make env)") from None
-from mmoverlock.cli.runtime import one_line_errors
+from mmoverlock.cli.errors import one_line_errors
 
 TOOL = 'benchmark_mmdeploy'
 

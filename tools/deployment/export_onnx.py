@@ -26,7 +26,7 @@ try:
 except ImportError as err:   # a python without the environment: one line, not a traceback
     raise SystemExit(f"export_onnx.py: error: {err} ({sys.executable}); run the tools with the environment's "
                      f"python: source .venv/bin/activate (made by make env)") from None
-from mmoverlock.cli.runtime import one_line_errors
+from mmoverlock.cli.errors import one_line_errors
 from mmoverlock.deploy.onnx import (OPSET, build_model, check_shape, export, export_target, half_size,
                                     ort_session)
 

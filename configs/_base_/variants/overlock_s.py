@@ -1,4 +1,5 @@
 # OverLoCK-S: the facts every task's config takes from here (the official release's values).
+# The values equal mmoverlock/variants.py's (the one table of the variants' facts; tests/test_variants.py checks).
 overlock_variant = dict(
     arch='s',
     # the release's ImageNet-1K weights (the dense tasks start from them)

@@ -1,4 +1,5 @@
 # OverLoCK-XT: the facts every task's config takes from here (the official release's values).
+# The values equal mmoverlock/variants.py's (the one table of the variants' facts; tests/test_variants.py checks).
 # The release trains OverLoCK-XT on ImageNet only (no COCO / ADE20K recipe): drop path for cls alone.
 overlock_variant = dict(
     arch='xt',

@@ -26,25 +26,15 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ...checkpoint.load import load_overlock_checkpoint
 from ...checkpoint.stem import adapt_input_conv
 from ...registry import MODELS
+from ...variants import ARCH_KEYS, VARIANTS
 from ..contmix import ContMixBlock
 from ..layers import (GRN, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale, PointwiseConv2d, ResDWConv,
                       SEModule, set_depthwise_choice)
 
-ARCH_KEYS = ('depth', 'sub_depth', 'embed_dim', 'kernel_size', 'mlp_ratio', 'sub_num_heads', 'sub_mlp_ratio')
-
-#: The official variants (the release's ``overlock_{xt,t,s,b}`` model definitions).
-arch_settings: Dict[str, dict] = {
-    'xt': dict(depth=[2, 2, 3, 2], sub_depth=[6, 2], embed_dim=[56, 112, 256, 336], kernel_size=[17, 15, 13, 7],
-               mlp_ratio=4, sub_num_heads=[4, 6], sub_mlp_ratio=3),
-    't': dict(depth=[4, 4, 6, 2], sub_depth=[12, 2], embed_dim=[64, 128, 256, 512], kernel_size=[17, 15, 13, 7],
-              mlp_ratio=4, sub_num_heads=[4, 8], sub_mlp_ratio=3),
-    's': dict(depth=[6, 6, 8, 3], sub_depth=[16, 3], embed_dim=[64, 128, 320, 512], kernel_size=[17, 15, 13, 7],
-              mlp_ratio=4, sub_num_heads=[8, 16], sub_mlp_ratio=3),
-    'b': dict(depth=[8, 8, 10, 4], sub_depth=[20, 4], embed_dim=[80, 160, 384, 576],
-              kernel_size=[17, 15, 13, 7], mlp_ratio=4, sub_num_heads=[6, 9], sub_mlp_ratio=3),
-}
-for _name, _full in (('x-tiny', 'xt'), ('tiny', 't'), ('small', 's'), ('base', 'b')):
-    arch_settings[_name] = arch_settings[_full]
+#: The official variants (the release's ``overlock_{xt,t,s,b}`` model definitions), by short and long name, from
+#: :mod:`mmoverlock.variants`.
+arch_settings: Dict[str, dict] = {v.name: v.arch for v in VARIANTS.values()}
+arch_settings.update({v.alias: arch_settings[v.name] for v in VARIANTS.values()})
 
 #: layout -> (LN2d on the outputs, Overview-Net fusion into the last map); see the module docstring
 LAYOUTS: Dict[str, tuple] = {
@@ -52,6 +42,8 @@ LAYOUTS: Dict[str, tuple] = {
     'detection': (True, True),
     'segmentation': (True, False),
 }
+#: the stem's first conv, the one layer that reads the image (its weight adapts to ``in_channels`` on loading)
+STEM_CONV = 'patch_embed1.0.weight'
 SMK_SIZE = 5                       # small dynamic kernel
 LS_INIT = (None, None, 1., 1.)     # LayerScale init of the Base/Overview-Net blocks, per stage
 NUM_OUTPUTS = 5                    # out indices 0-3: stages; 4: the Overview-Net map
@@ -262,7 +254,7 @@ class OverLoCK(BaseModule):
     def _adapt_stem(self, state_dict, prefix, *args) -> None:
         """load_state_dict pre-hook: a stem weight for another number of image channels (the release's 3) is
         adapted to ``in_channels`` in place (:func:`~mmoverlock.checkpoint.adapt_input_conv`)."""
-        key = prefix + 'patch_embed1.0.weight'
+        key = prefix + STEM_CONV
         own = self.patch_embed1[0].weight
         if key in state_dict and state_dict[key].dim() == 4 and state_dict[key].shape[1] != own.shape[1]:
             state_dict[key] = adapt_input_conv(own.shape[1], state_dict[key])

@@ -1,19 +1,20 @@
-"""The ImageNet head of OverLoCK with its deep-supervision (Overview-Net) head, for mmpretrain.
+"""The ImageNet head of OverLoCK with its deep-supervision (Overview-Net) head, for mmpretrain: the one head
+implementation (:class:`mmoverlock.models.heads.OverLoCKHead`, which timm's models use too) with mmpretrain's
+``ClsHead`` interface (losses, predictions).
 
 Imported by the classification configs (``custom_imports``), not by ``import mmoverlock``: it needs mmpretrain.
 """
 from typing import List, Tuple
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from mmpretrain.models.heads import ClsHead
 
 from ...registry import MODELS
+from ..heads import OverLoCKHead
 
 
 @MODELS.register_module()
-class OverLoCKClsHead(ClsHead):
+class OverLoCKClsHead(OverLoCKHead, ClsHead):
     """Main head on the last map and an auxiliary head on the Overview-Net map.
 
     Expects the backbone's ``out_indices=(3, 4)`` (ImageNet layout): ``feats = (last, overview)``.
@@ -38,18 +39,13 @@ class OverLoCKClsHead(ClsHead):
     def __init__(self, num_classes: int, in_channels: int, overview_channels: int, projection: int = 1024,
                  aux_loss_weight: float = 0.4, init_cfg=dict(type='TruncNormal', layer=['Conv2d'], std=.02),
                  **kwargs):
-        super().__init__(init_cfg=init_cfg, **kwargs)
         if num_classes <= 0:
             raise ValueError(f'OverLoCKClsHead: num_classes={num_classes} must be positive')
         if aux_loss_weight < 0:
             raise ValueError(f'OverLoCKClsHead: aux_loss_weight={aux_loss_weight} must be >= 0 (0: no auxiliary head)')
+        super().__init__(in_channels, overview_channels, num_classes, projection, aux=aux_loss_weight > 0,
+                         init_cfg=init_cfg, **kwargs)
         self.num_classes, self.aux_loss_weight = num_classes, aux_loss_weight
-        self.main_head = nn.Sequential(
-            nn.Conv2d(in_channels, projection, 1, bias=False), nn.BatchNorm2d(projection), nn.SiLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Conv2d(projection, num_classes, 1))
-        self.aux_head = nn.Sequential(
-            nn.BatchNorm2d(overview_channels), nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(overview_channels, num_classes, 1)) if aux_loss_weight > 0 else None
 
     def channel_expectations(self, out_channels: List[int], where: str) -> List[Tuple[str, int, int]]:
         """(config path, declared, expected) of the two maps this head reads, for mmoverlock's
@@ -70,15 +66,15 @@ class OverLoCKClsHead(ClsHead):
     def pre_logits(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
         """The features before the final layer (mmpretrain's ``extract_feat(stage='pre_logits')``): the main
         head's pooled projection, (last (B, C, h, w), overview) -> (B, projection)."""
-        return self.main_head[:-1](self._split(feats)[0]).flatten(1)
+        return super().forward(self._split(feats)[0], pre_logits=True)
 
     def forward(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
         """(last (B, C, h, w), overview (B, e3, h, w)) -> main logits (B, num_classes)."""
-        classifier = self.main_head[-1]
-        return F.linear(self.pre_logits(feats), classifier.weight.flatten(1), classifier.bias)
+        return super().forward(self._split(feats)[0])
 
     def forward_aux(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
-        return self.aux_head(self._split(feats)[1]).flatten(1)
+        """(last, overview (B, e3, h, w)) -> auxiliary logits (B, num_classes)."""
+        return super().forward_aux(self._split(feats)[1])
 
     def loss(self, feats: Tuple[torch.Tensor], data_samples: List, **kwargs) -> dict:
         losses = self._get_loss(self(feats), data_samples, **kwargs)
