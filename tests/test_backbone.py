@@ -1,5 +1,4 @@
 """The OverLoCK backbone: official layouts, checkpoint loading, freezing, checkpointing, deploy, errors."""
-import ast
 import copy
 import glob
 import os.path as osp
@@ -16,14 +15,9 @@ from mmoverlock.models.backbones.overlock import arch_settings
 from mmoverlock.models.mmpretrain import OverLoCKClsHead
 
 from .conftest import LAYOUTS
+from .helpers import read_layout
 
 LAYOUT_FILES = sorted(glob.glob(osp.join(LAYOUTS, '*.tsv')))
-
-
-def read_layout(path):
-    with open(path) as f:
-        rows = [line.rstrip('\n').split('\t') for line in f if line.strip()]
-    return {key: tuple(ast.literal_eval(shape)) for key, shape in rows}
 
 
 def official_model(task, arch, num_classes=1000, projection=1024):

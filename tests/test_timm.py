@@ -21,7 +21,8 @@ from mmoverlock import OverLoCK
 from mmoverlock.checkpoint import is_deploy_form, load_overlock_checkpoint, reparam_state_dict
 from mmoverlock.checkpoint.official import official_cls_to_mmpretrain
 
-from .conftest import LAYOUTS, ROOT
+from .conftest import ROOT
+from .helpers import read_layout, rel_err
 
 NAMES = ['overlock_b', 'overlock_s', 'overlock_t', 'overlock_xt']
 DOC = osp.join(ROOT, 'docs', 'standalone.md')
@@ -29,18 +30,9 @@ MEAN = np.array([123.675, 116.28, 103.53])   # the release's ImageNet mean / std
 STD = np.array([58.395, 57.12, 57.375])
 
 
-def rel_err(ours, ref):
-    return ((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
-
-
 def variant_facts(name):
     """configs/_base_/variants/overlock_<v>.py: the release's values every task's config takes."""
     return Config.fromfile(osp.join(ROOT, 'configs', '_base_', 'variants', f'{name}.py')).overlock_variant
-
-
-def read_layout(name):
-    with open(osp.join(LAYOUTS, name)) as f:
-        return {key: tuple(eval(shape)) for key, shape in (line.rstrip('\n').split('\t') for line in f)}
 
 
 def to_release_layout(state):
