@@ -67,6 +67,7 @@ def test_seg_official_to_mmseg1_fits(fixture, tmp_path):
     assert all(torch.equal(out['state_dict'][k], v) for k, v in official.items())
 
 
+@pytest.mark.slow
 def test_det_default_config_from_the_backbone(tmp_path):
     """Without --config the variant the backbone shows picks the shipped Mask R-CNN config (full size)."""
     tool = load_tool()

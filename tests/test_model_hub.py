@@ -12,6 +12,7 @@ from .conftest import ROOT
 IMAGENET_MODELS = sorted(f'overlock_{v}_in1k{form}' for v in ('xt', 't', 's', 'b') for form in ('', '_reparam'))
 
 
+@pytest.mark.slow
 def test_bare_import_registers_nothing_with_the_hub():
     code = ('import mmoverlock, mmpretrain\n'
             'print(mmpretrain.list_models("overlock*"))\n'
@@ -23,6 +24,7 @@ def test_bare_import_registers_nothing_with_the_hub():
     assert before == '[]' and ast.literal_eval(after) == IMAGENET_MODELS
 
 
+@pytest.mark.slow
 def test_get_model_builds_from_the_config_and_takes_a_local_checkpoint(tmp_path):
     import mmpretrain
 

@@ -393,6 +393,7 @@ def test_global_pool_and_classifier_reset_follow_timm(fixture, release_file):
         assert from_file(fixture, release_file['train'], global_pool='max')(x).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_torchscript_and_fx_give_the_eager_outputs(fixture, release_file):
     """torch.jit.script of the whole model, and torch.fx through torchvision's create_feature_extractor with no
     tracer arguments (mmoverlock's data-dependent helpers are torch.fx.wrap leaves) and through timm's."""
