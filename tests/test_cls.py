@@ -101,6 +101,7 @@ def test_lr_schedule_follows_timm_cosine_per_epoch():
 
     for epoch in range(300):
         assert optim.param_groups[0]['lr'] == pytest.approx(timm(epoch), rel=1e-3), epoch
+        optim.step()   # no gradient: changes nothing, and the schedulers step after it, as in training
         for s in schedulers:
             s.step()
 
