@@ -50,6 +50,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.fixture(scope='module')
+def coco(tmp_path_factory):
+    """A tiny COCO-format set (``tests/helpers.py``'s ``make_coco``), one per test module."""
+    from .helpers import make_coco
+    root = str(tmp_path_factory.mktemp('coco'))
+    make_coco(root)
+    return root
+
+
 @pytest.fixture(scope='session')
 def fixture():
     """The golden fixture: an official tiny model's arch, inputs, state dicts and outputs (made with the

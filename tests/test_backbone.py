@@ -1,5 +1,4 @@
 """The OverLoCK backbone: official layouts, checkpoint loading, freezing, checkpointing, deploy, errors."""
-import ast
 import copy
 import glob
 import os.path as osp
@@ -16,14 +15,9 @@ from mmoverlock.models.backbones.overlock import arch_settings
 from mmoverlock.models.mmpretrain import OverLoCKClsHead
 
 from .conftest import LAYOUTS
+from .helpers import parse_shape, read_layout
 
 LAYOUT_FILES = sorted(glob.glob(osp.join(LAYOUTS, '*.tsv')))
-
-
-def read_layout(path):
-    with open(path) as f:
-        rows = [line.rstrip('\n').split('\t') for line in f if line.strip()]
-    return {key: tuple(ast.literal_eval(shape)) for key, shape in rows}
 
 
 def official_model(task, arch, num_classes=1000, projection=1024):
@@ -41,6 +35,13 @@ def test_all_official_layouts_are_listed():
     names = {osp.basename(p)[:-4] for p in LAYOUT_FILES}
     assert names == {f'{t}_{a}' for t in ('cls', 'det', 'seg') for a in ('xt', 't', 's', 'b')} - {
         'det_xt', 'seg_xt'}
+
+
+def test_layout_shapes_are_parsed_not_evaluated():
+    assert [parse_shape(s) for s in ('()', '(32,)', '(64, 3, 3, 3)')] == [(), (32,), (64, 3, 3, 3)]
+    for bad in ("__import__('os').getcwd()", '(64, -3)', '[64, 3]', '(64 3)'):
+        with pytest.raises(ValueError, match='is not a tuple of integers'):
+            parse_shape(bad)
 
 
 @pytest.mark.parametrize('path', LAYOUT_FILES, ids=lambda p: osp.basename(p)[:-4])

@@ -17,16 +17,13 @@ from PIL import Image
 import mmoverlock.models.mmpretrain  # noqa: F401  (registers OverLoCK and the mmpretrain adapter)
 
 from .conftest import ROOT, find, load_tool
+from .helpers import layout_state, rel_err
 
 CLS_CONFIGS = {v: osp.join(ROOT, 'configs', 'cls', f'overlock_{v}_in1k.py') for v in ('xt', 't', 's', 'b')}
 CLASSES = ('ant', 'bee')
 TINY_CROP = 32                  # stands in for 224
 MEAN = np.array([123.675, 116.28, 103.53])
 STD = np.array([58.395, 57.12, 57.375])
-
-
-def rel_err(ours, ref):
-    return ((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
 # ---------------------------------------------------------------------------------------------- shipped configs
@@ -104,6 +101,7 @@ def test_lr_schedule_follows_timm_cosine_per_epoch():
 
     for epoch in range(300):
         assert optim.param_groups[0]['lr'] == pytest.approx(timm(epoch), rel=1e-3), epoch
+        optim.step()   # no gradient: changes nothing, and the schedulers step after it, as in training
         for s in schedulers:
             s.step()
 
@@ -277,10 +275,7 @@ def test_release_checkpoints_load_as_they_are_and_deploy_form_gives_reparam_logi
 def test_deploy_form_official_default_config(tmp_path, capsys):
     """A full-size deploy-form ImageNet file: the converter picks configs/cls/overlock_t_in1k_reparam.py."""
     from mmoverlock.models.layers import reparam_state_dict
-    layout = {}
-    for line in open(osp.join(ROOT, 'tests', 'data', 'state_dict_layout', 'cls_t.tsv')):
-        key, shape = line.rstrip('\n').split('\t')
-        layout[key] = torch.rand(eval(shape)) + 0.5     # positive running_var for the BN fusion
+    layout = layout_state('cls_t', lambda shape: torch.rand(shape) + 0.5)   # positive running_var for the BN fusion
     src = str(tmp_path / 'overlock_t_in1k_224_reparam.pth')
     torch.save(reparam_state_dict(layout), src)
     info = load_tool('convert_official').convert(src, str(tmp_path / 'out.pth'), 'cls')

@@ -2,6 +2,9 @@
 Triton 2.1: ``make test-compat``) and on the main one: the ops' registration, the Triton fallback, checkpoint
 loading without an allow-list, the autocast / compile queries."""
 import os
+import os.path as osp
+import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -14,15 +17,39 @@ from mmoverlock.checkpoint.io import read_checkpoint
 from mmoverlock.ops import depthwise_op, na2d_av_reference, na2d_op, triton_na2d_av
 from mmoverlock.utils import compat
 
+from .conftest import ROOT
 from .test_ops import make
+
+#: each test lane's environment in this checkout -> the lock file that pins its torch
+LANE_LOCKS = {'.venv': 'cpu-core.txt', '.venv-compat': 'compat-core.txt'}
+
+
+def locked_torch(lock: str) -> tuple:
+    """The torch version ``requirements/lock/<lock>`` pins."""
+    with open(osp.join(ROOT, 'requirements', 'lock', lock)) as f:
+        pins = re.findall(r'^torch==([\w.+]+)$', f.read(), re.M)
+    assert len(pins) == 1, f'requirements/lock/{lock} pins torch {len(pins)} times'
+    return compat.parse_version(pins[0])
 
 
 def test_the_lane_runs_the_torch_it_claims():
-    """``make test-compat`` sets MMOVERLOCK_EXPECT_TORCH (e.g. 2.1): the run really uses that torch."""
+    """Run by one of this checkout's lanes (``make test``: ``.venv``, ``make test-compat``: ``.venv-compat``),
+    the tests use the torch that lane's lock file pins; ``make test-compat`` also names it in
+    MMOVERLOCK_EXPECT_TORCH (e.g. 2.1), which must be the lock's and the running torch's."""
     expected = os.environ.get('MMOVERLOCK_EXPECT_TORCH')
+    lane = next((venv for venv in LANE_LOCKS if osp.realpath(sys.prefix) == osp.realpath(osp.join(ROOT, venv))),
+                None)
+    if lane is None and not expected:
+        pytest.skip(f'run by {sys.prefix}, not by a lane of this checkout ({", ".join(LANE_LOCKS)}), and without '
+                    f'MMOVERLOCK_EXPECT_TORCH: no lane claims a torch here')
+    if lane is not None:
+        locked = locked_torch(LANE_LOCKS[lane])
+        assert compat.TORCH_VERSION == locked, (f'{lane} runs torch {torch.__version__}; '
+                                                f'requirements/lock/{LANE_LOCKS[lane]} pins {locked}')
     if expected:
         assert compat.TORCH_VERSION[:2] == compat.parse_version(expected)[:2], torch.__version__
-    assert compat.TORCH_VERSION >= (2, 1)
+        if lane is not None:
+            assert compat.parse_version(expected)[:2] == locked_torch(LANE_LOCKS[lane])[:2], expected
 
 
 @pytest.mark.parametrize('text,version', [('2.1.2+cu121', (2, 1, 2)), ('2.13.0+cpu', (2, 13, 0)),

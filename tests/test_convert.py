@@ -10,24 +10,15 @@ from mmoverlock.checkpoint.official import (check_state_dict, convert_state_dict
                                             official_cls_to_mmpretrain)
 
 from . import conftest
+from .helpers import layout_state as layout
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-LAYOUTS = osp.join(ROOT, 'tests', 'data', 'state_dict_layout')
 TINY = dict(depth=[1, 1, 1, 1], sub_depth=[2, 2], embed_dim=[16, 32, 64, 96], kernel_size=[9, 7, 7, 7],
             mlp_ratio=[2, 2, 2, 2], sub_num_heads=[2, 2], sub_mlp_ratio=[2, 2])
 
 
 def load_tool():
     return conftest.load_tool('convert_official')
-
-
-def layout(name: str) -> dict:
-    """A state dict of zeros in an official layout (tests/data/state_dict_layout/NAME.tsv)."""
-    state = {}
-    for line in open(osp.join(LAYOUTS, f'{name}.tsv')):
-        key, shape = line.rstrip('\n').split('\t')
-        state[key] = torch.zeros(eval(shape))
-    return state
 
 
 def tiny_config(src: str, dst, **model) -> str:
@@ -76,6 +67,7 @@ def test_seg_official_to_mmseg1_fits(fixture, tmp_path):
     assert all(torch.equal(out['state_dict'][k], v) for k, v in official.items())
 
 
+@pytest.mark.slow
 def test_det_default_config_from_the_backbone(tmp_path):
     """Without --config the variant the backbone shows picks the shipped Mask R-CNN config (full size)."""
     tool = load_tool()

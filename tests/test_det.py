@@ -5,17 +5,14 @@ Every run uses a tiny OverLoCK (the fixture's arch) and narrow heads on 96x128 i
 scales, so the whole file stays within a few CPU minutes.
 """
 import glob
-import json
 import os
 import os.path as osp
 import pickle
 import re
-import socket
 import subprocess
 import sys
 from collections import OrderedDict
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -25,6 +22,7 @@ from mmengine.config import Config
 import mmoverlock  # noqa: F401  (allow-lists mmengine's checkpoint types)
 
 from . import conftest
+from .helpers import CLASSES, free_port
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'det', '*.py')))
@@ -34,7 +32,6 @@ DROP_PATH = {'t': 0.2, 's': 0.4, 'b': 0.6}
 FPN_IN = {'t': [64, 128, 384, 640], 's': [64, 128, 448, 640], 'b': [80, 160, 528, 720]}
 SCHEDULE = {'1x': dict(lr=2e-4, epochs=12, milestones=[8, 11]), '3x': dict(lr=1e-4, epochs=36, milestones=[27, 33])}
 
-CLASSES = ('square', 'triangle')
 TINY = dict(depth=[1, 1, 1, 1], sub_depth=[2, 2], embed_dim=[16, 32, 64, 96], kernel_size=[9, 7, 7, 7],
             mlp_ratio=[2, 2, 2, 2], sub_num_heads=[2, 2], sub_mlp_ratio=[2, 2])
 TINY_FPN_IN = [16, 32, 88, 120]
@@ -45,35 +42,6 @@ ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONWARNINGS=
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def make_coco(root: str, num_train: int = 2, num_val: int = 2, height: int = 96, width: int = 128) -> None:
-    """A COCO-format set: images with one square and one triangle each, polygon masks."""
-    rng = np.random.default_rng(0)
-    os.makedirs(osp.join(root, 'annotations'))
-    for split, num in (('train', num_train), ('val', num_val)):
-        os.makedirs(osp.join(root, split))
-        images, annotations = [], []
-        for i in range(num):
-            img = (rng.random((height, width, 3)) * 60).astype(np.uint8)
-            for label in range(len(CLASSES)):
-                cx, cy = rng.uniform(30, width - 30), rng.uniform(30, height - 30)
-                r = rng.uniform(14, 24)
-                if label == 0:
-                    poly = np.array([[cx - r, cy - r], [cx + r, cy - r], [cx + r, cy + r], [cx - r, cy + r]])
-                else:
-                    poly = np.array([[cx, cy - r], [cx + r, cy + r], [cx - r, cy + r]])
-                cv2.fillPoly(img, [poly.round().astype(np.int32)], (200, 60 + 120 * label, 40))
-                (x0, y0), (x1, y1) = poly.min(0), poly.max(0)
-                annotations.append(dict(
-                    id=len(annotations) + 1, image_id=i + 1, category_id=label + 1, iscrowd=0,
-                    segmentation=[poly.flatten().round(2).tolist()], bbox=[x0, y0, x1 - x0, y1 - y0],
-                    area=float(cv2.contourArea(poly.astype(np.float32)))))
-            cv2.imwrite(osp.join(root, split, f'{i:04d}.jpg'), img)
-            images.append(dict(id=i + 1, file_name=f'{i:04d}.jpg', height=height, width=width))
-        with open(osp.join(root, 'annotations', f'instances_{split}.json'), 'w') as f:
-            json.dump(dict(images=images, annotations=annotations,
-                           categories=[dict(id=j + 1, name=c) for j, c in enumerate(CLASSES)]), f)
-
-
 def _walk(node, fn):
     if isinstance(node, dict):
         fn(node)
@@ -167,19 +135,6 @@ def assert_real_coco_metrics(log: str) -> dict:
     # pycocotools printed both summaries (12 lines each)
     assert log.count('Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all') == 2
     return metrics
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope='module')
-def coco(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp('coco'))
-    make_coco(root)
-    return root
 
 
 @pytest.fixture(scope='module')

@@ -6,11 +6,9 @@ from mmoverlock import OverLoCK
 from mmoverlock.checkpoint.official import official_cls_to_mmpretrain
 from mmoverlock.models.mmpretrain import OverLoCKClsHead
 
+from .helpers import rel_err
+
 TOL = 1e-4
-
-
-def rel_err(ours, ref):
-    return ((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
 class TinyClassifier(torch.nn.Module):

@@ -12,14 +12,11 @@ import pytest
 import torch
 
 from .conftest import FIXTURE, LAYOUTS, load_tool
+from .helpers import rel_err
 
 make_golden_fixture = load_tool('analysis/make_golden_fixture')
 RELEASE = os.environ.get('OVERLOCK_RELEASE')
 OUTPUT_TOL = 1e-5
-
-
-def rel_err(ours, ref):
-    return ((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
 def assert_same_state_dict(ours, ref, what):

@@ -148,7 +148,8 @@ def test_mmpretrain_layer_decay_constructor_trains(fixture):
 
 @pytest.mark.integration
 def test_mmdet_layer_decay_constructor_trains_two_iterations(tmp_path):
-    from .test_det import TINY, TINY_FPN_IN, derive_tiny, make_coco
+    from .helpers import make_coco
+    from .test_det import TINY, TINY_FPN_IN, derive_tiny
     make_coco(str(tmp_path / 'coco'))
     config = derive_tiny(MASK_RCNN, str(tmp_path / 'coco'), str(tmp_path / 'tiny.py'), neck=TINY_FPN_IN)
     cfg = Config.fromfile(config)

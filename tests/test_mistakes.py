@@ -16,7 +16,6 @@ import sys
 import time
 
 import pytest
-import torch
 from mmengine.registry import MODELS, Registry
 
 from mmoverlock.cli.checks import check_writable
@@ -24,7 +23,8 @@ from mmoverlock.cli.errors import known_mistake
 from mmoverlock.cli.interruption import resume_command
 from mmoverlock.engine.atomic_checkpoint import signals_deferred
 
-from .conftest import ROOT, load_tool
+from .conftest import ROOT
+from .helpers import empty_checkpoint, exit_message
 
 MASK_RCNN = osp.join(ROOT, 'configs', 'det', 'mask_rcnn_overlock_t_1x_coco.py')
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONWARNINGS='ignore')
@@ -32,19 +32,12 @@ ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONWARNINGS=
 
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
-    from .test_det import derive_tiny, make_coco
+    from .helpers import make_coco
+    from .test_det import derive_tiny
     root = tmp_path_factory.mktemp('mistakes')
     make_coco(str(root / 'coco'))
     config = derive_tiny(MASK_RCNN, str(root / 'coco'), str(root / 'tiny.py'), val_interval=100)
     return root, config
-
-
-def exit_message(tool: str, *argv) -> str:
-    with pytest.raises(SystemExit) as err:
-        load_tool(tool).main([str(a) for a in argv])
-    message = err.value.code
-    assert isinstance(message, str) and '\n' not in message, message
-    return message
 
 
 @pytest.mark.integration
@@ -79,7 +72,7 @@ def test_misspelled_argument_names_the_closest_argument(tiny, tmp_path):
 
 @pytest.mark.integration
 def test_truncated_annotation_file_is_named_with_the_position(tiny, tmp_path):
-    from .test_det import make_coco
+    from .helpers import make_coco
     root, config = tiny
     coco = tmp_path / 'coco'
     make_coco(str(coco))
@@ -101,8 +94,7 @@ def test_infer_on_a_file_that_is_not_an_image(tiny, tmp_path):
     _, config = tiny
     text = tmp_path / 'photo.jpg'
     text.write_text('not an image\n')
-    checkpoint = tmp_path / 'model.pth'
-    torch.save({'state_dict': {}}, checkpoint)
+    checkpoint = empty_checkpoint(tmp_path)
     message = exit_message('infer', text, config, checkpoint, '--out', tmp_path / 'out.png')
     assert message == (f"tools/infer.py: error: image '{text}' is not an image OpenCV can decode (another kind of "
                        f"file, or truncated); expected a .jpg, .png, .bmp or .tif image")
@@ -113,8 +105,7 @@ def test_unwritable_outputs_are_named_before_anything_runs(tiny, tmp_path):
     root, config = tiny
     blocker = tmp_path / 'a_file'
     blocker.write_text('')
-    checkpoint = tmp_path / 'model.pth'
-    torch.save({'state_dict': {}}, checkpoint)
+    checkpoint = empty_checkpoint(tmp_path)
     image = osp.join(root, 'coco', 'val', '0000.jpg')
     bad = blocker / 'sub'   # a folder inside a file: not creatable, even for root
     for tool, argv, flag in (('train', [config, '--work-dir', bad], '--work-dir'),

@@ -1,5 +1,6 @@
 """OverLoCK in mmpretrain's model hub (after the classification adapter is imported), offline: names are listed,
 models build from the shipped configs, and a local file is accepted for ``pretrained``."""
+import ast
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ from .conftest import ROOT
 IMAGENET_MODELS = sorted(f'overlock_{v}_in1k{form}' for v in ('xt', 't', 's', 'b') for form in ('', '_reparam'))
 
 
+@pytest.mark.slow
 def test_bare_import_registers_nothing_with_the_hub():
     code = ('import mmoverlock, mmpretrain\n'
             'print(mmpretrain.list_models("overlock*"))\n'
@@ -19,9 +21,10 @@ def test_bare_import_registers_nothing_with_the_hub():
     out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     before, after = out.stdout.strip().splitlines()[-2:]
-    assert before == '[]' and eval(after) == IMAGENET_MODELS
+    assert before == '[]' and ast.literal_eval(after) == IMAGENET_MODELS
 
 
+@pytest.mark.slow
 def test_get_model_builds_from_the_config_and_takes_a_local_checkpoint(tmp_path):
     import mmpretrain
 

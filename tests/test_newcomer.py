@@ -33,7 +33,8 @@ from mmoverlock import OverLoCK
 from mmoverlock.checkpoint import read_checkpoint
 
 from .conftest import ROOT, load_tool
-from .test_det import TINY, TINY_FPN_IN, derive_tiny, make_coco
+from .helpers import empty_checkpoint, exit_message
+from .test_det import TINY, TINY_FPN_IN, derive_tiny
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONWARNINGS='ignore')
 MASK_RCNN = osp.join(ROOT, 'configs', 'det', 'mask_rcnn_overlock_t_1x_coco.py')
@@ -56,24 +57,8 @@ def only_line(output: str) -> str:
     return lines[0]
 
 
-def exit_message(main, *argv) -> str:
-    """Run a tool's main in-process: it must exit with a one-line message (exit status 1, no traceback)."""
-    with pytest.raises(SystemExit) as err:
-        main([str(a) for a in argv])
-    message = err.value.code
-    assert isinstance(message, str) and '\n' not in message, message
-    return message
-
-
 def tool(name: str):
     return load_tool(name).main
-
-
-@pytest.fixture(scope='module')
-def coco(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp('coco'))
-    make_coco(root)
-    return root
 
 
 def tiny(config: str, coco: str, dst: str, overlock: bool = True, neck: list = TINY_FPN_IN,
@@ -129,8 +114,7 @@ def test_2_missing_data_is_named_before_anything_is_built(tmp_path, monkeypatch)
     assert "train_dataloader.dataset.ann_file 'coco/annotations/instances_train2017.json' does not exist " \
            "(data_root='coco/')" in message
     # tools/test.py: the test loader of a segmentation config, with its README
-    checkpoint = tmp_path / 'ok.pth'
-    torch.save({'state_dict': {}}, checkpoint)
+    checkpoint = empty_checkpoint(tmp_path, 'ok.pth')
     message = exit_message(tool('test'), UPERNET, checkpoint)
     assert message.startswith("tools/test.py: error: data not found: test_dataloader.dataset.data_root "
                               "'data/ade/ADEChallengeData2016' does not exist; lay out the data set as "

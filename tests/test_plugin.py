@@ -9,6 +9,8 @@ import os.path as osp
 import subprocess
 import sys
 
+import pytest
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PACKAGE = osp.join(ROOT, 'mmoverlock')
 
@@ -54,6 +56,7 @@ def _snapshot():
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow
 def test_import_changes_nothing_but_its_own_scope():
     snap = _snapshot()
     before, after = snap['before'], snap['after']
@@ -74,6 +77,7 @@ def test_import_changes_nothing_but_its_own_scope():
                                                    'mmoverlock::na2d_av_triton'], table
 
 
+@pytest.mark.slow
 def test_import_pulls_in_no_downstream_library():
     loaded = set(_snapshot()['loaded'])
     for name in ('mmdet', 'mmseg', 'mmpretrain', 'mmcv', 'torchvision', 'triton'):

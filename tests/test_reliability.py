@@ -543,7 +543,7 @@ def test_image_without_annotations_trains(tmp_path):
 
     class RecordLosses(Hook):
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-            losses.append((len(data_batch['data_samples'][0].gt_instances), float(outputs['loss'])))
+            losses.append((len(data_batch['data_samples'][0].gt_instances), float(outputs['loss'].detach())))
 
     runner = Runner.from_cfg(cfg)
     assert len(runner.train_dataloader.dataset) == 2       # the empty image was not filtered out

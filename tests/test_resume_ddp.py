@@ -9,7 +9,6 @@ sample is computed alone and DDP's averaged gradient equals the single-process b
 import os
 import os.path as osp
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,8 @@ import pytest
 import torch
 
 from mmoverlock.checkpoint import read_checkpoint
+
+from .helpers import free_port
 
 pytestmark = pytest.mark.integration   # SIGKILL, resume and 2-process runs of the tools
 
@@ -83,12 +84,6 @@ CONFIG = textwrap.dedent('''
                    dist_cfg=dict(backend='gloo'))
     log_level = 'INFO'
 ''')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope='module')

@@ -12,7 +12,6 @@ run drew. Four interrupted runs cover each of {det, seg} x {SIGINT, SIGKILL} x {
 import os
 import os.path as osp
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -30,6 +29,7 @@ from mmoverlock.engine.resumable import (ResumableEpochBasedTrainLoop, Resumable
                                          ResumableSampler)
 
 from .conftest import ROOT, load_tool
+from .helpers import free_port
 
 TRAIN = osp.join(ROOT, 'tools', 'train.py')
 TIMEOUT = 500
@@ -68,12 +68,6 @@ RECORD_HOOK = textwrap.dedent('''
 ''')
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def with_recording(cfg: Config, interval: int) -> Config:
     """Checkpoints by iteration every ``interval``, the recording hook, no validation, logs every iteration."""
     cfg.custom_imports.imports = list(cfg.custom_imports.imports) + ['record_loss_hook']
@@ -91,7 +85,8 @@ def configs(tmp_path_factory, fixture):
     """A tiny Mask R-CNN (our 1x recipe: epoch loop, ResumableSampler + mmdet's AspectRatioBatchSampler) on 6
     images, 8 iterations over 2 epochs of 4 batches (1 process x 2 images, or 2 x 1); a tiny UperNet (our ADE
     recipe: iteration loop, ResumableInfiniteSampler) on 4 images, 8 iterations of 2 images per process."""
-    from .test_det import derive_tiny, make_coco
+    from .helpers import make_coco
+    from .test_det import derive_tiny
     from .test_seg import SEG_CONFIGS, make_ade_like, tiny_cfg
     root = tmp_path_factory.mktemp('resume_exact')
     (root / 'record_loss_hook.py').write_text(RECORD_HOOK)

@@ -113,6 +113,7 @@ def test_lr_schedule_matches_mmcv1_poly_with_linear_warmup():
         if it % 50 == 0 or 1495 <= it <= 1505:
             lr = optim.param_groups[0]['lr']
             assert lr == pytest.approx(official(it), rel=1e-6), it
+        optim.step()   # no gradient: changes nothing, and the schedulers step after it, as in training
         for s in schedulers:
             s.step()
 

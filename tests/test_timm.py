@@ -22,7 +22,8 @@ from mmoverlock.checkpoint import load_overlock_checkpoint
 from mmoverlock.checkpoint.official import official_cls_to_mmpretrain
 from mmoverlock.models.layers import is_deploy_form, reparam_state_dict
 
-from .conftest import LAYOUTS, ROOT
+from .conftest import ROOT
+from .helpers import read_layout, rel_err
 
 NAMES = ['overlock_b', 'overlock_s', 'overlock_t', 'overlock_xt']
 DOC = osp.join(ROOT, 'docs', 'standalone.md')
@@ -30,18 +31,9 @@ MEAN = np.array([123.675, 116.28, 103.53])   # the release's ImageNet mean / std
 STD = np.array([58.395, 57.12, 57.375])
 
 
-def rel_err(ours, ref):
-    return ((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
-
-
 def variant_facts(name):
     """configs/_base_/variants/overlock_<v>.py: the release's values every task's config takes."""
     return Config.fromfile(osp.join(ROOT, 'configs', '_base_', 'variants', f'{name}.py')).overlock_variant
-
-
-def read_layout(name):
-    with open(osp.join(LAYOUTS, name)) as f:
-        return {key: tuple(eval(shape)) for key, shape in (line.rstrip('\n').split('\t') for line in f)}
 
 
 def to_release_layout(state):
@@ -402,6 +394,7 @@ def test_global_pool_and_classifier_reset_follow_timm(fixture, release_file):
         assert from_file(fixture, release_file['train'], global_pool='max')(x).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_torchscript_and_fx_give_the_eager_outputs(fixture, release_file):
     """torch.jit.script of the whole model, and torch.fx through torchvision's create_feature_extractor with no
     tracer arguments (mmoverlock's data-dependent helpers are torch.fx.wrap leaves) and through timm's."""

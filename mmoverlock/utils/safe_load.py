@@ -8,11 +8,12 @@ milestones in the scheduler state) and ``ConfigDict``. A ``HistoryBuffer`` pickl
 which resolves exactly those attributes and refuses everything else.
 
 ``import mmoverlock`` adds the list with torch's public ``torch.serialization.add_safe_globals`` (its only
-process-wide effect besides registering its modules), so mmengine's own loader reads mmoverlock's
-checkpoints with ``weights_only=True``. torch < 2.4 has no allow-list (``add_safe_globals`` arrived in 2.4): its
-``weights_only=True`` loads plain state dicts only, and mmengine there loads with ``weights_only=False``;
-:func:`mmoverlock.checkpoint.io.read_checkpoint` enforces this same list through a restricted unpickler
-(:func:`mmoverlock.utils.compat.safe_load_kwargs`).
+process-wide effect besides registering its modules). :func:`mmoverlock.checkpoint.io.read_checkpoint` loads
+with ``weights_only=True`` and this list on torch >= 2.4; torch < 2.4 has no allow-list (``add_safe_globals``
+arrived in 2.4; its ``weights_only=True`` loads plain state dicts only), and there the reader enforces the same
+list through a restricted unpickler (:func:`mmoverlock.utils.compat.safe_load_kwargs`). mmengine's own file
+loader passes no ``weights_only``: torch's default, ``True`` from torch 2.6 (then this list lets it read
+mmengine's checkpoints), ``False`` before.
 """
 import pickle
 from collections import Counter

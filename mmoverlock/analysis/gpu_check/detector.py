@@ -49,7 +49,7 @@ def rows(args, device) -> List[dict]:
         from mmengine.registry import init_default_scope
 
         import mmoverlock  # noqa: F401
-        from mmoverlock.cli.runtime import sync_bn_to_bn
+        from mmoverlock.utils.config import sync_bn_to_bn
     except ImportError as err:
         return [dict(row, note=f'skipped: {err} (needs mmdet and mmcv with its compiled ops)')]
     cfg = Config.fromfile(osp.join(ROOT, CASCADE_T))
