@@ -25,8 +25,9 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from mmoverlock.cli.runtime import (EVAL_METRICS, apply_eval, apply_out, apply_show_dir, apply_tta,
-                                    check_checkpoint, check_data, check_writable, is_main_process,
-                                    one_line_errors, prepare_for_device, set_launcher_env, task_of)
+                                    check_checkpoint, check_data, check_writable, end_of_run, is_main_process,
+                                    one_line_errors, prepare_for_device, rank_failures, set_launcher_env,
+                                    task_of)
 
 
 def parse_args(argv=None):
@@ -82,9 +83,11 @@ def main(argv=None):
         raise SystemExit(f'tools/test.py: error: {err}' if is_main_process() else 1) from None
     if args.check_only:
         return None
-    with one_line_errors('tools/test.py'):
+    with rank_failures('tools/test.py', cfg.work_dir), one_line_errors('tools/test.py'):
         runner = Runner.from_cfg(cfg)
-        return runner.test()
+        metrics = runner.test()
+    end_of_run()   # distributed: every process has finished and flushed, exit 0 (no return)
+    return metrics
 
 
 if __name__ == '__main__':

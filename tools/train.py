@@ -26,8 +26,9 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from mmoverlock.cli.runtime import (check_checkpoint, check_data, check_optim_constructor, check_writable,
-                                    interruption_line, is_main_process, one_line_errors, prepare_for_device,
-                                    resume_target, set_launcher_env, task_of)
+                                    end_of_run, interruption_line, is_main_process, one_line_errors,
+                                    prepare_for_device, rank_failures, resume_target, set_launcher_env,
+                                    task_of)
 
 
 def parse_args(argv=None):
@@ -115,9 +116,11 @@ def main(argv=None):
     if args.check_only:
         return None
     command = sys.argv[1:] if argv is None else list(argv)
-    with interruption_line('tools/train.py', cfg.work_dir, command), one_line_errors('tools/train.py'):
+    with rank_failures('tools/train.py', cfg.work_dir), \
+            interruption_line('tools/train.py', cfg.work_dir, command), one_line_errors('tools/train.py'):
         runner = Runner.from_cfg(cfg)
         runner.train()
+    end_of_run()   # distributed: every process has finished and flushed, exit 0 (no return)
     return runner
 
 
