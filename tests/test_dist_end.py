@@ -98,7 +98,7 @@ def test_a_failing_process_prints_one_line_before_the_process_group_exists(tmp_p
                                                                            printed):
     """Without a process group (an error while the Runner is built) the first process speaks, the others write
     their traceback only; each exits 1 at once (``os._exit``, replaced here)."""
-    from mmoverlock.cli import runtime
+    from mmoverlock.cli import launch
     monkeypatch.setenv('WORLD_SIZE', '2')
     monkeypatch.setenv('RANK', rank)
 
@@ -107,9 +107,9 @@ def test_a_failing_process_prints_one_line_before_the_process_group_exists(tmp_p
 
     def fake_exit(status):
         raise Exited(status)
-    monkeypatch.setattr(runtime.os, '_exit', fake_exit)
+    monkeypatch.setattr(launch.os, '_exit', fake_exit)
     with pytest.raises(Exited) as exited:
-        with runtime.rank_failures('tools/train.py', str(tmp_path)):
+        with launch.rank_failures('tools/train.py', str(tmp_path)):
             raise KeyError('SGDX is not in the mmengine::optimizer registry.\nPlease check whether the value ...')
     assert exited.value.args == (1, )
     err = capsys.readouterr().err
@@ -131,12 +131,34 @@ def test_the_end_hook_leaves_a_lone_process_alone():
 @pytest.mark.parametrize('code, shown, status', [('tools/train.py: error: model.neck.in_channels=...', True, 1),
                                                  (1, False, 1), (None, False, 0)])
 def test_a_one_line_error_of_a_process_is_printed_and_ends_it(monkeypatch, capsys, code, shown, status):
-    from mmoverlock.cli import runtime
+    from mmoverlock.cli import launch
     monkeypatch.setenv('WORLD_SIZE', '2')
     monkeypatch.setenv('RANK', '0')
     exits = []
-    monkeypatch.setattr(runtime.os, '_exit', exits.append)
-    with runtime.rank_failures('tools/train.py', None):
+    monkeypatch.setattr(launch.os, '_exit', exits.append)
+    with launch.rank_failures('tools/train.py', None):
         raise SystemExit(code)
     assert exits == [status]
     assert capsys.readouterr().err == (f'{code}\n' if shown else '')
+
+
+def test_the_exit_path_flushes_past_a_closed_log_stream(monkeypatch, tmp_path):
+    """A log handler whose stream is closed (left by an earlier run in the same process, e.g. a test's captured
+    stdout) is skipped: the process still exits with its status instead of raising ``ValueError: I/O operation
+    on closed file``."""
+    import logging
+
+    from mmoverlock.cli import launch
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    exits = []
+    monkeypatch.setattr(launch.os, '_exit', exits.append)
+    stream = open(tmp_path / 'captured.txt', 'w')   # a file: its flush raises once closed (a StringIO's does not)
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger('mmoverlock.test_closed_stream')
+    logger.addHandler(handler)
+    stream.close()
+    try:
+        launch.exit_process(3)
+    finally:
+        logger.removeHandler(handler)
+    assert exits == [3]

@@ -24,10 +24,10 @@ except ImportError as err:   # a python without the environment: one line, not a
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from mmoverlock.cli.launch import end_of_run, rank_failures
 from mmoverlock.cli.runtime import (EVAL_METRICS, apply_eval, apply_out, apply_show_dir, apply_tta,
-                                    check_checkpoint, check_data, check_writable, end_of_run, is_main_process,
-                                    one_line_errors, prepare_for_device, rank_failures, set_launcher_env,
-                                    task_of)
+                                    check_checkpoint, check_data, check_writable, is_main_process,
+                                    one_line_errors, prepare_for_device, set_launcher_env, task_of)
 
 
 def parse_args(argv=None):

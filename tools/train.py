@@ -25,10 +25,10 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from mmoverlock.cli.launch import end_of_run, rank_failures
 from mmoverlock.cli.runtime import (check_checkpoint, check_data, check_optim_constructor, check_writable,
-                                    end_of_run, interruption_line, is_main_process, one_line_errors,
-                                    prepare_for_device, rank_failures, resume_target, set_launcher_env,
-                                    task_of)
+                                    interruption_line, is_main_process, one_line_errors, prepare_for_device,
+                                    resume_target, set_launcher_env, task_of)
 
 
 def parse_args(argv=None):

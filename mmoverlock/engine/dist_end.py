@@ -37,16 +37,18 @@ def shutdown_loader_workers(runner) -> int:
 
 
 def flush_logs() -> None:
-    """Flush every handler of every logger (mmengine's log file included) and the standard streams."""
+    """Flush every handler of every logger (mmengine's log file included) and the standard streams; a handler
+    whose stream is closed already is skipped."""
     loggers = [logging.getLogger()] + [
         logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)]
     from mmengine.logging import MMLogger
     loggers += list(MMLogger._instance_dict.values())
-    for logger in loggers:
-        for handler in logger.handlers:
-            handler.flush()
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+    streams = [handler for logger in loggers for handler in logger.handlers] + [sys.stdout, sys.stderr]
+    for stream in streams:
+        try:
+            stream.flush()
+        except ValueError:   # a closed stream (a handler left by an earlier run in this process): nothing to write
+            pass
 
 
 def destroy_process_group() -> None:
