@@ -73,6 +73,8 @@ def test_a_process_that_raises_ends_the_run_in_one_line(cls_setup, monkeypatch, 
     assert errors[0].startswith('tools/train.py: error: process 1 of 2: RuntimeError: sample 0 of process 1 is '
                                 'broken (traceback: '), output[-3000:]
     assert len(errors) == 2 and errors[1].startswith('torchrun: error: process 1 (pid '), output[-3000:]
+    # process 0, stopped because of it (SIGTERM or a broken collective), adds nothing: no 'interrupted' line
+    assert 'interrupted by' not in output, output[-3000:]
     # the whole traceback is in the file the line names
     traceback_file = errors[0].split('(traceback: ')[1].rstrip(')')
     assert 'raise_in_one_process.py", line' in open(traceback_file).read()
@@ -89,6 +91,9 @@ def test_launcher_line_names_the_first_failed_process_and_how_it_ended():
     line = failure_line(ChildFailedError('tools/train.py', {1: failed, 0: stopped}), 'torchrun')
     assert line == ('torchrun: error: process 1 (pid 4321) exited with status 1; the launcher stopped the other '
                     'processes')
+    ended_on_sigterm = ProcessFailure(local_rank=0, pid=4320, exitcode=128 + 15, error_file='<N/A>')
+    ended_on_sigterm.timestamp = failed.timestamp + 1   # process 0 caught the SIGTERM: stopped, not failed
+    assert failure_line(ChildFailedError('tools/train.py', {1: failed, 0: ended_on_sigterm})) == line
     aborted = ProcessFailure(local_rank=0, pid=99, exitcode=-6, error_file='<N/A>')
     assert 'process 0 (pid 99) was killed by SIGABRT' in failure_line(ChildFailedError('x', {0: aborted}))
 

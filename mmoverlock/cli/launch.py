@@ -43,8 +43,8 @@ def failure_line(err: ChildFailedError, launcher: str = 'torchrun') -> str:
             how = f'was killed by signal {-code}'
     else:
         how = f'exited with status {code}'
-    stopped = -signal.SIGTERM
-    others = sum(1 for r, f in err.failures.items() if r != rank and f.exitcode != stopped)
+    stopped = (-signal.SIGTERM, 128 + signal.SIGTERM)   # killed by the launcher's SIGTERM, or ended on it
+    others = sum(1 for r, f in err.failures.items() if r != rank and f.exitcode not in stopped)
     more = f'; {others} more failed' if others > 0 else ''
     return (f'{launcher}: error: process {rank} (pid {failure.pid}) {how}{more}; the launcher stopped the other '
             f'processes')
@@ -74,6 +74,20 @@ def _first_to_fail() -> bool:
         return _get_default_store().add(FAILED_KEY, 1) == 1
     except (RuntimeError, ValueError, OSError):   # the store is gone with the process that held it
         return True
+
+
+def a_peer_failed() -> bool:
+    """Whether another process of this distributed run has failed already (:func:`rank_failures` counted it):
+    then this one is being stopped because of it (the launcher's SIGTERM, a broken collective) and has nothing
+    to add to that process's line. False in a lone process or when the store cannot be reached."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+        return _get_default_store().add(FAILED_KEY, 0) > 0
+    except (RuntimeError, ValueError, OSError):
+        return False
 
 
 def one_line(err: BaseException) -> str:
