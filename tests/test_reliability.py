@@ -115,9 +115,10 @@ def test_shipped_configs_declare_the_reliability_hooks(config):
     cfg = Config.fromfile(osp.join(CONFIGS, config))
     assert cfg.default_hooks.checkpoint.type == 'mmoverlock.AtomicCheckpointHook'
     ours = [h['type'] for h in cfg.custom_hooks if h['type'].startswith('mmoverlock.')]
-    assert ours[:2] == ['mmoverlock.ChannelCheckHook', 'mmoverlock.CheckpointCheckHook']
+    assert ours[:3] == ['mmoverlock.ChannelCheckHook', 'mmoverlock.CheckpointCheckHook',
+                        'mmoverlock.DistributedEndHook']
     # and the demo, trained from scratch with 2 images per process, freezes its BatchNorm statistics late
-    assert ours[2:] == (['mmoverlock.FreezeBNStatsHook'] if config.startswith('demo/') else [])
+    assert ours[3:] == (['mmoverlock.FreezeBNStatsHook'] if config.startswith('demo/') else [])
     scope = cfg.default_scope
     registry = __import__(f'{scope}.registry', fromlist=['HOOKS']).HOOKS
     for hook in [cfg.default_hooks.checkpoint] + list(cfg.custom_hooks):

@@ -77,7 +77,7 @@ CONFIG = textwrap.dedent('''
         checkpoint=dict(type='mmoverlock.AtomicCheckpointHook', by_epoch=False, interval={interval}),
         logger=dict(type='LoggerHook', interval=1))
     custom_hooks = [dict(type='RecordLossHook'), dict(type='mmoverlock.ChannelCheckHook'),
-                    dict(type='mmoverlock.CheckpointCheckHook')]
+                    dict(type='mmoverlock.CheckpointCheckHook'), dict(type='mmoverlock.DistributedEndHook')]
     log_processor = dict(by_epoch=False, window_size=1)
     randomness = dict(seed=0)
     env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),

@@ -120,10 +120,11 @@ def free_port() -> int:
 
 
 def train_command(processes: int) -> List[str]:
-    """tools/train.py, or torchrun starting ``processes`` of it (as tools/dist_train.sh does)."""
+    """tools/train.py, or torchrun starting ``processes`` of it (as tools/dist_train.sh does: through
+    ``mmoverlock.cli.launch``, torchrun ending a failed run in one line)."""
     if processes == 1:
         return ['tools/train.py']
-    return ['-m', 'torch.distributed.run', f'--nproc_per_node={processes}', '--master_addr=127.0.0.1',
+    return ['-m', 'mmoverlock.cli.launch', f'--nproc_per_node={processes}', '--master_addr=127.0.0.1',
             f'--master_port={free_port()}', 'tools/train.py', '--launcher', 'pytorch']
 
 

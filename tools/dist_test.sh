@@ -2,6 +2,8 @@
 # Distributed testing with torchrun, as mmdet's tools/dist_test.sh:
 #   tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py options, e.g. --eval bbox segm]
 # Multi-node: NNODES, NODE_RANK, MASTER_ADDR and PORT from the environment.
+# torchrun runs as mmoverlock.cli.launch (torchrun itself; a failed process ends the run in one line: the
+# process's own error, then the launcher's, exit status 1, no tracebacks).
 # PYTHON: the interpreter (default: python on PATH); the environment's is .venv/bin/python (make env):
 #   PYTHON=.venv/bin/python tools/dist_test.sh ...   (or source .venv/bin/activate first)
 # Before torchrun starts the processes, one process checks what can be checked without them (the python has
@@ -30,7 +32,7 @@ PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
 "$PYTHON" "$(dirname "$0")/test.py" "$CONFIG" "$CHECKPOINT" --check-only "${@:4}" || exit $?
 
 PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
-"$PYTHON" -m torch.distributed.run \
+"$PYTHON" -m mmoverlock.cli.launch \
     --nnodes="$NNODES" \
     --node_rank="$NODE_RANK" \
     --master_addr="$MASTER_ADDR" \

@@ -27,6 +27,7 @@ from mmengine.runner import Runner
 from mmoverlock.cli.checks import check_checkpoint, check_data, check_writable
 from mmoverlock.cli.device import is_main_process, prepare_for_device, set_launcher_env
 from mmoverlock.cli.errors import one_line_errors
+from mmoverlock.cli.launch import end_of_run, rank_failures
 from mmoverlock.cli.options import EVAL_METRICS, apply_eval, apply_out, apply_show_dir, apply_tta
 from mmoverlock.utils.config import task_of
 
@@ -84,9 +85,11 @@ def main(argv=None):
         raise SystemExit(f'tools/test.py: error: {err}' if is_main_process() else 1) from None
     if args.check_only:
         return None
-    with one_line_errors('tools/test.py'):
+    with rank_failures('tools/test.py', cfg.work_dir), one_line_errors('tools/test.py'):
         runner = Runner.from_cfg(cfg)
-        return runner.test()
+        metrics = runner.test()
+    end_of_run()   # distributed: every process has finished and flushed, exit 0 (no return)
+    return metrics
 
 
 if __name__ == '__main__':

@@ -30,6 +30,7 @@ from mmoverlock.cli.checks import (check_checkpoint, check_data, check_optim_con
 from mmoverlock.cli.device import is_main_process, prepare_for_device, set_launcher_env
 from mmoverlock.cli.errors import one_line_errors
 from mmoverlock.cli.interruption import interruption_line
+from mmoverlock.cli.launch import end_of_run, rank_failures
 from mmoverlock.utils.config import task_of
 
 
@@ -118,9 +119,11 @@ def main(argv=None):
     if args.check_only:
         return None
     command = sys.argv[1:] if argv is None else list(argv)
-    with interruption_line('tools/train.py', cfg.work_dir, command), one_line_errors('tools/train.py'):
+    with rank_failures('tools/train.py', cfg.work_dir), \
+            interruption_line('tools/train.py', cfg.work_dir, command), one_line_errors('tools/train.py'):
         runner = Runner.from_cfg(cfg)
         runner.train()
+    end_of_run()   # distributed: every process has finished and flushed, exit 0 (no return)
     return runner
 
 

@@ -95,7 +95,8 @@ def interruption_line(tool: str, work_dir: str, argv: List[str]):
         if interrupt is None or isinstance(err, SystemExit):
             raise
         signum = getattr(interrupt, 'signum', signal.SIGINT)
-        if is_main_process():
+        from .launch import a_peer_failed
+        if is_main_process() and not a_peer_failed():   # a failed process's own line says why (issue #33)
             checkpoint = _last_complete_checkpoint(work_dir)
             iteration = _iteration_reached()
             where = f' in iteration {iteration + 1}' if iteration is not None else ''

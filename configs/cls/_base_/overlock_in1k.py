@@ -96,6 +96,7 @@ auto_scale_lr = dict(base_batch_size=2048)
 # errors before the run for head in_channels that do not match the backbone and for a load_from checkpoint
 # that does not fit the model.
 custom_hooks = [dict(type='EMAHook', momentum=1e-4, update_buffers=True, priority='ABOVE_NORMAL'),
-                dict(type='mmoverlock.ChannelCheckHook'), dict(type='mmoverlock.CheckpointCheckHook')]
+                dict(type='mmoverlock.ChannelCheckHook'), dict(type='mmoverlock.CheckpointCheckHook'),
+                dict(type='mmoverlock.DistributedEndHook')]   # multi-process runs end in order (exit 0 = success)
 default_hooks = dict(checkpoint=dict(type='mmoverlock.AtomicCheckpointHook', interval=1, max_keep_ckpts=1,
                                      save_best='auto'))

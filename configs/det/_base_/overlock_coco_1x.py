@@ -22,7 +22,8 @@ optim_wrapper = dict(
 # and on a load_from checkpoint that does not fit the model (or holds more than tensors).
 default_hooks = dict(checkpoint=dict(type='mmoverlock.AtomicCheckpointHook', interval=1, max_keep_ckpts=1,
                                      save_best='auto'))
-custom_hooks = [dict(type='mmoverlock.ChannelCheckHook'), dict(type='mmoverlock.CheckpointCheckHook')]
+custom_hooks = [dict(type='mmoverlock.ChannelCheckHook'), dict(type='mmoverlock.CheckpointCheckHook'),
+                dict(type='mmoverlock.DistributedEndHook')]   # multi-process runs end in order (exit 0 = success)
 
 # lr above is for 16 images = 8 GPUs x 2; `tools/train.py --auto-scale-lr` rescales it to the real batch.
 # mmengine's epoch loop and sampler, extended to resume inside an epoch: `--resume` from a checkpoint saved by

@@ -106,4 +106,5 @@ train_cfg = dict(type='mmoverlock.ResumableIterBasedTrainLoop', max_iters=160000
 default_hooks = dict(
     checkpoint=dict(type='mmoverlock.AtomicCheckpointHook', by_epoch=False, interval=16000, max_keep_ckpts=1,
                     save_best='mIoU', rule='greater'))
-custom_hooks = [dict(type='mmoverlock.ChannelCheckHook'), dict(type='mmoverlock.CheckpointCheckHook')]
+custom_hooks = [dict(type='mmoverlock.ChannelCheckHook'), dict(type='mmoverlock.CheckpointCheckHook'),
+                dict(type='mmoverlock.DistributedEndHook')]   # multi-process runs end in order (exit 0 = success)
