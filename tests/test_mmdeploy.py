@@ -2,9 +2,14 @@
 module (:mod:`mmoverlock.deploy.mmdeploy_compat`), and mmdeploy's ``torch2onnx`` on tiny Cascade Mask R-CNN,
 Mask R-CNN and UperNet models, their graphs run by plain onnxruntime against PyTorch at several input sizes.
 
-The models are the demo configs with the tests' tiny OverLoCK and their initial weights (BatchNorm statistics
-perturbed so that the re-parameterisation matters).
+The models are the demo configs with the tests' tiny OverLoCK and seeded initial weights (BatchNorm statistics
+perturbed so that the re-parameterisation matters). The detectors' box heads get larger classifier and
+regressor weights (:func:`separate_scores`): at mmdet's initialisation every class score of every RoI is
+0.20 +- 0.006, so float rounding (~1e-7, PyTorch against ONNX Runtime) reorders near-equal scores and changes
+which ones survive NMS and the top-k. Each detection test checks that its PyTorch run is far from such ties
+(:func:`assert_far_from_ties`) before it compares.
 """
+import contextlib
 import glob
 import os.path as osp
 import subprocess
@@ -41,11 +46,13 @@ def tiny_det_config(dst: str, cascade: bool = True) -> str:
     no resize in the test pipeline (the input is the image), and the RPN's NMS off: mmdeploy 1.3.1 runs one
     NMS over all FPN levels' proposals where mmdet runs one per level, so an untrained RPN would hand the RoI
     heads different proposals; without suppression both keep the same top-scoring ones. The R-CNN's NMS
-    (per class in both) stays on."""
+    (per class in both) stays on; all its detections are kept (up to 100)."""
     cfg = Config.fromfile(CASCADE_DEMO)
     cfg.model.backbone.arch = TINY
     cfg.model.neck.in_channels = TINY_STAGES
     cfg.model.test_cfg.rpn.update(nms_pre=200, max_per_img=40, nms=dict(type='nms', iou_threshold=1.0))
+    # every detection kept (mmdet's default; the demo's 20 would cut through the untrained model's scores)
+    cfg.model.test_cfg.rcnn.max_per_img = 100
     if not cascade:
         roi_head = cfg.model.roi_head
         cfg.model.roi_head = dict(type='StandardRoIHead', bbox_roi_extractor=roi_head.bbox_roi_extractor,
@@ -70,8 +77,27 @@ def tiny_seg_config(dst: str) -> str:
     return dst
 
 
-def build_and_save(model_cfg: str, dst: str):
-    """The config's model with its initial weights (BN statistics perturbed), eval mode, saved to ``dst``."""
+def bbox_heads(model) -> list:
+    """A detector's box heads: one per cascade stage, or the one of a standard RoI head."""
+    heads = model.roi_head.bbox_head
+    return list(heads) if isinstance(heads, torch.nn.ModuleList) else [heads]
+
+
+def separate_scores(model, gain: float = 100.) -> None:
+    """Scale the box heads' classifier and regressor weights by ``gain``: mmdet initialises them with std 0.01
+    and 0.001, where every class score of every RoI is 0.20 +- 0.006 (4 classes + background) and each
+    class's box deltas are ~0; scaled, the logits of a RoI's classes lie ~1 apart and its classes' boxes
+    differ by ~1-3 px (so a cascade stage that regressed by the wrong class would move boxes far beyond the
+    tests' tolerance)."""
+    with torch.no_grad():
+        for head in bbox_heads(model):
+            head.fc_cls.weight.mul_(gain)
+            head.fc_reg.weight.mul_(gain)
+
+
+def build_and_save(model_cfg: str, dst: str, seed: int = 0):
+    """The config's model with its initial weights drawn after ``torch.manual_seed(seed)`` (BN statistics
+    perturbed; a detector's box heads as :func:`separate_scores` makes them), eval mode, saved to ``dst``."""
     from mmengine.registry import init_default_scope
     from mmengine.runner import save_checkpoint
 
@@ -80,9 +106,12 @@ def build_and_save(model_cfg: str, dst: str):
     init_default_scope(cfg.default_scope)
     registry = {'mmdet': 'mmdet', 'mmseg': 'mmseg'}[cfg.default_scope]
     models = __import__(f'{registry}.registry', fromlist=['MODELS']).MODELS
+    torch.manual_seed(seed)
     model = models.build(cfg.model)
     model.init_weights()
     _perturb_bn(model)
+    if hasattr(model, 'roi_head'):
+        separate_scores(model)
     model.eval()
     save_checkpoint(model.state_dict(), dst)
     return model
@@ -139,13 +168,49 @@ def torch_detections(model, inputs: torch.Tensor):
             for r, m in zip(results, seen)]
 
 
+@contextlib.contextmanager
+def recording_logits(model):
+    """Collects the class logits (B * N, classes + 1) of each box head's forward (each cascade stage in turn)."""
+    logits = []
+    handles = [head.fc_cls.register_forward_hook(lambda module, args, out: logits.append(out.detach()))
+               for head in bbox_heads(model)]
+    try:
+        yield logits
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def assert_far_from_ties(model, logits, batch: int, expected, margin: float = 1e-5):
+    """The PyTorch run's decisions lie far (> ``margin``, 100x the float differences between PyTorch and ONNX
+    Runtime) from ties, so that both must take the same ones: each cascade stage's top two foreground logits
+    of every RoI (the class whose deltas refine it), every class's final scores against each other (NMS
+    order) and against ``score_thr``, and no detection cut by ``max_per_img``.
+
+    logits: what :func:`recording_logits` collected in one prediction of ``batch`` images; expected: what
+    :func:`torch_detections` returned for it."""
+    rcnn = model.roi_head.test_cfg
+    for stage_logits in logits[:-1]:
+        top2 = stage_logits[:, :-1].topk(2, dim=1).values
+        assert (top2[:, 0] - top2[:, 1]).min() > margin
+    scores = (sum(logits) / len(logits)).softmax(-1)[:, :-1]
+    for image_scores, (bboxes, *_) in zip(scores.reshape(batch, -1, scores.shape[-1]), expected):
+        assert len(bboxes) < rcnn.max_per_img
+        for class_scores in image_scores.T:
+            kept = class_scores[class_scores > rcnn.score_thr].sort().values
+            assert (kept.diff() > margin).all() and (class_scores - rcnn.score_thr).abs().min() > margin
+
+
 def assert_same_detections(ort_out, expected, box_atol=0.05):
     """ONNX Runtime's dets (K, 5), labels (K,) [, masks (K, 28, 28)] of one image against PyTorch's: the same
     number of detections, matched one to one (optimal assignment on box and score distance, labels equal; ties
     in score may order them differently), boxes within ``box_atol`` px (float32 rounding grows through the
-    RoI heads' regressions), scores and mask probabilities within 1e-4."""
+    RoI heads' regressions), scores and mask probabilities within 1e-4. The graph's rows of score 0 (its
+    padding, and in a batch the other images' detections) are dropped first, as mmdeploy's backend model
+    (``End2EndModel.__clear_outputs``) drops them."""
     from scipy.optimize import linear_sum_assignment
-    dets, labels, *masks = (torch.from_numpy(np.asarray(o)) for o in ort_out)
+    keep = torch.from_numpy(np.asarray(ort_out[0]))[:, 4] > 0
+    dets, labels, *masks = (torch.from_numpy(np.asarray(o))[keep] for o in ort_out)
     bboxes, scores, exp_labels, exp_masks = expected
     assert len(dets) == len(bboxes) > 0, (len(dets), len(bboxes))
     cost = ((dets[:, None, :4] - bboxes[None]).abs().amax(-1) + 100 * (dets[:, None, 4] - scores[None]).abs()
@@ -210,6 +275,54 @@ def test_regress_by_class_is_mmdets(agnostic):
         torch.testing.assert_close(got[i], getattr(expected, 'tensor', expected))
 
 
+@pytest.mark.parametrize('agnostic', [False, True])
+def test_rcnn_detections_are_mmdets(agnostic):
+    """The R-CNN box head's detections under the rewrite (run in PyTorch, batch of two) are mmdet's: each class's
+    own box through the score threshold, per-class NMS and top-k (mmdeploy 1.3.1 alone gives every class of a
+    RoI the box of its top class)."""
+    from mmdeploy.codebase import import_codebase
+    from mmdeploy.core import RewriterContext
+    from mmdeploy.utils import IR, Codebase
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    import mmoverlock.deploy.mmdeploy_compat  # noqa: F401
+    register_all_modules()
+    import_codebase(Codebase.MMDET)
+    cfg = Config.fromfile(CASCADE_DEMO)
+    head_cfg = cfg.model.roi_head.bbox_head[2]
+    head_cfg.reg_class_agnostic = agnostic
+    head = MODELS.build(head_cfg)
+    rcnn = cfg.model.test_cfg.rcnn
+    generator = torch.Generator().manual_seed(0)
+    batch, num, classes, hw = 2, 30, head.num_classes, (96, 128)
+    xy = torch.rand(batch, num, 2, generator=generator) * 60
+    boxes = torch.cat([xy, xy + 20 + torch.rand(batch, num, 2, generator=generator) * 40], -1)
+    rois = torch.cat([torch.arange(batch).float().view(-1, 1, 1).expand(batch, num, 1), boxes], -1)
+    cls_scores = torch.randn(batch, num, classes + 1, generator=generator) * 2
+    bbox_preds = torch.randn(batch, num, 4 if agnostic else 4 * classes, generator=generator)
+    metas = [dict(img_shape=hw)] * batch
+    expected = head.predict_by_feat(tuple(rois), tuple(cls_scores), tuple(bbox_preds), metas, rcnn_test_cfg=rcnn)
+    deploy_cfg = Config.fromfile(osp.join(DEPLOY, 'detection_onnxruntime_dynamic.py'))
+    with RewriterContext(cfg=deploy_cfg, backend='onnxruntime', ir=IR.ONNX, opset=17), torch.no_grad():
+        dets, labels = head.predict_by_feat(rois, cls_scores, bbox_preds, metas, rcnn_test_cfg=rcnn)
+    for i, res in enumerate(expected):
+        assert len(res) == rcnn.max_per_img   # enough candidates: the top-k cut applies
+        assert_same_detections([dets[i], labels[i]], (res.bboxes, res.scores, res.labels, None), box_atol=1e-4)
+
+
+def test_box_head_without_regression_is_refused_in_one_line():
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    from mmoverlock.deploy.mmdeploy_compat import bbox_head__predict_by_feat
+    register_all_modules()
+    head = MODELS.build(Config.fromfile(CASCADE_DEMO).model.roi_head.bbox_head[0])
+    with pytest.raises(ValueError, match=rf'^{type(head).__name__} without box regression \(bbox_pred None\): .* '
+                                         r'use a box head with with_reg=True \(the shipped configs\)$'):
+        bbox_head__predict_by_feat(head, torch.zeros(1, 3, 5), torch.zeros(1, 3, 5), None, [dict(img_shape=(8, 8))])
+
+
 def test_cast_long_symbolic_is_there():
     from torch.onnx import symbolic_opset9
 
@@ -251,6 +364,29 @@ def test_slide_inference_is_refused_in_one_line(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
+def test_cascade_mask_rcnn_dynamic_matches_pytorch(tmp_path):
+    """Cascade Mask R-CNN (class-specific regression in every stage) exported at 128x128, run by onnxruntime at
+    128x128, 96x160 and a batch of two 64x96 images: boxes, scores, labels and mask probabilities as
+    mmdet's."""
+    model_cfg = tiny_det_config(str(tmp_path / 'cascade.py'))
+    model = build_and_save(model_cfg, str(tmp_path / 'cascade.pth'), seed=1)
+    assert not any(h.reg_class_agnostic for h in model.roi_head.bbox_head)
+    onnx_file = export(osp.join(DEPLOY, 'instance-seg_onnxruntime_dynamic.py'), model_cfg,
+                       str(tmp_path / 'cascade.pth'), str(tmp_path), (128, 128))
+    sess = session(onnx_file)
+    assert [o.name for o in sess.get_outputs()] == ['dets', 'labels', 'masks']
+    for shape in [(1, 3, 128, 128), (1, 3, 96, 160), (2, 3, 64, 96)]:
+        inputs = torch.randn(shape)
+        outputs = sess.run(None, {'input': inputs.numpy()})
+        with recording_logits(model) as logits:
+            expected = torch_detections(model, inputs)
+        assert len(logits) == 3
+        assert_far_from_ties(model, logits, shape[0], expected)
+        for i in range(shape[0]):
+            assert_same_detections([o[i] for o in outputs], expected[i])
+
+
+@pytest.mark.slow
 def test_mask_rcnn_detection_only_static_matches_pytorch(tmp_path):
     """Mask R-CNN through the static detection-only config (exported and run at 96x128): boxes and labels,
     no mask branch in the graph."""
@@ -263,7 +399,10 @@ def test_mask_rcnn_detection_only_static_matches_pytorch(tmp_path):
     assert sess.get_inputs()[0].shape == [1, 3, 96, 128]
     inputs = torch.randn(1, 3, 96, 128)
     outputs = sess.run(None, {'input': inputs.numpy()})
-    assert_same_detections([o[0] for o in outputs], torch_detections(model, inputs)[0])
+    with recording_logits(model) as logits:
+        expected = torch_detections(model, inputs)
+    assert_far_from_ties(model, logits, 1, expected)
+    assert_same_detections([o[0] for o in outputs], expected[0])
 
 
 @pytest.mark.slow

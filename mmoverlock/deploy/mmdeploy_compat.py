@@ -12,6 +12,8 @@ nor mmdeploy. Importing it registers, in mmdeploy's own rewriter registries:
   symbolic imports it): :func:`add_cast_long_symbolic`;
 * :func:`cascade_roi_head__predict_bbox` / :func:`cascade_roi_head__predict_mask` -- Cascade R-CNN with
   class-specific box regression (mmdet's ``regress_by_class``) and mmdet's mask averaging, for ONNX Runtime;
+* :func:`bbox_head__predict_by_feat` -- the R-CNN's detections with each class's own box through the per-class
+  NMS (mmdet's ``multiclass_nms``; class-specific regression), for ONNX Runtime;
 * :func:`adaptive_avg_pool2d__exact` -- ``F.adaptive_avg_pool2d`` with mmdet/mmseg's bins at any input size
   (UperNet's pyramid pooling), for ONNX Runtime.
 
@@ -203,6 +205,55 @@ def cascade_roi_head__predict_mask(self, x: Tuple[Tensor], batch_img_metas: List
     return dets, labels, probs.reshape(batch_size, num_dets, *probs.shape[-2:])
 
 
+@FUNCTION_REWRITER.register_rewriter('mmdet.models.roi_heads.bbox_heads.bbox_head.BBoxHead.predict_by_feat',
+                                     backend=ONNXRUNTIME)
+def bbox_head__predict_by_feat(self, rois: Tensor, cls_scores: Tensor, bbox_preds: Tensor,
+                               batch_img_metas: List[dict], rcnn_test_cfg=None, rescale: bool = False):
+    """The R-CNN's detections as mmdet's ``BBoxHead.predict_by_feat``: each (RoI, class) pair keeps its own
+    decoded box (class-specific regression) through the score threshold, the per-class NMS and the top-k.
+
+    For mmdeploy 1.3.1 (any torch), whose rewrite decodes every class's box and then gives all classes of a
+    RoI the box of its top-scoring class: the detections of a RoI's other classes (Mask R-CNN, the last
+    cascade stage) get another class's box, and NMS suppresses among the wrong boxes.
+
+    The RoI x class candidates are flattened (RoI-major, as mmdet's ``multiclass_nms``) and go through one
+    ONNX ``NonMaxSuppression``, the boxes of each class offset apart as in mmcv's ``batched_nms`` (boxes of
+    different classes never overlap); a class-agnostic head's one box per RoI serves all its classes.
+
+    rois (B, N, 5), cls_scores (B, N, classes + 1) logits, bbox_preds (B, N, 4 * classes) or (B, N, 4)
+    -> dets (B, K, 5: x1 y1 x2 y2 score), labels (B, K); rows of score 0 are padding (and, in a batch, the
+    other images' detections), which mmdeploy's backend model drops.
+    """
+    from mmdeploy.codebase.mmdet.deploy import get_post_processing_params
+    from mmdeploy.mmcv.ops.nms import ONNXNMSop, _select_nms_index
+    from mmdet.structures.bbox import get_box_tensor
+    if bbox_preds is None:
+        raise ValueError(f'{type(self).__name__} without box regression (bbox_pred None): not exported by '
+                         f'mmdeploy 1.3.1 with these configs; use a box head with with_reg=True (the shipped '
+                         f'configs)')
+    post_params = get_post_processing_params(FUNCTION_REWRITER.get_context().cfg)
+    iou_threshold = rcnn_test_cfg.nms.get('iou_threshold', post_params.iou_threshold)
+    score_threshold = rcnn_test_cfg.get('score_thr', post_params.score_threshold)
+    keep_top_k = rcnn_test_cfg.get('max_per_img', post_params.keep_top_k)
+
+    batch_size, num_rois = rois.shape[:2]
+    classes = self.num_classes
+    scores = self.loss_cls.get_activation(cls_scores) if self.custom_cls_channels else cls_scores.softmax(-1)
+    scores = scores[..., :classes].reshape(batch_size, 1, num_rois * classes)           # (B, 1, N * C)
+    boxes = get_box_tensor(self.bbox_coder.decode(rois[..., 1:], bbox_preds,
+                                                  max_shape=batch_img_metas[0]['img_shape']))
+    boxes = boxes.reshape(batch_size, num_rois, -1, 4).expand(batch_size, num_rois, classes, 4)
+    boxes = boxes.reshape(batch_size, num_rois * classes, 4)                           # row n * C + c
+    labels = torch.arange(classes, device=boxes.device).repeat(num_rois)             # (N * C, )
+    offsets = labels.to(boxes)[:, None] * (boxes.amax(dim=(1, 2), keepdim=True) + 1)  # (B, N * C, 1)
+    max_kept = keep_top_k if keep_top_k > 0 else post_params.max_output_boxes_per_class
+    selected = ONNXNMSop.apply(boxes + offsets, scores, max_kept, iou_threshold, score_threshold)  # (K, 3)
+    flat_index = torch.arange(num_rois * classes, device=boxes.device).expand(batch_size, -1)
+    dets, _, index = _select_nms_index(scores, boxes, selected, batch_size, keep_top_k=keep_top_k,
+                                       pre_inds=flat_index, output_index=True)
+    return dets, index.clamp(min=0) % classes
+
+
 @FUNCTION_REWRITER.register_rewriter('torch.nn.functional.adaptive_avg_pool2d', backend=ONNXRUNTIME)
 def adaptive_avg_pool2d__exact(input: Tensor, output_size) -> Tensor:
     """``F.adaptive_avg_pool2d`` with PyTorch's bins at every input size: (B, C, H, W) -> (B, C, *output_size).
@@ -221,4 +272,5 @@ def adaptive_avg_pool2d__exact(input: Tensor, output_size) -> Tensor:
 
 
 __all__ = ['check_exportable', 'regress_by_class', 'add_cast_long_symbolic', 'onnx_export__torchscript',
-           'cascade_roi_head__predict_bbox', 'cascade_roi_head__predict_mask', 'adaptive_avg_pool2d__exact']
+           'cascade_roi_head__predict_bbox', 'cascade_roi_head__predict_mask', 'bbox_head__predict_by_feat',
+           'adaptive_avg_pool2d__exact']
