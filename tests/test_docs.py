@@ -399,7 +399,7 @@ def test_figure_check_catches_a_figure_repeated_without_its_source():
 
 def test_claim_check_catches_false_claims_about_code():
     # the drift of docs/compat.md: the depthwise Triton kernels were said to need do_bench (they use none)
-    assert check_code_claims('`mmoverlock/ops/na2d.py` uses `torch.library`.') == []
+    assert check_code_claims('`mmoverlock/ops/na2d_op.py` uses `torch.library`.') == []
     assert check_code_claims('`depthwise_triton.py` needs `do_bench`.') == [
         '`depthwise_triton.py` needs `do_bench`: it does not refer to do_bench']
     assert check_code_claims('`depthwise_triton.py` uses no `do_bench`.') == []
