@@ -84,6 +84,7 @@ def test_a_process_that_raises_ends_the_run_in_one_line(cls_setup, monkeypatch, 
 def test_launcher_line_names_the_first_failed_process_and_how_it_ended():
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
+    from mmoverlock.cli import launch
     from mmoverlock.cli.launch import failure_line
     failed = ProcessFailure(local_rank=1, pid=4321, exitcode=1, error_file='<N/A>')
     stopped = ProcessFailure(local_rank=0, pid=4320, exitcode=-15, error_file='<N/A>')   # the launcher's SIGTERM
@@ -94,6 +95,15 @@ def test_launcher_line_names_the_first_failed_process_and_how_it_ended():
     ended_on_sigterm = ProcessFailure(local_rank=0, pid=4320, exitcode=128 + 15, error_file='<N/A>')
     ended_on_sigterm.timestamp = failed.timestamp + 1   # process 0 caught the SIGTERM: stopped, not failed
     assert failure_line(ChildFailedError('tools/train.py', {1: failed, 0: ended_on_sigterm})) == line
+    # process 0 failed because process 1 had (its collective broke) and exited in the same poll of torchrun's,
+    # with an earlier timestamp: the line still names process 1, the one that failed on its own
+    follower = ProcessFailure(local_rank=0, pid=4320, exitcode=launch.PEER_FAILED_STATUS, error_file='<N/A>')
+    follower.timestamp = failed.timestamp - 1
+    assert failure_line(ChildFailedError('tools/train.py', {0: follower, 1: failed})) == line
+    second = ProcessFailure(local_rank=0, pid=4320, exitcode=1, error_file='<N/A>')   # failed on its own, later
+    second.timestamp = failed.timestamp + 1
+    assert failure_line(ChildFailedError('tools/train.py', {0: second, 1: failed})) == line.replace(
+        'status 1;', 'status 1; 1 more failed;')
     aborted = ProcessFailure(local_rank=0, pid=99, exitcode=-6, error_file='<N/A>')
     assert 'process 0 (pid 99) was killed by SIGABRT' in failure_line(ChildFailedError('x', {0: aborted}))
 
@@ -102,7 +112,7 @@ def test_launcher_line_names_the_first_failed_process_and_how_it_ended():
 def test_a_failing_process_prints_one_line_before_the_process_group_exists(tmp_path, monkeypatch, capsys, rank,
                                                                            printed):
     """Without a process group (an error while the Runner is built) the first process speaks, the others write
-    their traceback only; each exits 1 at once (``os._exit``, replaced here)."""
+    their traceback only and exit with ``PEER_FAILED_STATUS``; each at once (``os._exit``, replaced here)."""
     from mmoverlock.cli import launch
     monkeypatch.setenv('WORLD_SIZE', '2')
     monkeypatch.setenv('RANK', rank)
@@ -116,7 +126,7 @@ def test_a_failing_process_prints_one_line_before_the_process_group_exists(tmp_p
     with pytest.raises(Exited) as exited:
         with launch.rank_failures('tools/train.py', str(tmp_path)):
             raise KeyError('SGDX is not in the mmengine::optimizer registry.\nPlease check whether the value ...')
-    assert exited.value.args == (1, )
+    assert exited.value.args == ((1, ) if printed else (launch.PEER_FAILED_STATUS, ))
     err = capsys.readouterr().err
     traceback_file = tmp_path / f'process_{rank}_error.log'
     assert 'Traceback' in traceback_file.read_text() and 'Traceback' not in err

@@ -24,6 +24,9 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 #: torchrun's log lines that the one line replaces: the failure itself and the stopping of the other processes
 REPLACED_LOG_LINES = ('failed (exitcode', 'Sending process')
+#: the exit status of a process that failed after another had (its collectives broke, or the same error):
+#: the launcher's line names the process that failed first (exit status 1), not this one
+PEER_FAILED_STATUS = 3
 
 
 class _ReplacedLines(logging.Filter):
@@ -32,9 +35,18 @@ class _ReplacedLines(logging.Filter):
 
 
 def failure_line(err: ChildFailedError, launcher: str = 'torchrun') -> str:
-    """One line for torchrun's ``ChildFailedError``: the first process that failed, its exit status or signal,
-    and how many failed."""
-    rank, failure = err.get_first_failure()
+    """One line for torchrun's ``ChildFailedError``: the process that failed on its own (not stopped by the
+    launcher, not failing because another had: :data:`PEER_FAILED_STATUS`) and first, its exit status or signal,
+    and how many more failed on their own. Processes that exit within one of torchrun's polls are reported
+    together, so its own "first failure" may be a process that only followed another."""
+    stopped = (-signal.SIGTERM, 128 + signal.SIGTERM)   # killed by the launcher's SIGTERM, or ended on it
+    followers = stopped + (PEER_FAILED_STATUS, )
+    own = {r: f for r, f in err.failures.items() if f.exitcode not in followers}
+    if own:
+        rank = min(own, key=lambda r: (own[r].timestamp, r))
+        failure = own[rank]
+    else:
+        rank, failure = err.get_first_failure()
     code = failure.exitcode
     if code is not None and code < 0:
         try:
@@ -43,8 +55,7 @@ def failure_line(err: ChildFailedError, launcher: str = 'torchrun') -> str:
             how = f'was killed by signal {-code}'
     else:
         how = f'exited with status {code}'
-    stopped = (-signal.SIGTERM, 128 + signal.SIGTERM)   # killed by the launcher's SIGTERM, or ended on it
-    others = sum(1 for r, f in err.failures.items() if r != rank and f.exitcode not in stopped)
+    others = sum(1 for r in own if r != rank)
     more = f'; {others} more failed' if others > 0 else ''
     return (f'{launcher}: error: process {rank} (pid {failure.pid}) {how}{more}; the launcher stopped the other '
             f'processes')
@@ -105,9 +116,9 @@ def rank_failures(tool: str, work_dir: Optional[str]):
     on stderr, ``TOOL: error: process R of N: Type: message (traceback: FILE)``, with the traceback written to
     ``WORK_DIR/process_R_error.log``, and exit status 1. Only the first process to fail prints; the others
     (a config error fails every process, a failed peer breaks the others' collectives) write their traceback
-    and exit 1 silently. The launcher (torchrun) stops the processes still running as soon as one exits
-    non-zero. A ``SystemExit`` (a one-line error, or an interruption's status) prints its message and exits
-    with its status the same way; ``KeyboardInterrupt`` passes through."""
+    and exit silently with :data:`PEER_FAILED_STATUS`. The launcher (torchrun) stops the processes still
+    running as soon as one exits non-zero. A ``SystemExit`` (a one-line error, or an interruption's status)
+    prints its message and exits with its status the same way; ``KeyboardInterrupt`` passes through."""
     if _world_size() <= 1:
         yield
         return
@@ -128,10 +139,11 @@ def rank_failures(tool: str, work_dir: Optional[str]):
                     f.write(''.join(traceback.format_exception(err)))
             except OSError:
                 path = None
-        if _first_to_fail():
+        first = _first_to_fail()
+        if first:
             where = f' (traceback: {path})' if path else ''
             print(f'{tool}: error: process {rank} of {world}: {one_line(err)}{where}', file=sys.stderr)
-        exit_process(1)
+        exit_process(1 if first else PEER_FAILED_STATUS)
 
 
 def exit_process(status: int) -> None:
