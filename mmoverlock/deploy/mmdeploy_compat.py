@@ -12,6 +12,8 @@ nor mmdeploy. Importing it registers, in mmdeploy's own rewriter registries:
   symbolic imports it): :func:`add_cast_long_symbolic`;
 * :func:`cascade_roi_head__predict_bbox` / :func:`cascade_roi_head__predict_mask` -- Cascade R-CNN with
   class-specific box regression (mmdet's ``regress_by_class``) and mmdet's mask averaging, for ONNX Runtime;
+* :func:`rpn_head__predict_by_feat` -- the RPN's proposals through one NMS per FPN level (mmdet's), for ONNX
+  Runtime;
 * :func:`bbox_head__predict_by_feat` -- the R-CNN's detections with each class's own box through the per-class
   NMS (mmdet's ``multiclass_nms``; class-specific regression), for ONNX Runtime;
 * :func:`adaptive_avg_pool2d__exact` -- ``F.adaptive_avg_pool2d`` with mmdet/mmseg's bins at any input size
@@ -203,6 +205,73 @@ def cascade_roi_head__predict_mask(self, x: Tuple[Tensor], batch_img_metas: List
         if self.test_cfg.mask_thr_binary >= 0:
             probs = probs >= self.test_cfg.mask_thr_binary
     return dets, labels, probs.reshape(batch_size, num_dets, *probs.shape[-2:])
+
+
+@FUNCTION_REWRITER.register_rewriter('mmdet.models.dense_heads.rpn_head.RPNHead.predict_by_feat',
+                                     backend=ONNXRUNTIME)
+def rpn_head__predict_by_feat(self, cls_scores: List[Tensor], bbox_preds: List[Tensor], score_factors=None,
+                              batch_img_metas=None, cfg=None, rescale: bool = False, with_nms: bool = True,
+                              **kwargs):
+    """The RPN's proposals as mmdet's ``RPNHead.predict_by_feat``: the top ``nms_pre`` anchors of each FPN
+    level, decoded, then one NMS per level (mmcv's ``batched_nms`` with the level as the group) and the
+    ``max_per_img`` best proposals of all levels.
+
+    For mmdeploy 1.3.1 (any torch), whose rewrite runs one NMS over the proposals of all levels: a proposal
+    of one level suppresses an overlapping one of another, so the RoI heads see other proposals than mmdet's
+    and some detections differ (on the trained demo detector, 2 of 11 detections above score 0.3 on two
+    validation images; with mmdet's RPN patched to one NMS over all levels, PyTorch gave ONNX Runtime's).
+
+    The candidates are mmdeploy's (each level's top ``nms_pre`` anchors, padded with score 0 where a level has
+    fewer, decoded; its score threshold); each level's boxes are offset apart (boxes of different levels never
+    overlap) and go through one ONNX ``NonMaxSuppression``.
+
+    cls_scores / bbox_preds: per level (B, A, H, W) / (B, 4 A, H, W) -> dets (B, K, 5: x1 y1 x2 y2 score),
+    labels (B, K), as mmdeploy's rewrite returns them.
+    """
+    from mmdeploy.codebase.mmdet.deploy import (gather_topk, get_post_processing_params,
+                                                pad_with_value_if_necessary)
+    from mmdeploy.mmcv.ops.nms import ONNXNMSop, _select_nms_index
+    from mmdeploy.utils import is_dynamic_shape
+    deploy_cfg = FUNCTION_REWRITER.get_context().cfg
+    cfg = self.test_cfg if cfg is None else cfg
+    pre_topk = cfg.get('nms_pre', -1)
+    batch_size = cls_scores[0].shape[0]
+    anchors_per_level = self.anchor_generator.grid_anchors([score.shape[-2:] for score in cls_scores],
+                                                           device=cls_scores[0].device)
+    level_boxes, level_scores, levels = [], [], []
+    for level, (cls_score, bbox_pred, anchors) in enumerate(zip(cls_scores, bbox_preds, anchors_per_level)):
+        cls_score = cls_score.detach().permute(0, 2, 3, 1)
+        if self.use_sigmoid_cls:
+            scores = cls_score.reshape(batch_size, -1).sigmoid()
+        else:   # (background, foreground) pairs: mmdet's label 0 is the foreground
+            scores = cls_score.reshape(batch_size, -1, 2).softmax(-1)[..., 0]
+        scores = scores.reshape(batch_size, -1, 1)                                          # (B, HWA, 1)
+        deltas = bbox_pred.detach().permute(0, 2, 3, 1).reshape(batch_size, -1, self.bbox_coder.encode_size)
+        anchors = (anchors if is_dynamic_shape(deploy_cfg) else anchors.data).unsqueeze(0)
+        if pre_topk > 0:   # the best nms_pre anchors of the level (padded with score 0 where it has fewer)
+            scores = pad_with_value_if_necessary(scores, 1, pre_topk, 0.)
+            deltas = pad_with_value_if_necessary(deltas, 1, pre_topk)
+            anchors = pad_with_value_if_necessary(anchors, 1, pre_topk)
+            _, top = scores.squeeze(2).topk(pre_topk)
+            deltas, scores = gather_topk(deltas, scores, inds=top, batch_size=batch_size, is_batched=True)
+            anchors = gather_topk(anchors, inds=top, batch_size=batch_size, is_batched=False)
+        else:
+            anchors = anchors.expand(batch_size, -1, -1)
+        level_boxes.append(self.bbox_coder.decode(anchors, deltas, max_shape=batch_img_metas[0]['img_shape']))
+        level_scores.append(scores)
+        levels.append(torch.full_like(scores[0, :, 0], level))
+    boxes, scores, levels = torch.cat(level_boxes, 1), torch.cat(level_scores, 1), torch.cat(levels)
+    if not with_nms:
+        return boxes, scores
+    post_params = get_post_processing_params(deploy_cfg)
+    iou_threshold = cfg.nms.get('iou_threshold', post_params.iou_threshold)
+    score_threshold = cfg.get('score_thr', post_params.score_threshold)
+    keep_top_k = cfg.get('max_per_img', post_params.keep_top_k)
+    offsets = levels[:, None] * (boxes.amax(dim=(1, 2), keepdim=True) + 1)              # (B, N, 1)
+    scores = scores.reshape(batch_size, 1, -1)                                          # (B, 1, N)
+    max_kept = keep_top_k if keep_top_k > 0 else post_params.max_output_boxes_per_class
+    selected = ONNXNMSop.apply(boxes + offsets, scores, max_kept, iou_threshold, score_threshold)
+    return _select_nms_index(scores, boxes, selected, batch_size, keep_top_k=keep_top_k)
 
 
 @FUNCTION_REWRITER.register_rewriter('mmdet.models.roi_heads.bbox_heads.bbox_head.BBoxHead.predict_by_feat',
