@@ -46,8 +46,7 @@ def tiny_det_config(dst: str, cascade: bool = True) -> str:
     no resize in the test pipeline (the input is the image), and the RPN's NMS off: an untrained RPN scores
     every anchor close to 0.5, near-ties that float rounding reorders (the RPN's rewrite is compared with
     mmdet's on its own, :func:`test_rpn_proposals_are_mmdets`); without suppression both keep the same
-    top-scoring ones. The R-CNN's NMS
-    (per class in both) stays on; all its detections are kept (up to 100)."""
+    top-scoring ones. The R-CNN's NMS (per class in both) stays on; all its detections are kept (up to 100)."""
     cfg = Config.fromfile(CASCADE_DEMO)
     cfg.model.backbone.arch = TINY
     cfg.model.neck.in_channels = TINY_STAGES
