@@ -207,6 +207,19 @@ def cascade_roi_head__predict_mask(self, x: Tuple[Tensor], batch_img_metas: List
     return dets, labels, probs.reshape(batch_size, num_dets, *probs.shape[-2:])
 
 
+def _nms_per_group(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float, score_threshold: float,
+                   keep_top_k: int, max_kept: int, **select_kwargs):
+    """One ONNX ``NonMaxSuppression`` that suppresses only within each group (mmcv's ``batched_nms``): each
+    group's boxes are offset apart so that boxes of different groups never overlap.
+
+    boxes (B, N, 4), scores (B, 1, N), groups (N, ) -> mmdeploy's ``_select_nms_index`` of the kept rows
+    (dets (B, K, 5), labels (B, K), and the kept rows' ``pre_inds`` where ``output_index=True``)."""
+    from mmdeploy.mmcv.ops.nms import ONNXNMSop, _select_nms_index
+    offsets = groups.to(boxes)[:, None] * (boxes.amax(dim=(1, 2), keepdim=True) + 1)    # (B, N, 1)
+    selected = ONNXNMSop.apply(boxes + offsets, scores, max_kept, iou_threshold, score_threshold)  # (K, 3)
+    return _select_nms_index(scores, boxes, selected, boxes.shape[0], keep_top_k=keep_top_k, **select_kwargs)
+
+
 @FUNCTION_REWRITER.register_rewriter('mmdet.models.dense_heads.rpn_head.RPNHead.predict_by_feat',
                                      backend=ONNXRUNTIME)
 def rpn_head__predict_by_feat(self, cls_scores: List[Tensor], bbox_preds: List[Tensor], score_factors=None,
@@ -230,7 +243,6 @@ def rpn_head__predict_by_feat(self, cls_scores: List[Tensor], bbox_preds: List[T
     """
     from mmdeploy.codebase.mmdet.deploy import (gather_topk, get_post_processing_params,
                                                 pad_with_value_if_necessary)
-    from mmdeploy.mmcv.ops.nms import ONNXNMSop, _select_nms_index
     from mmdeploy.utils import is_dynamic_shape
     deploy_cfg = FUNCTION_REWRITER.get_context().cfg
     cfg = self.test_cfg if cfg is None else cfg
@@ -259,7 +271,7 @@ def rpn_head__predict_by_feat(self, cls_scores: List[Tensor], bbox_preds: List[T
             anchors = anchors.expand(batch_size, -1, -1)
         level_boxes.append(self.bbox_coder.decode(anchors, deltas, max_shape=batch_img_metas[0]['img_shape']))
         level_scores.append(scores)
-        levels.append(torch.full_like(scores[0, :, 0], level))
+        levels.append(torch.full_like(scores[0, :, 0], level, dtype=torch.long))
     boxes, scores, levels = torch.cat(level_boxes, 1), torch.cat(level_scores, 1), torch.cat(levels)
     if not with_nms:
         return boxes, scores
@@ -267,11 +279,9 @@ def rpn_head__predict_by_feat(self, cls_scores: List[Tensor], bbox_preds: List[T
     iou_threshold = cfg.nms.get('iou_threshold', post_params.iou_threshold)
     score_threshold = cfg.get('score_thr', post_params.score_threshold)
     keep_top_k = cfg.get('max_per_img', post_params.keep_top_k)
-    offsets = levels[:, None] * (boxes.amax(dim=(1, 2), keepdim=True) + 1)              # (B, N, 1)
-    scores = scores.reshape(batch_size, 1, -1)                                          # (B, 1, N)
     max_kept = keep_top_k if keep_top_k > 0 else post_params.max_output_boxes_per_class
-    selected = ONNXNMSop.apply(boxes + offsets, scores, max_kept, iou_threshold, score_threshold)
-    return _select_nms_index(scores, boxes, selected, batch_size, keep_top_k=keep_top_k)
+    return _nms_per_group(boxes, scores.reshape(batch_size, 1, -1), levels, iou_threshold, score_threshold,
+                          keep_top_k, max_kept)
 
 
 @FUNCTION_REWRITER.register_rewriter('mmdet.models.roi_heads.bbox_heads.bbox_head.BBoxHead.predict_by_feat',
@@ -294,7 +304,6 @@ def bbox_head__predict_by_feat(self, rois: Tensor, cls_scores: Tensor, bbox_pred
     other images' detections), which mmdeploy's backend model drops.
     """
     from mmdeploy.codebase.mmdet.deploy import get_post_processing_params
-    from mmdeploy.mmcv.ops.nms import ONNXNMSop, _select_nms_index
     from mmdet.structures.bbox import get_box_tensor
     if bbox_preds is None:
         raise ValueError(f'{type(self).__name__} without box regression (bbox_pred None): not exported by '
@@ -314,12 +323,10 @@ def bbox_head__predict_by_feat(self, rois: Tensor, cls_scores: Tensor, bbox_pred
     boxes = boxes.reshape(batch_size, num_rois, -1, 4).expand(batch_size, num_rois, classes, 4)
     boxes = boxes.reshape(batch_size, num_rois * classes, 4)                           # row n * C + c
     labels = torch.arange(classes, device=boxes.device).repeat(num_rois)             # (N * C, )
-    offsets = labels.to(boxes)[:, None] * (boxes.amax(dim=(1, 2), keepdim=True) + 1)  # (B, N * C, 1)
     max_kept = keep_top_k if keep_top_k > 0 else post_params.max_output_boxes_per_class
-    selected = ONNXNMSop.apply(boxes + offsets, scores, max_kept, iou_threshold, score_threshold)  # (K, 3)
     flat_index = torch.arange(num_rois * classes, device=boxes.device).expand(batch_size, -1)
-    dets, _, index = _select_nms_index(scores, boxes, selected, batch_size, keep_top_k=keep_top_k,
-                                       pre_inds=flat_index, output_index=True)
+    dets, _, index = _nms_per_group(boxes, scores, labels, iou_threshold, score_threshold, keep_top_k, max_kept,
+                                    pre_inds=flat_index, output_index=True)
     return dets, index.clamp(min=0) % classes
 
 

@@ -32,7 +32,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from typing import Dict, List, Optional
 
 try:
@@ -147,15 +146,16 @@ def make_runner(path: str, model: torch.nn.Module, images: torch.Tensor, threads
 
 
 def measure_pair(runners: Dict[str, callable], warmup: int, repeats: int, cpu_time: bool) -> Dict[str, float]:
-    """Median ms of each runner, the runners alternating call by call."""
-    clock = time.process_time if cpu_time else time.perf_counter
+    """Median ms of each runner, the runners alternating call by call (process CPU time or wall clock)."""
+    from mmoverlock.utils.timing import Stopwatch
+    clock = 'process' if cpu_time else 'wall'
     times = {name: [] for name in runners}
     for i in range(warmup + repeats):
         for name, run in runners.items():
-            start = clock()
-            run()
+            with Stopwatch(clock=clock) as watch:
+                run()
             if i >= warmup:
-                times[name].append((clock() - start) * 1e3)
+                times[name].append(watch.ms)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

@@ -18,7 +18,6 @@ detections above score 0.3 (or pixels, for segmentation) the two share.
 import argparse
 import statistics
 import sys
-import time
 from typing import List, Optional
 
 try:
@@ -27,6 +26,7 @@ except ImportError as err:   # a python without the environment: one line, not a
     raise SystemExit(f"benchmark_mmdeploy.py: error: {err} ({sys.executable}); run the tools with the "
                      f"environment's python: source .venv/bin/activate (made by make env)") from None
 from mmoverlock.cli.errors import one_line_errors
+from mmoverlock.utils.timing import Stopwatch
 
 TOOL = 'benchmark_mmdeploy'
 
@@ -65,12 +65,6 @@ def use_session(backend_model, sess) -> None:
     wrapper.sess = sess
     wrapper.io_binding = sess.io_binding()
     wrapper._input_metas = {i.name: i for i in sess.get_inputs()}
-
-
-def time_ms(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1e3
 
 
 def agreement(torch_result, ort_result, score_thr: float = 0.3) -> str:
@@ -118,9 +112,10 @@ def run(args) -> dict:
     with torch.no_grad():
         for i in range(args.warmup + args.repeats):
             for name, model in models.items():
-                ms = time_ms(lambda: results.__setitem__(name, model.test_step(data)[0]))
+                with Stopwatch() as watch:
+                    results[name] = model.test_step(data)[0]
                 if i >= args.warmup:
-                    times[name].append(ms)
+                    times[name].append(watch.ms)
     shape = tuple((inputs[0] if isinstance(inputs, (list, tuple)) else inputs).shape)
     print(f'{TOOL}: input {shape}, {args.threads} thread(s), {args.repeats} runs each after '
           f'{args.warmup} warm-up, alternating')
