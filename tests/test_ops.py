@@ -4,7 +4,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mmoverlock.ops import (DENSE_MAX_RATIO, NA2D_CPU_PATHS, na2d_av, na2d_av_channels_first,
+from mmoverlock.ops import (FORWARD_DENSE_MAX_RATIO, NA2D_CPU_PATHS, na2d_av, na2d_av_channels_first,
                             na2d_av_cpu_kernels, na2d_av_reference, na2d_av_unfold, uses_windows)
 from mmoverlock.ops.na2d_cpu import taps_forward
 
@@ -16,7 +16,9 @@ TAP_CASE = (2, 2, 3, 9, 11, 3)
 DENSE_CASE = (1, 2, 3, 6, 7, 5)
 EXACT_CASE = (1, 1, 2, 5, 5, 5)
 WINDOWS_CASE = (2, 2, 3, 8, 8, 7)
-GRADCHECK_TAP_CASE = (1, 1, 2, 7, 8, 3)   # small enough for float64 gradcheck, still the tap loop
+GRADCHECK_TAP_CASE = (1, 1, 2, 9, 9, 3)   # small enough for float64 gradcheck, still the tap loop
+# the forward's dense threshold is higher than the backward's: dense forward, tap-loop backward
+MIXED_CASE = (1, 2, 3, 7, 8, 3)
 
 
 def brute_force(attn, value, k):
@@ -54,9 +56,10 @@ def test_all_variants_equal_brute_force(case):
                                expected.permute(0, 1, 4, 2, 3), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize('case,path', [(TAP_CASE, 'taps'), (GRADCHECK_TAP_CASE, 'taps'), (DENSE_CASE, 'dense'),
-                                       (EXACT_CASE, 'windows'), (WINDOWS_CASE, 'windows')])
-def test_each_case_runs_the_kernel_claimed(case, path, monkeypatch):
+@pytest.mark.parametrize('case,path,backward_path', [
+    (TAP_CASE, 'taps', 'taps'), (GRADCHECK_TAP_CASE, 'taps', 'taps'), (DENSE_CASE, 'dense', 'dense'),
+    (MIXED_CASE, 'dense', 'taps'), (EXACT_CASE, 'windows', 'windows'), (WINDOWS_CASE, 'windows', 'windows')])
+def test_each_case_runs_the_kernel_claimed(case, path, backward_path, monkeypatch):
     """The registered op (its autograd node) runs, on CPU, exactly the forward and backward kernel of the
     path each case stands for -- recorded as they run -- and equals brute force; the traced (export) loop
     equals it too."""
@@ -76,7 +79,7 @@ def test_each_case_runs_the_kernel_claimed(case, path, monkeypatch):
     assert 'mmoverlock_na2d_av' in type(out.grad_fn).__name__
     assert ran == [f'{path} forward']
     out.backward(torch.ones_like(out))
-    assert ran == [f'{path} forward', f'{path} backward']
+    assert ran == [f'{path} forward', f'{backward_path} backward']
     torch.testing.assert_close(out, expected.permute(0, 1, 4, 2, 3), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(taps_forward(attn_cf, value_cf, k), out)     # the loop ONNX export writes
     brute_force(attn, value, k).backward(torch.ones_like(expected))
@@ -247,8 +250,8 @@ class LargestTensor(TorchDispatchMode):
 
 @pytest.mark.parametrize('case', [(1, 2, 8, 30, 32, 7), (2, 2, 16, 10, 12, 7), (2, 2, 16, 14, 14, 13)])
 def test_memory_nothing_of_size_c_k2_hw(case):
-    """No tensor of the forward+backward is larger than attn/value (tap loop) or than
-    DENSE_MAX_RATIO * attn (dense), while the unfold baseline materialises C*k*k*H*W elements."""
+    """No tensor of the forward+backward is larger than attn/value (tap loop) or than H*W / k^2 (at most
+    FORWARD_DENSE_MAX_RATIO) times attn (dense), while the unfold baseline materialises C*k*k*H*W elements."""
     b, g, c, h, w, k = case
     attn, value = channels_first(*make(case, dtype=torch.float32)[:2])
     attn.requires_grad_()
@@ -262,8 +265,9 @@ def test_memory_nothing_of_size_c_k2_hw(case):
         out = cpu_forward(attn.detach(), value.detach(), k)
         cpu_backward(torch.ones_like(out), attn.detach(), value.detach(), k, True, True)
     unfolded = b * g * c * k * k * h * w
-    dense = not uses_windows(h, w, k) and h * w <= DENSE_MAX_RATIO * k * k
-    bound = max(attn.numel(), value.numel()) * (DENSE_MAX_RATIO if dense else 1)
+    dense = not uses_windows(h, w, k) and h * w <= FORWARD_DENSE_MAX_RATIO * k * k   # the forward's rule
+    # the dense matrices, B*G*(H*W)^2, are H*W / k^2 (<= FORWARD_DENSE_MAX_RATIO) times attn
+    bound = max(attn.numel(), value.numel()) * (h * w / (k * k) if dense else 1)
     assert mode.largest <= bound < unfolded / 2
     assert max(saved) <= bound
     with LargestTensor() as mode:

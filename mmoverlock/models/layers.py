@@ -74,14 +74,16 @@ class LayerScale(nn.Module):
             if is_tracing() and not is_exporting():
                 # the official form, a depthwise 1x1 conv: what jit-trace FLOP counters (mmengine's, fvcore's) count
                 return F.conv2d(x, self.weight, self.bias, groups=self.weight.shape[0])
-        return torch.addcmul(self.bias.view(1, -1, 1, 1), x, self.weight.view(1, -1, 1, 1))
+        # in x's dtype: a bf16 / fp16 map under autocast stays so (no promotion to the fp32 parameters' dtype)
+        return torch.addcmul(self.bias.to(x.dtype).view(1, -1, 1, 1), x, self.weight.to(x.dtype).view(1, -1, 1, 1))
 
 
 class GRN(nn.Module):
     """Global Response Normalisation (ConvNeXt-V2) for NCHW maps. (B, C, H, W) -> same dtype and shape.
 
-    The spatial L2 norm is taken in fp32 whatever the autocast dtype: it grows with sqrt(H * W) and
-    overflows fp16 (max 65504) for activations of a few thousand on a 64 x 64 map.
+    The spatial L2 norm is taken in fp32 (:func:`spatial_l2_norm`): it grows with sqrt(H * W) and overflows
+    fp16 (max 65504) for activations of a few thousand on a 64 x 64 map. The per-channel scale it gives,
+    (B, C, 1, 1), is applied in the map's own dtype, so a bf16 or fp16 map is never cast as a whole.
     """
 
     def __init__(self, dim: int):
@@ -92,12 +94,20 @@ class GRN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gx = spatial_l2_norm(x)
         nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
-        # (gamma * nx + 1) * x + beta in one pass
-        return torch.addcmul(self.beta, x, self.gamma * nx + 1).to(x.dtype)
+        scale = self.gamma * nx + 1                                  # (B, C, 1, 1), fp32
+        # (gamma * nx + 1) * x + beta in one pass, in x's dtype
+        return torch.addcmul(self.beta.to(x.dtype), x, scale.to(x.dtype))
 
 
 def spatial_l2_norm(x: torch.Tensor) -> torch.Tensor:
-    """The fp32 L2 norm of each channel's map: (B, C, H, W) -> (B, C, 1, 1) float32."""
+    """The L2 norm of each channel's map, accumulated in fp32: (B, C, H, W) -> (B, C, 1, 1) float32.
+
+    bf16 maps are squared in bf16 and summed by a reduction that accumulates in fp32 (bf16 has fp32's range:
+    no overflow), so the map is not cast to fp32 first; fp16 maps are cast (their squares overflow)."""
+    if x.dtype == torch.bfloat16 and x.device.type == 'cpu':
+        # CPU reductions of bf16 accumulate in fp32 (the result alone is rounded to bf16); 3x faster than
+        # squaring an fp32 copy of the map (tools/analysis/benchmark_layers.py)
+        return x.square().sum(dim=(-1, -2), keepdim=True).float().sqrt()
     if x.is_contiguous():
         return torch.linalg.vector_norm(x, ord=2, dim=(-1, -2), keepdim=True, dtype=torch.float32)
     # channels-last: a square-sum, faster than a spatial vector_norm there on CPU

@@ -66,9 +66,10 @@ from .checks import check_window
 from .depthwise_cpu import DepthwiseConv2dPaths, fft_weight_grad, fft_weight_grad_any
 from .na2d_cpu import window_classes, window_keys, window_starts
 from .reference import na2d_av_reference, na2d_av_unfold
-from .selection import (AUTO, CHOICES, DENSE_MAX_RATIO, FORWARD, INPUT_GRAD, PASSES, TORCH, WEIGHT_GRAD,
-                        WINDOW_CLASSES_MAX, choice_key, choose_paths, chosen, clear_choices,
-                        deterministic_requested, na2d_cpu_path, pick, select, uses_dense, uses_windows)
+from .selection import (AUTO, CHOICES, DENSE_MAX_RATIO, FORWARD, FORWARD_DENSE_MAX_RATIO, INPUT_GRAD, PASSES,
+                        TORCH, WEIGHT_GRAD, WINDOW_CLASSES_MAX, choice_key, choose_paths, chosen,
+                        clear_choices, deterministic_requested, na2d_cpu_path, pick, select, uses_dense,
+                        uses_windows)
 from .tracing import is_exporting, is_tracing
 from .triton_common import SUPPORTED_DTYPES
 
@@ -77,7 +78,7 @@ __all__ = [
     'na2d_av', 'na2d_av_channels_first', 'triton_na2d_av', 'na2d_av_reference', 'na2d_av_unfold',
     'na2d_av_cpu_kernels', 'na2d_av_device_kernels', 'NA2D_CPU_PATHS', 'window_starts', 'window_keys',
     'window_classes', 'check_window', 'uses_dense', 'uses_windows', 'na2d_cpu_path', 'DENSE_MAX_RATIO',
-    'WINDOW_CLASSES_MAX', 'SUPPORTED_DTYPES',
+    'FORWARD_DENSE_MAX_RATIO', 'WINDOW_CLASSES_MAX', 'SUPPORTED_DTYPES',
     # depthwise_conv2d
     'depthwise_conv2d', 'triton_depthwise_conv2d', 'depthwise_device_kernels', 'fft_weight_grad',
     'fft_weight_grad_any', 'depthwise_conv_backward', 'choose_paths', 'CHOICES', 'PASSES', 'FORWARD', 'INPUT_GRAD',

@@ -6,14 +6,15 @@ size C*k*k*H*W, activation memory is O(B*G*H*W*(C + k*k)):
 * the **per-window matmuls** (maps whose pixels share at most ``WINDOW_CLASSES_MAX`` distinct clamped windows,
   e.g. 14x14 with k=13): the pixels of one window form a rectangle, aggregated by one matmul
   values (C, k*k) @ kernels (k*k, n) (:func:`windows_forward`, :func:`windows_backward`);
-* the **tap loop** (H*W > ``DENSE_MAX_RATIO`` * k*k): for tap (a, b) the clamped gather is a slice of the
+* the **tap loop** (larger maps): for tap (a, b) the clamped gather is a slice of the
   valid windows followed by replicate padding (the map of window starts is the valid-window map,
   replicate-padded); its backward recomputes each shifted value instead of storing it (:func:`taps_forward`,
   :func:`taps_backward`). Out of place, it is also what ONNX export writes out (Slice/Pad/Mul/Add);
 * the **dense operator** (small maps, e.g. stage 3/4 at 224^2): the kernels are scattered into one
   (H*W, H*W) aggregation matrix per (batch, group) -- at most ``DENSE_MAX_RATIO`` times the size of ``attn``
-  -- and applied with one batched matmul (BLAS), several times faster than looping over k*k taps of a tiny
-  map (:func:`dense_forward`, :func:`dense_backward`).
+  (``FORWARD_DENSE_MAX_RATIO`` for the forward, whose crossover lies higher) -- and applied with one batched
+  matmul (BLAS), several times faster than looping over k*k taps of a tiny map (:func:`dense_forward`,
+  :func:`dense_backward`).
 
 :func:`forward` and :func:`backward` take the chosen path; :data:`PATHS` holds each path's (forward, backward)
 (the crossover benchmark, tools/analysis/benchmark_cpu_paths.py, runs them all). The kernels run on any device
@@ -228,7 +229,7 @@ PATHS: Dict[str, Tuple[Callable, Callable]] = {
 def forward(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """The op's CPU forward by the map-size rule: attn (B, G, k*k, H, W), value (B, G, C, H, W) -> (B, G, C, H,
     W), contiguous."""
-    return PATHS[na2d_cpu_path(*value.shape[-2:], kernel_size)][0](attn, value, kernel_size)
+    return PATHS[na2d_cpu_path(*value.shape[-2:], kernel_size, forward_only=True)][0](attn, value, kernel_size)
 
 
 def backward(grad_out: torch.Tensor, attn: torch.Tensor, value: torch.Tensor, kernel_size: int, attn_grad: bool,

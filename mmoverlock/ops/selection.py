@@ -21,15 +21,21 @@ from .selfcheck import distrusted
 from .tracing import is_tracing
 from .triton_common import memory_format
 
-__all__ = ['DENSE_MAX_RATIO', 'WINDOW_CLASSES_MAX', 'uses_dense', 'uses_windows', 'na2d_cpu_path', 'NA2D_CPU_PATHS',
-           'FFT_MIN_KERNEL', 'POLY_FWD_MIN_PAD', 'TORCH', 'POLY', 'FFT', 'AUTO', 'TRITON', 'CHOICES', 'FORWARD',
-           'INPUT_GRAD', 'WEIGHT_GRAD', 'PASSES', 'MIN_GAIN', 'TIMING_RUNS', 'SIZE_BUCKET', 'Timer', 'choose_paths',
-           'chosen', 'cached', 'clear_choices', 'deterministic_requested', 'choice_key', 'pick', 'select']
+__all__ = ['DENSE_MAX_RATIO', 'FORWARD_DENSE_MAX_RATIO', 'WINDOW_CLASSES_MAX', 'uses_dense', 'uses_windows',
+           'na2d_cpu_path', 'NA2D_CPU_PATHS', 'FFT_MIN_KERNEL', 'POLY_FWD_MIN_PAD', 'TORCH', 'POLY', 'FFT', 'AUTO',
+           'TRITON', 'CHOICES', 'FORWARD', 'INPUT_GRAD', 'WEIGHT_GRAD', 'PASSES', 'MIN_GAIN', 'TIMING_RUNS',
+           'SIZE_BUCKET', 'Timer', 'choose_paths', 'chosen', 'cached', 'clear_choices', 'deterministic_requested',
+           'choice_key', 'pick', 'select']
 
 # ------------------------------------------------------------------------------------------ na2d_av on CPU
 #: maps with H*W <= DENSE_MAX_RATIO * k*k use the dense operator (its matrix is <= this many times ``attn``);
 #: the crossover with the tap loop: tools/analysis/benchmark_cpu_paths.py, figures in docs/benchmarks.md
 DENSE_MAX_RATIO = 4
+#: the forward alone (inference; a training step's forward) takes the dense operator up to this many times k*k:
+#: measured forward-only it is 2.3x (fp32) and 5x (bf16) faster than the tap loop at 7.8 k*k (14x14, k=5: the
+#: small kernels of OverLoCK's stage 3 at 224x224) and even with it at 8.2 k*k (20x20, k=7, fp32); the backward
+#: keeps DENSE_MAX_RATIO (forward + backward measured). Both paths compute the same sums.
+FORWARD_DENSE_MAX_RATIO = 8
 #: maps whose pixels share at most this many distinct clamped windows use one matmul per window (e.g. 14x14
 #: with k=13: 4 windows; 7x7 with k=7: 1); against the dense operator: the same tool and doc
 WINDOW_CLASSES_MAX = 4
@@ -37,9 +43,11 @@ WINDOW_CLASSES_MAX = 4
 NA2D_CPU_PATHS = ('windows', 'dense', 'taps')
 
 
-def uses_dense(height: int, width: int, kernel_size: int) -> bool:
-    """Whether the map is small enough for the dense operator (H*W <= DENSE_MAX_RATIO * k*k)."""
-    return height * width <= DENSE_MAX_RATIO * kernel_size * kernel_size
+def uses_dense(height: int, width: int, kernel_size: int, forward_only: bool = False) -> bool:
+    """Whether the map is small enough for the dense operator (H*W <= DENSE_MAX_RATIO * k*k; for the forward
+    alone, ``forward_only``, FORWARD_DENSE_MAX_RATIO * k*k)."""
+    ratio = FORWARD_DENSE_MAX_RATIO if forward_only else DENSE_MAX_RATIO
+    return height * width <= ratio * kernel_size * kernel_size
 
 
 def uses_windows(height: int, width: int, kernel_size: int) -> bool:
@@ -47,11 +55,12 @@ def uses_windows(height: int, width: int, kernel_size: int) -> bool:
     return (height - kernel_size + 1) * (width - kernel_size + 1) <= WINDOW_CLASSES_MAX
 
 
-def na2d_cpu_path(height: int, width: int, kernel_size: int) -> str:
-    """The CPU path of an H x W map with k x k windows: 'windows', 'dense' or 'taps'."""
+def na2d_cpu_path(height: int, width: int, kernel_size: int, forward_only: bool = False) -> str:
+    """The CPU path of an H x W map with k x k windows: 'windows', 'dense' or 'taps' (``forward_only``: the
+    forward's, whose dense threshold is higher)."""
     if uses_windows(height, width, kernel_size):
         return 'windows'
-    if uses_dense(height, width, kernel_size):
+    if uses_dense(height, width, kernel_size, forward_only):
         return 'dense'
     return 'taps'
 
