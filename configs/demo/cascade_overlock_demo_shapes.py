@@ -32,8 +32,10 @@ model = dict(
         mask_head=dict(in_channels=width, conv_out_channels=head_width, num_classes=len(classes))),
     train_cfg=dict(
         rpn_proposal=dict(nms_pre=500, max_per_img=200),
-        # 16 RoIs per image per stage (512 in the real config): 1-4 objects per image
-        rcnn=[dict(r, sampler=dict(r['sampler'], num=16)) for r in _base_.model.train_cfg.rcnn]),
+        # 16 RoIs per image per stage (512 in the real config): 1-4 objects per image; half of them may be
+        # positive (0.25 in the real config), so each stage's heads see twice the shapes per step: bbox AP50
+        # 0.755 against 0.694 for seed 0 (docs/demo.md)
+        rcnn=[dict(r, sampler=dict(r['sampler'], num=16, pos_fraction=0.5)) for r in _base_.model.train_cfg.rcnn]),
     # at most 20 detections per image (100): 1-4 objects per image; an untrained model's 100 masks per image
     # cost more than the rest of its evaluation
     test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(max_per_img=20)))
