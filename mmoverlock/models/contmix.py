@@ -193,9 +193,21 @@ def contmix_kernels(query: torch.Tensor, key: torch.Tensor, proj_weight: torch.T
     small, large = kernels.split([smk * smk, k * k], dim=2)
     # Softmax in fp32 under fp16 (bias + exp overflow there), in bf16 on a bf16 CPU run (see above).
     # (the tables are gathered in their own dtype, then cast: index_select of bf16 is 5x slower than of fp32)
-    small = (small + relative_position_bias(rpb_small, h, w).to(acc)).softmax(dim=2)
-    large = (large + relative_position_bias(rpb_large, h, w).to(acc)).softmax(dim=2)
+    small = softmax_over_taps(small + relative_position_bias(rpb_small, h, w).to(acc))
+    large = softmax_over_taps(large + relative_position_bias(rpb_large, h, w).to(acc))
     return small.to(dtype), large.to(dtype)
+
+
+def softmax_over_taps(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the taps of (B, G, T, H, W) kernel logits (dim 2). Exported with the taps moved last:
+    ONNX Runtime's CPU Softmax over a middle axis took 10.1 ms for (4, 8, 169, 14, 14) against 2.2 ms for
+    Transpose + Softmax over the last axis + Transpose (eager PyTorch: 1.7 ms either way)."""
+    if not torch.jit.is_scripting():
+        if is_exporting():
+            b, g, t, h, w = logits.shape
+            taps_last = logits.flatten(3).transpose(2, 3)                       # (B, G, HW, T)
+            return taps_last.softmax(dim=-1).transpose(2, 3).reshape(b, g, t, h, w)
+    return logits.softmax(dim=2)
 
 
 def _folded_affinity(query: torch.Tensor, key: torch.Tensor, proj_weight: torch.Tensor,
