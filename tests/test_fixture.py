@@ -66,7 +66,9 @@ BF16_LOGITS_TOL, BF16_MAPS_TOL = 0.02, 0.05    # measured 2026-12-07: 0.005 and 
 
 
 def deployed_channels_last(model):
-    model.switch_to_deploy() if hasattr(model, 'switch_to_deploy') else model.backbone.switch_to_deploy()
+    """The model (a backbone, or a classifier with one) re-parameterised and channels-last, as deployed."""
+    backbone = model.backbone if isinstance(model, TinyClassifier) else model
+    backbone.switch_to_deploy()
     return model.to(memory_format=torch.channels_last)
 
 
