@@ -19,6 +19,7 @@ HOOKS = Registry('hook', parent=ROOT_HOOKS, scope='mmoverlock', locations=['mmov
 LOOPS = Registry('loop', parent=ROOT_LOOPS, scope='mmoverlock', locations=['mmoverlock.engine'])
 DATA_SAMPLERS = Registry('data sampler', parent=ROOT_DATA_SAMPLERS, scope='mmoverlock',
                          locations=['mmoverlock.engine'])
-#: ``constructor='mmoverlock.LearningRateDecayOptimizerConstructor'``: mmdet's layer-wise lr decay for OverLoCK
+#: ``constructor='mmoverlock.LearningRateDecayOptimizerConstructor'``: mmdet's layer-wise lr decay for OverLoCK;
+#: ``constructor='mmoverlock.GroupedParamsOptimWrapperConstructor'``: paramwise options in few param groups
 OPTIM_WRAPPER_CONSTRUCTORS = Registry('optimizer wrapper constructor', parent=ROOT_OPTIM_WRAPPER_CONSTRUCTORS,
-                                      scope='mmoverlock', locations=['mmoverlock.models.mmdet'])
+                                      scope='mmoverlock', locations=['mmoverlock.models.mmdet', 'mmoverlock.engine'])
