@@ -81,15 +81,35 @@ def test_a_failing_phase_says_which_and_shows_the_end_of_its_log(tmp_path):
     assert 'ValueError: the real reason' in message and 'line 39' in message and 'line 10\n' not in message
 
 
-def test_steps_run_in_order_and_stop_at_the_first_failure(tmp_path, capsys):
+def test_background_steps_run_together_and_log_in_the_order_started(tmp_path, capsys):
     log = tmp_path / 'pictures.log'
-    ok = [sys.executable, '-c', 'print("picture")']
-    demo_console.run_steps(demo_console.make_console(), 'pictures', [ok, ok], str(log))
-    assert log.read_text().count('picture\n') == 2 and '2/2 steps' in capsys.readouterr().out
-    with pytest.raises(demo_console.PhaseFailed, match='pictures failed'):
-        demo_console.run_steps(demo_console.make_console(), 'pictures',
-                               [[sys.executable, '-c', 'raise SystemExit(3)'], ok], str(log))
-    assert 'picture' not in log.read_text()
+    steps = demo_console.BackgroundSteps(demo_console.make_console(), 'pictures', str(log))
+    marker = tmp_path / 'first_started'
+    # the first waits until the second has run: both must be running at once
+    steps.start([[sys.executable, '-c', 'import os, sys, time\n'
+                  f'while not os.path.exists({str(marker)!r}): time.sleep(0.05)\nprint("first")']])
+    steps.start([[sys.executable, '-c', f'open({str(marker)!r}, "w").close(); print("second")']])
+    steps.wait()
+    text = log.read_text()
+    assert text.index('first\n') < text.index('second\n') and '2/2 steps' in capsys.readouterr().out
+
+
+def test_a_failed_background_step_fails_the_phase_with_its_output(tmp_path):
+    log = tmp_path / 'pictures.log'
+    steps = demo_console.BackgroundSteps(demo_console.make_console(), 'pictures', str(log))
+    steps.start([[sys.executable, '-c', 'print("drawn")'],
+                 [sys.executable, '-c', 'import sys; sys.exit("ValueError: no such block")']])
+    with pytest.raises(demo_console.PhaseFailed, match=r'pictures failed \(exit code 1\)') as err:
+        steps.wait()
+    assert 'ValueError: no such block' in str(err.value) and 'drawn' in log.read_text()
+
+
+def test_closing_background_steps_stops_them(tmp_path):
+    steps = demo_console.BackgroundSteps(demo_console.make_console(), 'pictures', str(tmp_path / 'p.log'))
+    steps.start([[sys.executable, '-c', 'import time; time.sleep(60)']])
+    process = steps._steps[0][1]
+    steps.close()
+    assert process.poll() is not None and not steps._steps
 
 
 def test_verbose_streams_the_output_instead(tmp_path, capfd):
@@ -100,8 +120,10 @@ def test_verbose_streams_the_output_instead(tmp_path, capfd):
     assert TRAIN in out and '330/1800' not in out
 
 
-def test_verbose_steps_leave_a_note_in_their_log(tmp_path, capfd):
+def test_verbose_steps_run_at_the_wait_and_leave_a_note_in_their_log(tmp_path, capfd):
     log = tmp_path / 'pictures.log'
-    demo_console.run_steps(demo_console.make_console(), 'pictures', [[sys.executable, '-c', 'print("drawn")']],
-                           str(log), verbose=True)
+    steps = demo_console.BackgroundSteps(demo_console.make_console(), 'pictures', str(log), verbose=True)
+    steps.start([[sys.executable, '-c', 'print("drawn")']])
+    assert 'drawn' not in capfd.readouterr().out
+    steps.wait()
     assert 'drawn' in capfd.readouterr().out and 'went to the terminal' in log.read_text()

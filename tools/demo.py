@@ -12,7 +12,8 @@
 4. evaluates the trained detector with ``tools/test.py ... --eval bbox segm --show-dir``: the COCO table and
    the prediction overlays (mmdet's DetLocalVisualizer: ground truth left, prediction right);
 5. draws the loss / AP curves, a montage of overlays, the effective receptive field of stage 4 before and
-   after training and the trained ContMix kernels;
+   after training and the trained ContMix kernels (the last three by processes that run beside the
+   evaluations of 2. and 4.);
 6. prints the untrained and trained AP side by side.
 
 The console shows one line per phase with a progress bar (mmoverlock.demo.console); the tools' whole output
@@ -33,7 +34,7 @@ from typing import List, Optional
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 import mmoverlock.cli.quiet_warnings  # noqa: E402,F401  (first: third-party import warnings)
-from mmoverlock.demo.console import PhaseFailed, make_console, run_phase, run_steps  # noqa: E402
+from mmoverlock.demo.console import BackgroundSteps, PhaseFailed, make_console, run_phase  # noqa: E402
 from mmoverlock.demo.report import (ERF_CAPTION, caption_file, latest_run_dir, montage,  # noqa: E402
                                     plot_curves, result_table, test_metrics, train_scalars, write_summary)
 from mmoverlock.demo.shapes_data import make_demo_data  # noqa: E402
@@ -176,53 +177,64 @@ def main(argv: Optional[List[str]] = None):
                   f'images in {args.data} ({made})')
     opts = data_options(args.data)
 
-    # 2. the untrained detector
-    t = time.time()
-    untrained_ckpt = osp.join(wd, 'untrained.pth')
-    save_untrained(cfg, untrained_ckpt, f'untrained demo detector, data {args.data}', args.seed)
-    phase('untrained', ['tools/test.py', args.config, untrained_ckpt, '--eval', 'bbox', 'segm',
-                        '--work-dir', osp.join(wd, 'untrained'), '--cfg-options'] + opts,
-          'untrained_test.log', unit='batches')
-    untrained = test_metrics(osp.join(wd, 'untrained'))
-    timings['untrained_eval_s'] = time.time() - t
-
-    # 3. training, from the very weights just evaluated
-    t = time.time()
-    train_dir = osp.join(wd, 'train')
-    train_opts = opts + [f'load_from={untrained_ckpt}', f'randomness.seed={args.seed}',
-                         f'train_cfg.max_epochs={epochs}']
-    train_args = [args.config, '--work-dir', train_dir, '--cfg-options'] + train_opts
-    phase('train', train_command(args.train_processes) + train_args,
-          'train.log', unit='iterations', max_epochs=epochs)
-    timings['train_s'] = time.time() - t
-    with open(osp.join(train_dir, 'last_checkpoint')) as f:
-        checkpoint = f.read().strip()
-
-    # 4. the trained detector: COCO table and overlays
-    t = time.time()
-    test_dir = osp.join(wd, 'test')
-    # the overlays draw detections scoring >= SHOW_SCORE (mmdet's default 0.3); the metrics use them all
-    phase('trained', ['tools/test.py', args.config, checkpoint, '--eval', 'bbox', 'segm', '--work-dir', test_dir,
-                      '--show-dir', 'overlays', '--cfg-options'] + opts
-          + [f'default_hooks.visualization.score_thr={SHOW_SCORE}'], 'trained_test.log', unit='batches')
-    trained = test_metrics(test_dir)
-    timings['trained_eval_s'] = time.time() - t
-
-    # 5. pictures
-    t = time.time()
-    curves = osp.join(wd, 'curves.png')
-    plot_curves(train_scalars(train_dir), untrained, curves)
-    overlays = osp.join(latest_run_dir(test_dir), 'overlays')
-    predictions = montage(overlays, osp.join(wd, 'predictions.png'))
+    # The pictures (ERF before and after training, the trained kernels) are drawn by three more tools: each is
+    # started as soon as its checkpoint exists and runs beside the evaluation of that checkpoint (one thread
+    # each unless --threads says otherwise); the "pictures" phase waits for what is left of them.
     val_images = osp.join(args.data, 'images', 'validation')
-    steps = [['tools/analysis/visualize_erf.py', args.config, '--checkpoint', ckpt, '--stage', '3',
-              '--images', val_images, '--size', str(size), '--out', osp.join(wd, f'erf_{name}.png')]
-             for name, ckpt in (('untrained', untrained_ckpt), ('trained', checkpoint))]
-    steps.append(['tools/analysis/visualize_kernels.py', args.config, '--checkpoint', checkpoint,
-                  '--block', 'sub_blocks3.0', '--image', osp.join(val_images, '000000.jpg'), '--size', str(size),
-                  '--out', osp.join(wd, 'kernels_trained.png')])
-    run_steps(console, 'pictures', [[sys.executable] + s for s in steps], osp.join(logs, 'pictures.log'),
-              cwd=ROOT, env=env, verbose=args.verbose)
+    pictures = BackgroundSteps(console, 'pictures', osp.join(logs, 'pictures.log'), cwd=ROOT,
+                               env=tool_env(args.threads or 1), verbose=args.verbose)
+
+    def erf_command(name, ckpt):
+        return [sys.executable, 'tools/analysis/visualize_erf.py', args.config, '--checkpoint', ckpt, '--stage', '3',
+                '--images', val_images, '--size', str(size), '--out', osp.join(wd, f'erf_{name}.png')]
+
+    try:
+        # 2. the untrained detector
+        t = time.time()
+        untrained_ckpt = osp.join(wd, 'untrained.pth')
+        save_untrained(cfg, untrained_ckpt, f'untrained demo detector, data {args.data}', args.seed)
+        pictures.start([erf_command('untrained', untrained_ckpt)])
+        phase('untrained', ['tools/test.py', args.config, untrained_ckpt, '--eval', 'bbox', 'segm',
+                            '--work-dir', osp.join(wd, 'untrained'), '--cfg-options'] + opts,
+              'untrained_test.log', unit='batches')
+        untrained = test_metrics(osp.join(wd, 'untrained'))
+        timings['untrained_eval_s'] = time.time() - t
+
+        # 3. training, from the very weights just evaluated
+        t = time.time()
+        train_dir = osp.join(wd, 'train')
+        train_opts = opts + [f'load_from={untrained_ckpt}', f'randomness.seed={args.seed}',
+                             f'train_cfg.max_epochs={epochs}']
+        train_args = [args.config, '--work-dir', train_dir, '--cfg-options'] + train_opts
+        phase('train', train_command(args.train_processes) + train_args,
+              'train.log', unit='iterations', max_epochs=epochs)
+        timings['train_s'] = time.time() - t
+        with open(osp.join(train_dir, 'last_checkpoint')) as f:
+            checkpoint = f.read().strip()
+
+        # 4. the trained detector: COCO table and overlays
+        t = time.time()
+        pictures.start([erf_command('trained', checkpoint),
+                        [sys.executable, 'tools/analysis/visualize_kernels.py', args.config, '--checkpoint',
+                         checkpoint, '--block', 'sub_blocks3.0', '--image', osp.join(val_images, '000000.jpg'),
+                         '--size', str(size), '--out', osp.join(wd, 'kernels_trained.png')]])
+        test_dir = osp.join(wd, 'test')
+        # the overlays draw detections scoring >= SHOW_SCORE (mmdet's default 0.3); the metrics use them all
+        phase('trained', ['tools/test.py', args.config, checkpoint, '--eval', 'bbox', 'segm', '--work-dir',
+                          test_dir, '--show-dir', 'overlays', '--cfg-options'] + opts
+              + [f'default_hooks.visualization.score_thr={SHOW_SCORE}'], 'trained_test.log', unit='batches')
+        trained = test_metrics(test_dir)
+        timings['trained_eval_s'] = time.time() - t
+
+        # 5. pictures
+        t = time.time()
+        curves = osp.join(wd, 'curves.png')
+        plot_curves(train_scalars(train_dir), untrained, curves)
+        overlays = osp.join(latest_run_dir(test_dir), 'overlays')
+        predictions = montage(overlays, osp.join(wd, 'predictions.png'))
+        pictures.wait()
+    finally:
+        pictures.close()
     for name in ('untrained', 'trained'):
         caption_file(osp.join(wd, f'erf_{name}.png'), ERF_CAPTION)
     with open(osp.join(logs, 'pictures.log')) as f:   # visualize_erf.py's mass fractions, untrained then trained

@@ -14,6 +14,7 @@ mmengine's ``LoggerHook`` writes lines such as::
 import os
 import re
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -196,23 +197,63 @@ def run_phase(console: Console, label: str, cmd: Sequence[str], log_file: str, *
     return progress
 
 
-def run_steps(console: Console, label: str, commands: Sequence[Sequence[str]], log_file: str, *,
-              cwd: Optional[str] = None, env: Optional[dict] = None, verbose: bool = False) -> None:
-    """Run ``commands`` one after the other as one phase: a bar over the commands, their output appended to
-    ``log_file`` (or streamed to the terminal with ``verbose``). Raises :class:`PhaseFailed` on the first
-    non-zero exit."""
-    os.makedirs(os.path.dirname(log_file) or '.', exist_ok=True)
-    if verbose:
-        run_verbose(console, label, commands, log_file, cwd, env)
-        return
-    with open(log_file, 'w') as log, progress_bar(console) as bar:
-        task = bar.add_task(label, total=len(commands), unit='steps', status='')
+class BackgroundSteps:
+    """Commands that run in processes of their own while the demo goes on, and end as one phase.
+
+    :meth:`start` launches commands at once (each with its output in a temporary file); :meth:`wait` shows the
+    phase -- a bar over all the commands started, advancing as each ends --, writes their outputs to
+    ``log_file`` in the order they were started and raises :class:`PhaseFailed` if one failed; :meth:`close`
+    stops what is still running (a demo that fails elsewhere). With ``verbose`` nothing runs in the background:
+    :meth:`wait` runs the commands one after the other, their output on the terminal.
+    """
+
+    def __init__(self, console: Console, label: str, log_file: str, *, cwd: Optional[str] = None,
+                 env: Optional[dict] = None, verbose: bool = False):
+        self.console, self.label, self.log_file = console, label, log_file
+        self.cwd, self.env, self.verbose = cwd, env, verbose
+        self._steps = []   # (command, process or None, output file or None)
+
+    def start(self, commands: Sequence[Sequence[str]]) -> None:
         for cmd in commands:
-            log.write(f'$ {" ".join(cmd)}\n')
-            log.flush()
-            returncode = subprocess.run(list(cmd), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-            if returncode:
-                break
-            bar.advance(task)
-    if returncode:
-        raise failed(label, returncode, log_file)
+            if self.verbose:
+                self._steps.append((list(cmd), None, None))
+                continue
+            output = tempfile.TemporaryFile('w+', encoding='utf-8')
+            process = subprocess.Popen(list(cmd), cwd=self.cwd, env=self.env, stdout=output,
+                                       stderr=subprocess.STDOUT)
+            self._steps.append((list(cmd), process, output))
+
+    def wait(self) -> None:
+        os.makedirs(os.path.dirname(self.log_file) or '.', exist_ok=True)
+        if self.verbose:
+            run_verbose(self.console, self.label, [cmd for cmd, _, _ in self._steps], self.log_file, self.cwd,
+                        self.env)
+            return
+        with progress_bar(self.console) as bar:
+            task = bar.add_task(self.label, total=len(self._steps), unit='steps', status='')
+            while True:
+                ended = sum(process.poll() is not None for _, process, _ in self._steps)
+                bar.update(task, completed=ended)
+                if ended == len(self._steps):
+                    break
+                time.sleep(POLL_INTERVAL)
+        returncode = 0
+        with open(self.log_file, 'w') as log:
+            for cmd, process, output in self._steps:
+                output.seek(0)
+                log.write(f'$ {" ".join(cmd)}\n{output.read()}')
+                output.close()
+                returncode = returncode or process.returncode
+        self._steps = []
+        if returncode:
+            raise failed(self.label, returncode, self.log_file)
+
+    def close(self) -> None:
+        """Stop the commands still running and drop their output."""
+        for _, process, output in self._steps:
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+            if output is not None:
+                output.close()
+        self._steps = []
