@@ -74,6 +74,35 @@ def test_exported_contmix_softmax_runs_over_the_last_axis(tmp_path):
     torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_exported_aggregation_computes_nothing_from_the_map_size(tmp_path):
+    """The aggregation's tap chain exports with constant slices on the 5-d value: no node reads the map's shape
+    (the shape arithmetic made up most of the graph), and the graph gives the op's output at other sizes."""
+    onnx = pytest.importorskip('onnx')
+    ort = pytest.importorskip('onnxruntime')
+    from mmoverlock.ops import na2d_av_channels_first
+
+    class Aggregation(torch.nn.Module):
+        def forward(self, attn, value):
+            return na2d_av_channels_first(attn, value, 5)
+
+    out = str(tmp_path / 'aggregation.onnx')
+    sizes = {0: 'batch', 3: 'height', 4: 'width'}
+    attn, value = torch.randn(1, 2, 25, 7, 8).softmax(2), torch.randn(1, 2, 3, 7, 8)
+    torch.onnx.export(Aggregation(), (attn, value), out, opset_version=onnx_export.OPSET,
+                      input_names=['attn', 'value'], dynamic_axes={'attn': sizes, 'value': sizes},
+                      **compat.onnx_export_kwargs())
+    ops = [n.op_type for n in onnx.load(out).graph.node]
+    assert 'Shape' not in ops and 'Gather' not in ops
+    assert ops.count('Pad') == ops.count('Mul') == 25
+    session = ort.InferenceSession(out, providers=['CPUExecutionProvider'])
+    for shape in ((2, 5, 5), (1, 9, 6), (3, 12, 17)):
+        batch, h, w = shape
+        attn, value = torch.randn(batch, 2, 25, h, w).softmax(2), torch.randn(batch, 2, 3, h, w)
+        got = session.run(None, {'attn': attn.numpy(), 'value': value.numpy()})[0]
+        torch.testing.assert_close(torch.from_numpy(got), na2d_av_channels_first(attn, value, 5),
+                                   rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.integration
 def test_export_cli_backbone_only(tmp_path, capsys):
     """The script end to end on a packaged config with a tiny arch (initial weights)."""

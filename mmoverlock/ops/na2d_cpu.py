@@ -46,11 +46,15 @@ def pads(kernel_size: int) -> Tuple[int, int]:
 
 
 def shifted_tap(value: torch.Tensor, a: int, b: int, kernel_size: int) -> torch.Tensor:
-    """Tap (a, b) of every pixel's clamped window. value (N, C, H, W) -> (N, C, H, W)."""
-    h, w = value.shape[-2:]
+    """Tap (a, b) of every pixel's clamped window. value (N, C, H, W) or (B, G, C, H, W) -> the same shape.
+
+    The valid windows' rows ``a .. a + H - k`` are sliced with the end counted from the map's end (``a - k + 1``),
+    so the slice is the same whatever H: a traced graph (ONNX, TorchScript) holds constant Slice and Pad nodes
+    and no shape arithmetic."""
     before, after = pads(kernel_size)
-    valid = value[..., a:a + h - kernel_size + 1, b:b + w - kernel_size + 1]
-    return F.pad(valid, (before, after, before, after), mode='replicate')
+    valid = value[..., a:(a - kernel_size + 1) or None, b:(b - kernel_size + 1) or None]
+    pad = (before, after, before, after) + ((0, 0) if value.dim() == 5 else ())
+    return F.pad(valid, pad, mode='replicate')
 
 
 def _as_4d(t: torch.Tensor) -> torch.Tensor:
@@ -68,16 +72,17 @@ def taps_forward(attn: torch.Tensor, value: torch.Tensor, kernel_size: int,
     for a in range(kernel_size):
         for bb in range(kernel_size):
             t = a * kernel_size + bb
-            shifted = shifted_tap(value4, a, bb, kernel_size).view(b, g, c, h, w)
             weight = attn[:, :, t:t + 1]
-            if out is None and inplace:     # a contiguous output, whatever the inputs' strides
-                out = torch.mul(weight, shifted, out=value.new_empty(value.shape))
-            elif out is None:
-                out = weight * shifted
-            elif inplace:
-                out.addcmul_(weight, shifted)
+            if inplace:
+                shifted = shifted_tap(value4, a, bb, kernel_size).view(b, g, c, h, w)
+                if out is None:     # a contiguous output, whatever the inputs' strides
+                    out = torch.mul(weight, shifted, out=value.new_empty(value.shape))
+                else:
+                    out.addcmul_(weight, shifted)
             else:
-                out = out + weight * shifted
+                # on the 5-d value: no reshape, which a traced graph would compute from the map's shape
+                shifted = shifted_tap(value, a, bb, kernel_size)
+                out = weight * shifted if out is None else out + weight * shifted
     return out
 
 
