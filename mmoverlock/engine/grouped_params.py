@@ -38,7 +38,8 @@ class GroupedParamsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     (e.g. ``custom_keys={'norm': dict(decay_mult=0.)}``: over 500 groups for a detector). An optimizer then
     updates its parameters group by group, so ``foreach`` (one multi-tensor update; torch's default on CUDA)
     updates one tensor at a time. With equal groups merged -- same lr, weight decay and every other option --
-    the update computes the same values with a handful of multi-tensor calls. Use it as
+    the update computes the same values with a handful of multi-tensor calls (a gradient-norm clip sums the
+    parameters' norms in the groups' order, so its total can differ in the last bit). Use it as
     ``optim_wrapper = dict(constructor='mmoverlock.GroupedParamsOptimWrapperConstructor', ...)``; the
     arguments are the default constructor's.
 
