@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from mmoverlock.models.layers import DILATED_BRANCHES, DepthwiseConv2d, DilatedReparamBlock
 from mmoverlock.ops import choose_paths, depthwise_conv2d, fft_weight_grad
 from mmoverlock.ops.depthwise_cpu import DepthwiseConv2dPaths, merge_phases, split_phases
+from mmoverlock.ops.selection import ringed_kernel_size
 from mmoverlock.utils import compat
 
 from .conftest import needs_opcheck
@@ -183,6 +184,57 @@ def test_fallbacks_are_plain_conv():
     assert choose_paths(x, 5, 2) == ('torch', 'poly', 'poly')
     with torch.no_grad():                                  # dilated, padding <= 4, no grad: F.conv2d
         assert torch.equal(depthwise_conv2d(x, w[..., :3, :3], None, 4), _ref(x, w[..., :3, :3], None, 4))
+
+
+def _conv_kernel_sizes(fn):
+    """The kernel sizes of the aten convolutions ``fn()`` runs (forward and backward), and its result."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    sizes = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.convolution, torch.ops.aten.convolution_backward):
+                weight = args[1] if func.overloadpacket is torch.ops.aten.convolution else args[2]
+                sizes.append(weight.shape[-1])
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        out = fn()
+    return sizes, out
+
+
+def test_k13_forward_runs_ringed_to_15_on_channels_last_cpu_maps():
+    """oneDNN's NHWC depthwise forward is slower at k=13 than at k=15: the forward without gradients, and the
+    CPU paths' forward, run the kernel ringed by zeros to 15x15 -- the same output; NCHW maps, dilated kernels
+    and autograd through PyTorch's conv keep k=13."""
+    x, w, b, gy = _inputs((2, 8, 14, 14), 13, torch.float32, True, True)
+    assert ringed_kernel_size(x, 13, 1) == 15
+    assert ringed_kernel_size(x.contiguous(), 13, 1) == 13
+    assert ringed_kernel_size(x, 13, 2) == 13
+    assert ringed_kernel_size(x, 15, 1) == 15 and ringed_kernel_size(x, 7, 1) == 7
+    with torch.no_grad():
+        sizes, y = _conv_kernel_sizes(lambda: depthwise_conv2d(x, w, b))
+        assert sizes == [15] and y.is_contiguous(memory_format=torch.channels_last)
+        assert _rel(y, _ref(x, w, b, 1)) < 1e-6
+        sizes, y = _conv_kernel_sizes(lambda: depthwise_conv2d(x.contiguous(), w, b))
+        assert sizes == [13]
+        with torch.autocast('cpu', dtype=torch.bfloat16):          # bf16 under autocast: ringed, same values
+            sizes, y = _conv_kernel_sizes(lambda: depthwise_conv2d(x, w, b))
+            ref = _ref(x, w, b, 1)
+        assert sizes == [15] and y.dtype == torch.bfloat16
+        assert _rel(y.float(), ref.float()) < 1e-2
+    # training (fp32): the CPU paths' forward is ringed, their backward computes the k=13 gradients
+    xr, wr = x.detach().requires_grad_(), w.detach().requires_grad_()
+    sizes, y = _conv_kernel_sizes(lambda: depthwise_conv2d(xr, wr, b))
+    assert sizes == [15]
+    y.backward(gy)
+    xe, we = x.detach().requires_grad_(), w.detach().requires_grad_()
+    _ref(xe, we, b, 1).backward(gy)
+    assert _rel(xr.grad, xe.grad) < 1e-5 and _rel(wr.grad, we.grad) < 1e-4
+    # autograd through PyTorch's conv (bf16 weights that require grad): k=13, its ringed backward is slower
+    xb, wb = x.bfloat16().requires_grad_(), w.bfloat16().requires_grad_()
+    sizes, _ = _conv_kernel_sizes(lambda: depthwise_conv2d(xb, wb, None))
+    assert sizes == [13]
 
 
 def test_bad_arguments():

@@ -5,6 +5,8 @@ CPU"); these paths replace only those, still computing every convolution with Py
 
 * the weight gradient of large kernels: an FFT cross-correlation of the input with the output gradient
   (:func:`fft_weight_grad`; :func:`fft_weight_grad_any` for half inputs, also a CUDA candidate);
+* the forward of k=13 on channels-last maps: PyTorch's conv with the kernel ringed by zeros to 15x15
+  (:func:`torch_forward`), faster than its own k=13;
 * every pass of dilated kernels: a dilated stride-1 'same' conv only mixes pixels whose coordinates agree
   modulo d, so it equals PyTorch's *undilated* depthwise conv applied to the d*d polyphase sub-grids of the
   map (:func:`split_phases`, batch B*d*d, maps ceil(H/d) x ceil(W/d)).
@@ -17,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .selection import FFT, POLY
+from .selection import FFT, POLY, ringed_kernel_size
 from .triton_common import memory_format
 
-__all__ = ['fast_fft_length', 'fft_weight_grad', 'fft_weight_grad_any', 'split_phases', 'merge_phases',
+__all__ = ['fast_fft_length', 'fft_weight_grad', 'fft_weight_grad_any', 'split_phases', 'merge_phases', 'torch_forward',
            'conv_backward', 'paths_forward', 'paths_backward', 'DepthwiseConv2dPaths']
 
 
@@ -93,6 +95,19 @@ def merge_phases(t: torch.Tensor, d: int, b: int, h: int, w: int,
     return t.contiguous(memory_format=memory_format)
 
 
+def torch_forward(x: torch.Tensor, weight: torch.Tensor, bias, dilation: int) -> torch.Tensor:
+    """PyTorch's stride-1 'same' depthwise conv, x (B, C, H, W), weight (C, 1, k, k) -> (B, C, H, W); a kernel
+    size of :data:`~mmoverlock.ops.selection.RINGED_FORWARD_KERNELS` ringed by zeros to the size it maps to
+    (:func:`~mmoverlock.ops.selection.ringed_kernel_size`). Differentiable, but the ringed form's backward is
+    PyTorch's slower one at the larger size: callers ring only a forward whose gradients come from elsewhere."""
+    c, k = x.shape[1], weight.shape[-1]
+    size = ringed_kernel_size(x, k, dilation)
+    if size != k:
+        ring = (size - k) // 2
+        weight, k = F.pad(weight, (ring, ring, ring, ring)), size
+    return F.conv2d(x, weight, bias, 1, dilation * (k - 1) // 2, dilation, c)
+
+
 def conv_backward(grad_out, x, weight, pad, dilation, mask):
     """aten.convolution_backward of a depthwise stride-1 conv: (grad_x, grad_w, grad_b)."""
     c = x.shape[1]
@@ -102,13 +117,14 @@ def conv_backward(grad_out, x, weight, pad, dilation, mask):
 
 
 def paths_forward(x, weight, bias, dilation, fwd_path):
-    """The CPU forward by path: PyTorch's conv, or (``'poly'``, d > 1) on the polyphase sub-grids."""
+    """The CPU forward by path: PyTorch's conv (:func:`torch_forward`), or (``'poly'``, d > 1) on the polyphase
+    sub-grids."""
     c, k = x.shape[1], weight.shape[-1]
     if fwd_path == POLY and dilation > 1:
         b, _, h, w = x.shape
         y = F.conv2d(split_phases(x, dilation), weight, bias, 1, (k - 1) // 2, 1, c)
         return merge_phases(y, dilation, b, h, w, memory_format(x))
-    return F.conv2d(x, weight, bias, 1, dilation * (k - 1) // 2, dilation, c)
+    return torch_forward(x, weight, bias, dilation)
 
 
 def paths_backward(grad_out, x, weight, d, ig_path, wg_path, need_x, need_w, need_b):

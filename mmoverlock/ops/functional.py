@@ -63,7 +63,7 @@ import mmoverlock.ops.na2d_op as na2d_op
 
 from ..utils import compat
 from .checks import check_window
-from .depthwise_cpu import DepthwiseConv2dPaths, fft_weight_grad, fft_weight_grad_any
+from .depthwise_cpu import DepthwiseConv2dPaths, fft_weight_grad, fft_weight_grad_any, torch_forward
 from .na2d_cpu import window_classes, window_keys, window_starts
 from .reference import na2d_av_reference, na2d_av_unfold
 from .selection import (AUTO, CHOICES, DENSE_MAX_RATIO, FORWARD, FORWARD_DENSE_MAX_RATIO, INPUT_GRAD, PASSES,
@@ -208,7 +208,9 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     custom = fwd != TORCH or (grad and x.requires_grad and ig != TORCH) or (
         grad and weight.requires_grad and wg != TORCH)
     if not custom or weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
-        return F.conv2d(x, weight, bias, 1, dilation * (k - 1) // 2, dilation, c)
+        if grad and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+            return F.conv2d(x, weight, bias, 1, dilation * (k - 1) // 2, dilation, c)
+        return torch_forward(x, weight, bias, dilation)      # no gradient: the forward may run ringed
     return DepthwiseConv2dPaths.apply(x, weight, bias, dilation, fwd, ig, wg)
 
 

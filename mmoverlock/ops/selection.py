@@ -22,7 +22,8 @@ from .tracing import is_tracing
 from .triton_common import memory_format
 
 __all__ = ['DENSE_MAX_RATIO', 'FORWARD_DENSE_MAX_RATIO', 'WINDOW_CLASSES_MAX', 'uses_dense', 'uses_windows',
-           'na2d_cpu_path', 'NA2D_CPU_PATHS', 'FFT_MIN_KERNEL', 'POLY_FWD_MIN_PAD', 'TORCH', 'POLY', 'FFT', 'AUTO',
+           'na2d_cpu_path', 'NA2D_CPU_PATHS', 'FFT_MIN_KERNEL', 'POLY_FWD_MIN_PAD', 'RINGED_FORWARD_KERNELS',
+           'ringed_kernel_size', 'TORCH', 'POLY', 'FFT', 'AUTO',
            'TRITON', 'CHOICES', 'FORWARD', 'INPUT_GRAD', 'WEIGHT_GRAD', 'PASSES', 'MIN_GAIN', 'TIMING_RUNS',
            'SIZE_BUCKET', 'Timer', 'choose_paths', 'chosen', 'cached', 'clear_choices', 'deterministic_requested',
            'choice_key', 'pick', 'select']
@@ -69,6 +70,20 @@ def na2d_cpu_path(height: int, width: int, kernel_size: int, forward_only: bool 
 FFT_MIN_KERNEL = 9          # FFT weight gradient from this kernel size up (any dilation)
 POLY_FWD_MIN_PAD = 5        # dilated forward via phases when padding d*(k-1)//2 >= this
 TORCH, POLY, FFT = 'torch', 'poly', 'fft'
+#: the undilated channels-last forward of a k x k kernel listed here runs PyTorch's conv with the kernel ringed by
+#: zeros to the size it maps to (the same sums): PyTorch's (oneDNN's) NHWC depthwise forward takes 2.3x (fp32) and
+#: 1.4-2.5x (bf16) longer at k=13 than at k=15 (docs/benchmarks.md, "Depthwise convs on CPU"); its backward passes
+#: do not gain, so only a forward that needs no gradient, or whose gradients the CPU paths compute, is ringed
+RINGED_FORWARD_KERNELS = {13: 15}
+
+
+def ringed_kernel_size(x: torch.Tensor, kernel_size: int, dilation: int) -> int:
+    """The kernel size PyTorch's conv runs the CPU forward of a depthwise conv of x (B, C, H, W) at:
+    ``RINGED_FORWARD_KERNELS[k]`` for an undilated conv of a channels-last CPU map, else k itself."""
+    if (dilation == 1 and kernel_size in RINGED_FORWARD_KERNELS and x.device.type == 'cpu' and x.dim() == 4
+            and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
+        return RINGED_FORWARD_KERNELS[kernel_size]
+    return kernel_size
 
 
 def choose_paths(x: torch.Tensor, kernel_size: int, dilation: int) -> Tuple[str, str, str]:
