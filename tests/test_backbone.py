@@ -271,3 +271,45 @@ def test_registry_resolves_in_downstream_packages(fixture, package):
     assert isinstance(model, OverLoCK) and model.out_channels == [120]
     with pytest.raises(KeyError, match='OverLoCK is not in the'):
         registry.build(dict(type='OverLoCK', arch=fixture['arch']))
+
+
+def test_gelu_runs_on_the_nhwc_view_of_channels_last_maps_without_autograd():
+    """mmoverlock's GELU: without autograd, a channels-last CPU map goes to PyTorch's GELU as its contiguous
+    NHWC view (twice as fast there) and comes back channels-last, equal to nn.GELU up to erf's last bit; under
+    autograd, and for NCHW maps, PyTorch's op sees the map as it is and gives nn.GELU's values exactly."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from mmoverlock.models.layers import GELU
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten.gelu:
+                seen.append((tuple(args[0].shape), args[0].is_contiguous()))
+            return func(*args, **(kwargs or {}))
+
+    gelu, plain = GELU(), torch.nn.GELU()
+    x = torch.randn(2, 8, 5, 6).contiguous(memory_format=torch.channels_last)
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
+        xd = x.to(dtype)
+        with torch.no_grad(), Record():
+            out = gelu(xd)
+        assert seen.pop() == ((2, 5, 6, 8), True)
+        assert out.shape == x.shape and out.dtype == dtype
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert (out.float() - plain(xd).float()).abs().max().item() <= tol * 4
+    with torch.no_grad(), Record():
+        assert torch.equal(gelu(x.contiguous()), plain(x.contiguous()))
+    assert seen.pop() == ((2, 8, 5, 6), True)
+    xg, xp = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with Record():
+        out = gelu(xg)
+    assert seen.pop() == ((2, 8, 5, 6), False)
+    ref = plain(xp)
+    assert torch.equal(out, ref)
+    out.sum().backward()
+    ref.sum().backward()
+    assert torch.equal(xg.grad, xp.grad)
+    model = OverLoCK('xt')
+    assert not any(type(m) is torch.nn.GELU for m in model.modules())
+    assert any(isinstance(m, GELU) for m in model.modules())

@@ -17,7 +17,7 @@ from mmengine.model import BaseModule
 
 from ..ops import is_exporting, is_tracing, na2d_av_channels_first
 from ..registry import MODELS
-from .layers import (GRN, DepthwiseConv2d, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale,
+from .layers import (GELU, GRN, DepthwiseConv2d, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale,
                      PointwiseConv2d, ResDWConv, SEModule)
 
 NUM_REGIONS = 7  # default: the context is pooled to 7 x 7 = 49 region centres (official)
@@ -410,7 +410,7 @@ class ContMixBlock(_ContMixBase):
         self.dwconv1 = ResDWConv(out_dim, 3)
         self.norm1 = LayerNorm2d(out_dim)
         self.fusion = nn.Sequential(
-            DepthwiseConv2d(out_dim, 3, bias=True), nn.BatchNorm2d(out_dim), nn.GELU(),
+            DepthwiseConv2d(out_dim, 3, bias=True), nn.BatchNorm2d(out_dim), GELU(),
             PointwiseConv2d(out_dim, dim), GRN(dim))
         self.dyconv_proj = nn.Sequential(PointwiseConv2d(dim, dim, bias=False), nn.BatchNorm2d(dim))
         self.lepe = nn.Sequential(DilatedReparamBlock(dim, kernel_size, deploy), nn.BatchNorm2d(dim))
@@ -419,7 +419,7 @@ class ContMixBlock(_ContMixBase):
         self.proj = nn.Sequential(nn.BatchNorm2d(dim), PointwiseConv2d(dim, out_dim))
         self.dwconv2 = ResDWConv(out_dim, 3)
         self.norm2 = LayerNorm2d(out_dim)
-        self.mlp = nn.Sequential(PointwiseConv2d(out_dim, hidden), nn.GELU(), ResDWConv(hidden, 3), GRN(hidden),
+        self.mlp = nn.Sequential(PointwiseConv2d(out_dim, hidden), GELU(), ResDWConv(hidden, 3), GRN(hidden),
                                  PointwiseConv2d(hidden, out_dim))
         self.ls1 = LayerScale(out_dim, ls_init_value)
         self.ls2 = LayerScale(out_dim, ls_init_value)

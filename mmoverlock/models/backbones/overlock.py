@@ -28,8 +28,8 @@ from ...checkpoint.stem import adapt_input_conv
 from ...registry import MODELS
 from ...variants import ARCH_KEYS, VARIANTS
 from ..contmix import ContMixBlock
-from ..layers import (GRN, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale, PointwiseConv2d, ResDWConv,
-                      SEModule, set_depthwise_choice)
+from ..layers import (GELU, GRN, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale, PointwiseConv2d,
+                      ResDWConv, SEModule, set_depthwise_choice)
 
 #: The official variants (the release's ``overlock_{xt,t,s,b}`` model definitions), by short and long name, from
 #: :mod:`mmoverlock.variants`.
@@ -109,7 +109,7 @@ class RepConvBlock(nn.Module):
             nn.BatchNorm2d(dim),
             SEModule(dim),
             PointwiseConv2d(dim, hidden),
-            nn.GELU(),
+            GELU(),
             ResDWConv(hidden, 3),
             GRN(hidden),
             PointwiseConv2d(hidden, dim),
@@ -126,9 +126,9 @@ def stem(in_chans: int, dim: int) -> nn.Sequential:
     """``patch_embed1``: four 3x3 convs (strides 2, 1, 2, 1) with BN/GELU; (B, 3, H, W) -> (B, dim, H/4, W/4)."""
     half = dim // 2
     return nn.Sequential(
-        nn.Conv2d(in_chans, half, 3, 2, 1, bias=False), nn.BatchNorm2d(half), nn.GELU(),
-        nn.Conv2d(half, half, 3, 1, 1, bias=False), nn.BatchNorm2d(half), nn.GELU(),
-        nn.Conv2d(half, dim, 3, 2, 1, bias=False), nn.BatchNorm2d(dim), nn.GELU(),
+        nn.Conv2d(in_chans, half, 3, 2, 1, bias=False), nn.BatchNorm2d(half), GELU(),
+        nn.Conv2d(half, half, 3, 1, 1, bias=False), nn.BatchNorm2d(half), GELU(),
+        nn.Conv2d(half, dim, 3, 2, 1, bias=False), nn.BatchNorm2d(dim), GELU(),
         nn.Conv2d(dim, dim, 3, 1, 1, bias=False), nn.BatchNorm2d(dim))
 
 
