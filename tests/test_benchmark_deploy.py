@@ -52,10 +52,12 @@ def test_onnxruntime_runner_matches_eager(benchmark_deploy, tmp_path):
     images = torch.randn(2, 3, 20, 24)
     with torch.no_grad():
         expected = net(images)
-    run = benchmark_deploy.make_runner('ort', net, images, threads=1, folder=str(tmp_path))
-    out = benchmark_deploy.last_output(run())
-    assert out.shape == expected.shape
-    assert (out - expected).abs().max() <= 1e-5 * expected.abs().max()
+    for path in ('ort', 'ort-fixed'):
+        run = benchmark_deploy.make_runner(path, net, images, threads=1, folder=str(tmp_path))
+        out = benchmark_deploy.last_output(run())
+        assert out.shape == expected.shape
+        assert (out - expected).abs().max() <= 1e-5 * expected.abs().max()
+    assert sorted(p.name.rsplit('_', 1)[-1] for p in tmp_path.glob('*.onnx')) == ['ort-fixed.onnx', 'ort.onnx']
     eager = benchmark_deploy.make_runner('bf16', net, images, threads=1, folder=str(tmp_path))
     assert (eager().float() - expected).abs().max() <= benchmark_deploy.TOLERANCE['bf16'] * expected.abs().max()
 

@@ -124,6 +124,17 @@ def test_export_cli_backbone_only(tmp_path, capsys):
     for r in results:
         assert r['max_abs_err'] <= 1e-4 * max(1., r['output_scale']), r
     assert 'max abs error' in capsys.readouterr().out
+    results = load_tool('deployment/export_onnx').main([str(cfg), 'none', '--shape', '96', '128', '--fixed-size',
+                                                        '--out', str(tmp_path / 'fixed.onnx')])
+    assert [r['shape'] for r in results] == [(96, 128)]
+    assert results[0]['max_abs_err'] <= 1e-4 * max(1., results[0]['output_scale']), results[0]
+    assert 'fixed height/width' in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        load_tool('deployment/export_onnx').main([str(cfg), 'none', '--shape', '96', '128', '--fixed-size',
+                                                  '--check-shape', '64', '64'])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        '--check-shape 64 64: a --fixed-size graph runs at --shape 96 128 only; drop one of the two')
 
 
 @pytest.mark.slow
@@ -140,3 +151,47 @@ def test_torch_compile_one_graph_same_output(fixture):
         expected, got = model(x), compiled(x)
     for e, g in zip(expected, got):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_fixed_size_export_writes_small_map_aggregations_as_matmuls(fixture, tmp_path):
+    """``export(fixed_size=True)``: height and width are constants of the graph, the batch stays dynamic, and the
+    aggregations of maps with few distinct windows (stage 3 at 14x14 with k=13, stage 4 at 7x7 with k=7) are
+    per-window MatMuls instead of 169- and 49-tap chains; onnxruntime gives the eager outputs at other batch sizes. The
+    dynamic export of the same model keeps the tap chains."""
+    onnx = pytest.importorskip('onnx')
+    pytest.importorskip('onnxruntime')
+    from mmoverlock.ops import uses_windows
+    arch = dict(fixture['arch'], kernel_size=[17, 15, 13, 7])
+    model = _deployed_backbone(arch)
+    assert uses_windows(14, 14, 13) and uses_windows(7, 7, 7) and not uses_windows(14, 14, 5)
+    fixed, dynamic = str(tmp_path / 'fixed.onnx'), str(tmp_path / 'dynamic.onnx')
+    onnx_export.export(model, (224, 224), fixed, fixed_size=True)
+    onnx_export.export(model, (224, 224), dynamic)
+    graphs = {name: onnx.load(f).graph for name, f in (('fixed', fixed), ('dynamic', dynamic))}
+    dims = [d.dim_param or d.dim_value for d in graphs['fixed'].input[0].type.tensor_type.shape.dim]
+    assert dims == ['batch', 3, 224, 224]
+    ops = {name: [n.op_type for n in g.node] for name, g in graphs.items()}
+    # a tap is one Pad; stage 3 (14x14): large k=13, small k=5; stage 4 (7x7): large k=7, small k=5 (9 windows)
+    stage3, stage4 = arch['sub_depth']
+    assert ops['dynamic'].count('Pad') == stage3 * (169 + 25) + stage4 * (49 + 25)
+    assert ops['fixed'].count('Pad') == (stage3 + stage4) * 25
+    assert ops['fixed'].count('MatMul') >= 4 * stage3 + stage4                  # the windows' matmuls
+    # the maps fit their kernels: no identity Resize in front of each block's aggregation
+    assert ops['dynamic'].count('Resize') - ops['fixed'].count('Resize') == stage3 + stage4
+    assert len(ops['fixed']) < len(ops['dynamic']) / 2
+    for r in onnx_export.check(model, fixed, [(224, 224)], batch=2):
+        assert r['max_abs_err'] <= 1e-4 * max(1., r['output_scale']), r
+    with pytest.raises(Exception, match='[Ii]nvalid dimensions'):       # another size: refused, not wrong
+        onnx_export.ort_session(fixed).run(None, {'input': torch.zeros(1, 3, 192, 192).numpy()})
+
+
+def test_windows_concat_forward_equals_the_op():
+    """The per-window form the fixed-size export writes (Slice, MatMul, Concat) computes the op's sums."""
+    from mmoverlock.ops import na2d_av_channels_first, uses_windows
+    from mmoverlock.ops.na2d_cpu import windows_concat_forward
+    for h, w, k in ((14, 14, 13), (13, 13, 13), (7, 9, 7), (8, 7, 7)):
+        assert uses_windows(h, w, k)
+        attn, value = torch.randn(2, 3, k * k, h, w).softmax(2), torch.randn(2, 3, 4, h, w)
+        torch.testing.assert_close(windows_concat_forward(attn, value, k), na2d_av_channels_first(attn, value, k),
+                                   rtol=1e-5, atol=1e-6)

@@ -15,7 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
-from ..ops import is_exporting, is_tracing, na2d_av_channels_first
+from ..ops import na2d_av_channels_first
+from ..ops.tracing import constant_size, is_exporting, is_fixed_size_export, is_tracing
 from ..registry import MODELS
 from .layers import (GELU, GRN, DepthwiseConv2d, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale,
                      PointwiseConv2d, ResDWConv, SEModule)
@@ -127,13 +128,16 @@ def fit_to_kernel(maps: List[torch.Tensor], kernel_size: int
                   ) -> Tuple[List[torch.Tensor], Optional[Tuple[int, int]]]:
     """Resize (bilinear) maps smaller than the kernel to :func:`small_map_size`; the size to pool the result
     back to, or None when they fit. While exporting, always resize (an identity when the map fits) to the
-    size :func:`fit_size_traceable` computes, so one graph is right for every input size.
+    size :func:`fit_size_traceable` computes, so one graph is right for every input size -- except in an export
+    of one map size (:func:`mmoverlock.ops.fixed_size_export`), which takes the eager rule.
     maps: list of (B, C_i, H, W) -> (list of resized maps, (H, W) or None)."""
     h, w = maps[0].shape[-2], maps[0].shape[-1]
     if torch.jit.is_scripting():
         size = small_map_size(h, w, kernel_size)
+    elif is_exporting() and not is_fixed_size_export():
+        size = fit_size_traceable(h, w, kernel_size)
     else:
-        size = fit_size_traceable(h, w, kernel_size) if is_exporting() else small_map_size(h, w, kernel_size)
+        size = small_map_size(constant_size(h), constant_size(w), kernel_size)
     if size is None:
         return maps, None
     resized = F.interpolate(torch.cat(maps, 1), size=[size[0], size[1]], mode='bilinear', align_corners=False)

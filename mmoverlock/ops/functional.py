@@ -70,7 +70,7 @@ from .selection import (AUTO, CHOICES, DENSE_MAX_RATIO, FORWARD, FORWARD_DENSE_M
                         TORCH, WEIGHT_GRAD, WINDOW_CLASSES_MAX, choice_key, choose_paths, chosen,
                         clear_choices, deterministic_requested, na2d_cpu_path, pick, select, uses_dense,
                         uses_windows)
-from .tracing import is_exporting, is_tracing
+from .tracing import constant_size, fixed_size_export, is_exporting, is_fixed_size_export, is_tracing
 from .triton_common import SUPPORTED_DTYPES
 
 __all__ = [
@@ -84,7 +84,7 @@ __all__ = [
     'fft_weight_grad_any', 'depthwise_conv_backward', 'choose_paths', 'CHOICES', 'PASSES', 'FORWARD', 'INPUT_GRAD',
     'WEIGHT_GRAD', 'pick', 'select', 'choice_key', 'chosen', 'clear_choices', 'deterministic_requested',
     # both
-    'fused_kernel_checks', 'is_exporting', 'is_tracing',
+    'fused_kernel_checks', 'is_exporting', 'is_tracing', 'fixed_size_export', 'is_fixed_size_export',
 ]
 
 #: na2d_av's CPU paths by name: (forward(attn, value, k), backward(grad_out, attn, value, k, attn_grad,
@@ -140,13 +140,18 @@ def fused_kernel_checks():
 def na2d_av_channels_first(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """attn (B, G, k*k, H, W), value (B, G, C, H, W) -> (B, G, C, H, W), contiguous:
     ``torch.ops.mmoverlock.na2d_av`` after promoting mixed dtypes to the wider one. Under ONNX export the op
-    is written out as its standard-op tap loop (Slice/Pad/Mul/Add). TorchScript calls the op."""
+    is written out as its standard-op tap loop (Slice/Pad/Mul/Add), or, in an export of one map size
+    (:func:`~mmoverlock.ops.tracing.fixed_size_export`) of a map with few distinct windows, as per-window
+    matmuls (Slice/MatMul/Concat). TorchScript calls the op."""
     if torch.jit.is_scripting():
         dtype = torch.promote_types(attn.dtype, value.dtype)
         return torch.ops.mmoverlock.na2d_av(attn.to(dtype), value.to(dtype), kernel_size)
     attn, value = checks.promoted(attn, value)
     if is_exporting():
         checks.na2d_inputs(attn, value, kernel_size)
+        if is_fixed_size_export() and uses_windows(constant_size(value.shape[-2]), constant_size(value.shape[-1]),
+                                                   kernel_size):
+            return na2d_cpu.windows_concat_forward(attn, value, kernel_size)
         return na2d_cpu.taps_forward(attn, value, kernel_size)
     return na2d_op.NA2D_AV(attn, value, kernel_size)
 

@@ -9,7 +9,9 @@ size C*k*k*H*W, activation memory is O(B*G*H*W*(C + k*k)):
 * the **tap loop** (larger maps): for tap (a, b) the clamped gather is a slice of the
   valid windows followed by replicate padding (the map of window starts is the valid-window map,
   replicate-padded); its backward recomputes each shifted value instead of storing it (:func:`taps_forward`,
-  :func:`taps_backward`). Out of place, it is also what ONNX export writes out (Slice/Pad/Mul/Add);
+  :func:`taps_backward`). Out of place, it is also what ONNX export writes out (Slice/Pad/Mul/Add), except
+  that an export of one map size writes the per-window matmuls where they apply
+  (:func:`windows_concat_forward`);
 * the **dense operator** (small maps, e.g. stage 3/4 at 224^2): the kernels are scattered into one
   (H*W, H*W) aggregation matrix per (batch, group) -- at most ``DENSE_MAX_RATIO`` times the size of ``attn``
   (``FORWARD_DENSE_MAX_RATIO`` for the forward, whose crossover lies higher) -- and applied with one batched
@@ -27,10 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from .selection import na2d_cpu_path
+from .tracing import constant_size
 
 __all__ = ['window_starts', 'window_keys', 'window_classes', 'shifted_tap', 'pads', 'taps_forward', 'taps_backward',
-           'windows_forward', 'windows_backward', 'dense_forward', 'dense_backward', 'PATHS', 'forward',
-           'backward']
+           'windows_forward', 'windows_concat_forward', 'windows_backward', 'dense_forward', 'dense_backward', 'PATHS',
+           'forward', 'backward']
 
 
 def window_starts(length: int, kernel_size: int, device=None) -> torch.Tensor:
@@ -139,6 +142,23 @@ def windows_forward(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -
         out[:, :, rows, cols] = torch.bmm(window, kernels).view(
             b * g, c, rows.stop - rows.start, cols.stop - cols.start)
     return out.view(b, g, c, h, w)
+
+
+def windows_concat_forward(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """:func:`windows_forward` in standard ops for an export of one map size: per window a Slice of the values
+    and of the kernels, one MatMul over the (B, G) batch, and the blocks joined by Concat (nothing computed from
+    the batch size, which may stay dynamic). attn (B, G, k*k, H, W), value (B, G, C, H, W) -> (B, G, C, H, W)."""
+    h, w = constant_size(value.shape[-2]), constant_size(value.shape[-1])
+    k = kernel_size
+    rows = []
+    for r0, r1, si in window_classes(h, k):
+        blocks = []
+        for c0, c1, sj in window_classes(w, k):
+            window = value[..., si:si + k, sj:sj + k].flatten(-2)             # (B, G, C, k*k)
+            kernels = attn[..., r0:r1, c0:c1].flatten(-2)                       # (B, G, k*k, n)
+            blocks.append(torch.matmul(window, kernels).unflatten(-1, (r1 - r0, c1 - c0)))
+        rows.append(torch.cat(blocks, dim=-1) if len(blocks) > 1 else blocks[0])
+    return torch.cat(rows, dim=-2) if len(rows) > 1 else rows[0]
 
 
 def windows_backward(grad_out: torch.Tensor, attn: torch.Tensor, value: torch.Tensor, kernel_size: int,

@@ -1,5 +1,11 @@
 """The one place that tells eager runs from tracing and ONNX export."""
+import contextlib
+import warnings
+from typing import Iterator, Union
+
 import torch
+
+_FIXED_SIZE_EXPORT = [False]
 
 
 def is_exporting() -> bool:
@@ -11,3 +17,30 @@ def is_tracing() -> bool:
     """TorchScript tracing (e.g. mmengine's FLOP counter) or ONNX export: sizes may be traced values, so
     nothing shape-dependent is cached, and layers keep the op the exporter and the counter know."""
     return torch.jit.is_tracing() or is_exporting()
+
+
+@contextlib.contextmanager
+def fixed_size_export() -> Iterator[None]:
+    """Within: an ONNX export whose graph is for the traced input's height and width only (the batch may stay
+    dynamic), so layers may write size-specific forms (:func:`is_fixed_size_export`)."""
+    before = _FIXED_SIZE_EXPORT[0]
+    _FIXED_SIZE_EXPORT[0] = True
+    try:
+        yield
+    finally:
+        _FIXED_SIZE_EXPORT[0] = before
+
+
+def is_fixed_size_export() -> bool:
+    """An ONNX export inside :func:`fixed_size_export`: map sizes are constants of the graph."""
+    return _FIXED_SIZE_EXPORT[0] and is_exporting()
+
+
+def constant_size(size: Union[int, torch.Tensor]) -> int:
+    """A map size as a Python int, for a fixed-size export (where it is a constant of the graph by definition:
+    the tracer's warning about a traced size turned into a constant is not raised) and for eager runs."""
+    if not isinstance(size, torch.Tensor):
+        return size
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        return int(size)

@@ -7,7 +7,10 @@ their last stage, OverLoCK re-parameterised with ``switch_to_deploy()``) and eac
 * ``bf16``: the same under ``torch.autocast('cpu', dtype=torch.bfloat16)`` (fast only on a CPU with
   AVX512-BF16 or AMX: the tool prints which the CPU has);
 * ``ort``: ONNX Runtime fp32, CPU provider, each model exported by ``mmoverlock.deploy.onnx.export``
-  (``torch.onnx.export``, opset 17, TorchScript exporter), the session's intra-op threads = the thread count;
+  (``torch.onnx.export``, opset 17, TorchScript exporter; dynamic batch, height and width), the session's
+  intra-op threads = the thread count;
+* ``ort-fixed``: the same with each model exported for the benchmark's input size only
+  (``export(..., fixed_size=True)``: dynamic batch; ContMix's small-map aggregation as per-window MatMuls);
 * ``compile-fp32`` / ``compile-bf16`` (information, off unless named in ``--paths``): ``torch.compile`` with
   inductor on the fp32 / bf16 eager path (compile time not counted).
 
@@ -23,7 +26,7 @@ to the convolution, autocast's copies to casts).
 
     python tools/analysis/benchmark_deploy.py                       # T and S, batch 4 at 224x224, 1 and all threads
     python tools/analysis/benchmark_deploy.py --profile --threads 1
-    python tools/analysis/benchmark_deploy.py --paths fp32 bf16 ort compile-fp32 compile-bf16
+    python tools/analysis/benchmark_deploy.py --paths fp32 bf16 ort ort-fixed compile-fp32 compile-bf16
     python tools/analysis/benchmark_deploy.py --quick               # OverLoCK-T / ConvNeXt-T, batch 1 at 64x64
 """
 import argparse
@@ -43,9 +46,10 @@ import torch
 
 TOOL = 'benchmark_deploy'
 PAIRS = {'T': ('t', 'tiny'), 'S': ('s', 'small')}
-PATHS = ('fp32', 'bf16', 'ort', 'compile-fp32', 'compile-bf16')
+PATHS = ('fp32', 'bf16', 'ort', 'ort-fixed', 'compile-fp32', 'compile-bf16')
 #: each path's largest accepted |output - fp32 eager output| / max |fp32 eager output|
-TOLERANCE = {'fp32': 1e-5, 'bf16': 5e-2, 'ort': 1e-4, 'compile-fp32': 1e-4, 'compile-bf16': 5e-2}
+TOLERANCE = {'fp32': 1e-5, 'bf16': 5e-2, 'ort': 1e-4, 'ort-fixed': 1e-4, 'compile-fp32': 1e-4,
+             'compile-bf16': 5e-2}
 OP_CLASSES = ('1x1 conv / matmul', 'depthwise conv', 'other conv', 'aggregation', 'norm', 'activation', 'cast',
               'padding', 'other')
 
@@ -54,7 +58,7 @@ def parse_args(argv: Optional[List[str]] = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--models', nargs='+', default=list(PAIRS), choices=list(PAIRS),
                         help='OverLoCK variants, each against the ConvNeXt of its size')
-    parser.add_argument('--paths', nargs='+', default=['fp32', 'bf16', 'ort'], choices=PATHS)
+    parser.add_argument('--paths', nargs='+', default=['fp32', 'bf16', 'ort', 'ort-fixed'], choices=PATHS)
     parser.add_argument('--batch', type=int, default=4)
     parser.add_argument('--size', type=int, default=224, help='input side in pixels')
     parser.add_argument('--threads', nargs='+', default=['1', 'all'],
@@ -120,13 +124,13 @@ def last_output(outputs) -> torch.Tensor:
 
 def make_runner(path: str, model: torch.nn.Module, images: torch.Tensor, threads: int, folder: str):
     """A no-argument callable running ``model`` on ``images`` by ``path``; returns its output."""
-    if path == 'ort':
+    if path in ('ort', 'ort-fixed'):
         import onnxruntime as ort
 
         from mmoverlock.deploy.onnx import export
-        onnx_file = os.path.join(folder, f'{type(model).__name__}_{id(model)}.onnx')
+        onnx_file = os.path.join(folder, f'{type(model).__name__}_{id(model)}_{path}.onnx')
         if not os.path.exists(onnx_file):
-            export(model, images.shape[-2:], onnx_file, batch=images.shape[0])
+            export(model, images.shape[-2:], onnx_file, batch=images.shape[0], fixed_size=path == 'ort-fixed')
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -1,4 +1,5 @@
-"""Export an OverLoCK model to ONNX (opset 17, dynamic batch/height/width) and check it with onnxruntime.
+"""Export an OverLoCK model to ONNX (opset 17, dynamic batch/height/width, or a fixed height/width) and check it
+with onnxruntime.
 
 The backbone is re-parameterised (``switch_to_deploy()``) first. ContMix exports as standard ops: the
 neighbourhood aggregation as a Slice/Pad/Mul/Add tap loop, the region pooling and the small-map resize rule
@@ -12,6 +13,12 @@ What is exported (without ``--backbone-only``):
   custom-op rewriting and are not exported by this script.
 
     python tools/deployment/export_onnx.py CONFIG CKPT --shape 512 512 [--out F] [--backbone-only]
+    python tools/deployment/export_onnx.py CONFIG CKPT --shape 224 224 --fixed-size   # one input size, faster
+
+``--fixed-size`` exports for the ``--shape`` height and width only (the batch stays dynamic): ContMix's
+aggregation of maps with few distinct windows (stage 3 and 4 at classification sizes) becomes per-window MatMuls
+instead of the k*k-tap chain, and the small-map resize rule is resolved at export; onnxruntime runs OverLoCK-T
+at 224x224 about 1.6x faster (docs/benchmarks.md). The check then runs at the export size only.
 
 CKPT may be ``none`` (the config's initial weights: for checking the export, not for deployment).
 """
@@ -43,7 +50,12 @@ def parse_args(argv: Optional[List[str]] = None):
                              'at least 32)')
     parser.add_argument('--out', default=None, help='ONNX file (default: <config name>.onnx)')
     parser.add_argument('--backbone-only', action='store_true', help='export the backbone (its out_indices maps)')
+    parser.add_argument('--fixed-size', action='store_true',
+                        help='export for the --shape height and width only (dynamic batch): faster in onnxruntime')
     args = parser.parse_args(argv)
+    if args.fixed_size and args.check_shape:
+        parser.error(f'--check-shape {args.check_shape[0]} {args.check_shape[1]}: a --fixed-size graph runs at '
+                     f'--shape {args.shape[0]} {args.shape[1]} only; drop one of the two')
     for value in args.shape + (args.check_shape or []):
         if value < 32:
             parser.error(f'--shape/--check-shape {value}: each side must be >= 32 (the backbone has stride 32)')
@@ -59,7 +71,7 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     the export and in the onnxruntime checks."""
     args = parse_args(argv)
     out = args.out or osp.splitext(osp.basename(args.config))[0] + ('_backbone' if args.backbone_only else '') + '.onnx'
-    shapes = [list(args.shape), list(args.check_shape or half_size(args.shape))]
+    shapes = [list(args.shape)] + ([] if args.fixed_size else [list(args.check_shape or half_size(args.shape))])
     with one_line_errors(f'tools/deployment/{TOOL}.py', __file__):
         t0 = time.perf_counter()
         say(f'building the model of {args.config} (weights: {args.checkpoint}) ...')
@@ -68,9 +80,10 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
         say(f'model built and re-parameterised in {time.perf_counter() - t0:.1f} s')
 
         t0 = time.perf_counter()
-        say(f'exporting to {out} at 1x3x{shapes[0][0]}x{shapes[0][1]} (opset {OPSET}, dynamic batch/height/width; '
+        axes = 'dynamic batch, fixed height/width' if args.fixed_size else 'dynamic batch/height/width'
+        say(f'exporting to {out} at 1x3x{shapes[0][0]}x{shapes[0][1]} (opset {OPSET}, {axes}; '
             f'minutes for a real-size model) ...')
-        export(net, shapes[0], out)
+        export(net, shapes[0], out, fixed_size=args.fixed_size)
         say(f'exported {out} ({osp.getsize(out) / 2**20:.1f} MB) in {time.perf_counter() - t0:.1f} s')
 
         t0 = time.perf_counter()
