@@ -155,16 +155,18 @@ def test_torch_compile_one_graph_same_output(fixture):
 
 @pytest.mark.slow
 def test_fixed_size_export_writes_small_map_aggregations_as_matmuls(fixture, tmp_path):
-    """``export(fixed_size=True)``: height and width are constants of the graph, the batch stays dynamic, and the
-    aggregations of maps with few distinct windows (stage 3 at 14x14 with k=13, stage 4 at 7x7 with k=7) are
-    per-window MatMuls instead of 169- and 49-tap chains; onnxruntime gives the eager outputs at other batch sizes. The
-    dynamic export of the same model keeps the tap chains."""
+    """``export(fixed_size=True)``: height and width are constants of the graph, the batch stays dynamic, and each
+    aggregation takes the eager forward's path in standard ops: the large kernels (stage 3 at 14x14 with k=13,
+    stage 4 at 7x7 with k=7) per-window MatMuls, the small k=5 ones the dense operator (ScatterElements + MatMul),
+    instead of 169-, 49- and 25-tap chains; onnxruntime gives the eager outputs at another batch size and refuses
+    another image size. The dynamic export of the same model keeps the tap chains."""
     onnx = pytest.importorskip('onnx')
     pytest.importorskip('onnxruntime')
-    from mmoverlock.ops import uses_windows
+    from mmoverlock.ops import na2d_cpu_path
     arch = dict(fixture['arch'], kernel_size=[17, 15, 13, 7])
     model = _deployed_backbone(arch)
-    assert uses_windows(14, 14, 13) and uses_windows(7, 7, 7) and not uses_windows(14, 14, 5)
+    assert [na2d_cpu_path(*hwk, forward_only=True) for hwk in ((14, 14, 13), (7, 7, 7), (14, 14, 5), (7, 7, 5))] == [
+        'windows', 'windows', 'dense', 'dense']
     fixed, dynamic = str(tmp_path / 'fixed.onnx'), str(tmp_path / 'dynamic.onnx')
     onnx_export.export(model, (224, 224), fixed, fixed_size=True)
     onnx_export.export(model, (224, 224), dynamic)
@@ -172,11 +174,12 @@ def test_fixed_size_export_writes_small_map_aggregations_as_matmuls(fixture, tmp
     dims = [d.dim_param or d.dim_value for d in graphs['fixed'].input[0].type.tensor_type.shape.dim]
     assert dims == ['batch', 3, 224, 224]
     ops = {name: [n.op_type for n in g.node] for name, g in graphs.items()}
-    # a tap is one Pad; stage 3 (14x14): large k=13, small k=5; stage 4 (7x7): large k=7, small k=5 (9 windows)
+    # a tap is one Pad; stage 3 (14x14): large k=13, small k=5; stage 4 (7x7): large k=7, small k=5
     stage3, stage4 = arch['sub_depth']
     assert ops['dynamic'].count('Pad') == stage3 * (169 + 25) + stage4 * (49 + 25)
-    assert ops['fixed'].count('Pad') == (stage3 + stage4) * 25
-    assert ops['fixed'].count('MatMul') >= 4 * stage3 + stage4                  # the windows' matmuls
+    assert ops['fixed'].count('Pad') == 0 and 'ScatterElements' not in ops['dynamic']
+    assert ops['fixed'].count('ScatterElements') == stage3 + stage4              # one dense matrix per block
+    assert ops['fixed'].count('MatMul') >= 4 * stage3 + stage4 + stage3 + stage4  # the windows' and the dense
     # the maps fit their kernels: no identity Resize in front of each block's aggregation
     assert ops['dynamic'].count('Resize') - ops['fixed'].count('Resize') == stage3 + stage4
     assert len(ops['fixed']) < len(ops['dynamic']) / 2
@@ -186,12 +189,15 @@ def test_fixed_size_export_writes_small_map_aggregations_as_matmuls(fixture, tmp
         onnx_export.ort_session(fixed).run(None, {'input': torch.zeros(1, 3, 192, 192).numpy()})
 
 
-def test_windows_concat_forward_equals_the_op():
-    """The per-window form the fixed-size export writes (Slice, MatMul, Concat) computes the op's sums."""
-    from mmoverlock.ops import na2d_av_channels_first, uses_windows
-    from mmoverlock.ops.na2d_cpu import windows_concat_forward
-    for h, w, k in ((14, 14, 13), (13, 13, 13), (7, 9, 7), (8, 7, 7)):
-        assert uses_windows(h, w, k)
-        attn, value = torch.randn(2, 3, k * k, h, w).softmax(2), torch.randn(2, 3, 4, h, w)
-        torch.testing.assert_close(windows_concat_forward(attn, value, k), na2d_av_channels_first(attn, value, k),
-                                   rtol=1e-5, atol=1e-6)
+def test_fixed_size_export_forms_equal_the_op():
+    """The forms the fixed-size export writes -- per window Slice, MatMul, Concat; the dense operator by
+    ScatterElements and MatMul -- compute the op's sums."""
+    from mmoverlock.ops import na2d_av_channels_first, na2d_cpu_path
+    from mmoverlock.ops.na2d_cpu import dense_scatter_forward, windows_concat_forward
+    for form, path, cases in ((windows_concat_forward, 'windows', ((14, 14, 13), (13, 13, 13), (7, 9, 7))),
+                              (dense_scatter_forward, 'dense', ((14, 14, 5), (7, 7, 5), (9, 6, 3)))):
+        for h, w, k in cases:
+            assert na2d_cpu_path(h, w, k, forward_only=True) == path
+            attn, value = torch.randn(2, 3, k * k, h, w).softmax(2), torch.randn(2, 3, 4, h, w)
+            torch.testing.assert_close(form(attn, value, k), na2d_av_channels_first(attn, value, k),
+                                       rtol=1e-5, atol=1e-6)

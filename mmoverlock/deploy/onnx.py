@@ -130,9 +130,9 @@ def export(net: nn.Module, shape: Sequence[int], out: str, batch: int = 1, fixed
     Adaptive pools in ``net`` are made traceable in place (same results).
 
     ``fixed_size``: the graph is for height and width ``shape`` only (the batch stays dynamic), and ContMix's
-    aggregation of maps with few distinct windows (stage 3 and 4 at classification sizes) exports as per-window
-    MatMuls instead of the k*k-tap Slice/Pad/Mul/Add chain: OverLoCK-T at 224x224 runs about a third faster in
-    onnxruntime, with a graph a third the size (docs/benchmarks.md)."""
+    aggregation exports as the eager forward's path where that is the per-window matmuls or the dense operator
+    (stage 3 and 4 at classification sizes) instead of the k*k-tap Slice/Pad/Mul/Add chain: OverLoCK-T at
+    224x224 runs 1.5x faster in onnxruntime, with a graph a sixth the size (docs/benchmarks.md)."""
     make_pools_traceable(net)
     x = torch.randn(batch, 3, *shape)
     with torch.no_grad():

@@ -141,17 +141,21 @@ def na2d_av_channels_first(attn: torch.Tensor, value: torch.Tensor, kernel_size:
     """attn (B, G, k*k, H, W), value (B, G, C, H, W) -> (B, G, C, H, W), contiguous:
     ``torch.ops.mmoverlock.na2d_av`` after promoting mixed dtypes to the wider one. Under ONNX export the op
     is written out as its standard-op tap loop (Slice/Pad/Mul/Add), or, in an export of one map size
-    (:func:`~mmoverlock.ops.tracing.fixed_size_export`) of a map with few distinct windows, as per-window
-    matmuls (Slice/MatMul/Concat). TorchScript calls the op."""
+    (:func:`~mmoverlock.ops.tracing.fixed_size_export`), as the eager forward's path where that is the per-window
+    matmuls (Slice/MatMul/Concat) or the dense operator (ScatterElements/MatMul). TorchScript calls the op."""
     if torch.jit.is_scripting():
         dtype = torch.promote_types(attn.dtype, value.dtype)
         return torch.ops.mmoverlock.na2d_av(attn.to(dtype), value.to(dtype), kernel_size)
     attn, value = checks.promoted(attn, value)
     if is_exporting():
         checks.na2d_inputs(attn, value, kernel_size)
-        if is_fixed_size_export() and uses_windows(constant_size(value.shape[-2]), constant_size(value.shape[-1]),
-                                                   kernel_size):
-            return na2d_cpu.windows_concat_forward(attn, value, kernel_size)
+        if is_fixed_size_export():     # the eager forward's path, in standard ops
+            path = na2d_cpu_path(constant_size(value.shape[-2]), constant_size(value.shape[-1]), kernel_size,
+                                 forward_only=True)
+            if path == 'windows':
+                return na2d_cpu.windows_concat_forward(attn, value, kernel_size)
+            if path == 'dense':
+                return na2d_cpu.dense_scatter_forward(attn, value, kernel_size)
         return na2d_cpu.taps_forward(attn, value, kernel_size)
     return na2d_op.NA2D_AV(attn, value, kernel_size)
 

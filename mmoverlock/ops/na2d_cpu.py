@@ -10,8 +10,8 @@ size C*k*k*H*W, activation memory is O(B*G*H*W*(C + k*k)):
   valid windows followed by replicate padding (the map of window starts is the valid-window map,
   replicate-padded); its backward recomputes each shifted value instead of storing it (:func:`taps_forward`,
   :func:`taps_backward`). Out of place, it is also what ONNX export writes out (Slice/Pad/Mul/Add), except
-  that an export of one map size writes the per-window matmuls where they apply
-  (:func:`windows_concat_forward`);
+  that an export of one map size writes the forward's own path where it is the per-window matmuls or the
+  dense operator (:func:`windows_concat_forward`, :func:`dense_scatter_forward`);
 * the **dense operator** (small maps, e.g. stage 3/4 at 224^2): the kernels are scattered into one
   (H*W, H*W) aggregation matrix per (batch, group) -- at most ``DENSE_MAX_RATIO`` times the size of ``attn``
   (``FORWARD_DENSE_MAX_RATIO`` for the forward, whose crossover lies higher) -- and applied with one batched
@@ -32,8 +32,8 @@ from .selection import na2d_cpu_path
 from .tracing import constant_size
 
 __all__ = ['window_starts', 'window_keys', 'window_classes', 'shifted_tap', 'pads', 'taps_forward', 'taps_backward',
-           'windows_forward', 'windows_concat_forward', 'windows_backward', 'dense_forward', 'dense_backward', 'PATHS',
-           'forward', 'backward']
+           'windows_forward', 'windows_concat_forward', 'windows_backward', 'dense_forward', 'dense_scatter_forward',
+           'dense_backward', 'PATHS', 'forward', 'backward']
 
 
 def window_starts(length: int, kernel_size: int, device=None) -> torch.Tensor:
@@ -224,6 +224,21 @@ def dense_forward(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> 
     matrix = _dense_matrix(attn, h, w, kernel_size)
     out = torch.bmm(value.reshape(b * g, c, h * w), matrix.transpose(1, 2))
     return out.view(b, g, c, h, w)
+
+
+def dense_scatter_forward(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """:func:`dense_forward` in standard ops for an export of one map size: the kernels scattered into the
+    transposed (H*W, H*W) aggregation matrices at constant positions (ScatterElements into zeros) and one MatMul
+    (nothing computed from the batch size but the zeros' shape). attn (B, G, k*k, H, W), value (B, G, C, H, W)
+    -> (B, G, C, H, W)."""
+    h, w = constant_size(value.shape[-2]), constant_size(value.shape[-1])
+    hw = h * w
+    index = _dense_index(h, w, kernel_size, attn.device)          # pixel * HW + key
+    transposed = (index % hw) * hw + torch.div(index, hw, rounding_mode='floor')
+    kernels = attn.flatten(2)                                      # (B, G, k*k*H*W)
+    matrix = kernels.new_zeros(kernels.shape[0], kernels.shape[1], hw * hw)
+    matrix = matrix.scatter(2, transposed.expand_as(kernels), kernels).unflatten(-1, (hw, hw))   # row = key
+    return torch.matmul(value.flatten(-2), matrix).unflatten(-1, (h, w))
 
 
 def dense_backward(grad_out: torch.Tensor, attn: torch.Tensor, value: torch.Tensor, kernel_size: int,

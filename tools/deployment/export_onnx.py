@@ -16,9 +16,9 @@ What is exported (without ``--backbone-only``):
     python tools/deployment/export_onnx.py CONFIG CKPT --shape 224 224 --fixed-size   # one input size, faster
 
 ``--fixed-size`` exports for the ``--shape`` height and width only (the batch stays dynamic): ContMix's
-aggregation of maps with few distinct windows (stage 3 and 4 at classification sizes) becomes per-window MatMuls
-instead of the k*k-tap chain, and the small-map resize rule is resolved at export; onnxruntime runs OverLoCK-T
-at 224x224 about 1.6x faster (docs/benchmarks.md). The check then runs at the export size only.
+aggregation of small maps (stage 3 and 4 at classification sizes) becomes per-window MatMuls or one dense
+matrix instead of the k*k-tap chain, and the small-map resize rule is resolved at export; onnxruntime runs
+OverLoCK-T at 224x224 1.5x faster (docs/benchmarks.md). The check then runs at the export size only.
 
 CKPT may be ``none`` (the config's initial weights: for checking the export, not for deployment).
 """
