@@ -4,7 +4,8 @@ behind ``tools/deployment/export_onnx.py``, not imported by ``import mmoverlock`
 The backbone is re-parameterised (``switch_to_deploy()``) first. ContMix exports as standard ops: the
 neighbourhood aggregation as a Slice/Pad/Mul/Add tap loop, the region pooling and the small-map resize rule
 as branch-free shape arithmetic, so one graph is right for maps both below and above the kernel size. An export
-of one input size (``fixed_size``) writes the aggregation of small maps as per-window MatMuls instead.
+of one input size (``fixed_size``) writes the aggregation of small maps as per-window MatMuls or one dense
+aggregation matrix instead.
 """
 import contextlib
 import os.path as osp
