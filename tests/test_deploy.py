@@ -156,34 +156,33 @@ def test_torch_compile_one_graph_same_output(fixture):
 @pytest.mark.slow
 def test_fixed_size_export_writes_small_map_aggregations_as_matmuls(fixture, tmp_path):
     """``export(fixed_size=True)``: height and width are constants of the graph, the batch stays dynamic, and each
-    aggregation takes the eager forward's path in standard ops: the large kernels (stage 3 at 14x14 with k=13,
-    stage 4 at 7x7 with k=7) per-window MatMuls, the small k=5 ones the dense operator (ScatterElements + MatMul),
-    instead of 169-, 49- and 25-tap chains; onnxruntime gives the eager outputs at another batch size and refuses
-    another image size. The dynamic export of the same model keeps the tap chains."""
+    aggregation takes the eager forward's path in standard ops -- at 160x160 the large kernels (stage 3 at 10x10
+    with k=9, stage 4 resized from 5x5 to 7x7 with k=7) per-window MatMuls, the small k=5 ones the dense operator
+    (ScatterElements + MatMul) -- with no tap chain (Pad) left, and a Resize only where a map is smaller than its
+    kernel; onnxruntime gives the eager outputs at another batch size and refuses another image size."""
     onnx = pytest.importorskip('onnx')
     pytest.importorskip('onnxruntime')
     from mmoverlock.ops import na2d_cpu_path
-    arch = dict(fixture['arch'], kernel_size=[17, 15, 13, 7])
+    arch = dict(fixture['arch'], kernel_size=[9, 7, 9, 7])
     model = _deployed_backbone(arch)
-    assert [na2d_cpu_path(*hwk, forward_only=True) for hwk in ((14, 14, 13), (7, 7, 7), (14, 14, 5), (7, 7, 5))] == [
+    assert [na2d_cpu_path(*hwk, forward_only=True) for hwk in ((10, 10, 9), (7, 7, 7), (10, 10, 5), (7, 7, 5))] == [
         'windows', 'windows', 'dense', 'dense']
-    fixed, dynamic = str(tmp_path / 'fixed.onnx'), str(tmp_path / 'dynamic.onnx')
-    onnx_export.export(model, (224, 224), fixed, fixed_size=True)
-    onnx_export.export(model, (224, 224), dynamic)
-    graphs = {name: onnx.load(f).graph for name, f in (('fixed', fixed), ('dynamic', dynamic))}
-    dims = [d.dim_param or d.dim_value for d in graphs['fixed'].input[0].type.tensor_type.shape.dim]
-    assert dims == ['batch', 3, 224, 224]
-    ops = {name: [n.op_type for n in g.node] for name, g in graphs.items()}
-    # a tap is one Pad; stage 3 (14x14): large k=13, small k=5; stage 4 (7x7): large k=7, small k=5
+    fixed = str(tmp_path / 'fixed.onnx')
+    onnx_export.export(model, (160, 160), fixed, fixed_size=True)
+    graph = onnx.load(fixed).graph
+    dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ['batch', 3, 160, 160]
+    ops = [n.op_type for n in graph.node]
     stage3, stage4 = arch['sub_depth']
-    assert ops['dynamic'].count('Pad') == stage3 * (169 + 25) + stage4 * (49 + 25)
-    assert ops['fixed'].count('Pad') == 0 and 'ScatterElements' not in ops['dynamic']
-    assert ops['fixed'].count('ScatterElements') == stage3 + stage4              # one dense matrix per block
-    assert ops['fixed'].count('MatMul') >= 4 * stage3 + stage4 + stage3 + stage4  # the windows' and the dense
-    # the maps fit their kernels: no identity Resize in front of each block's aggregation
-    assert ops['dynamic'].count('Resize') - ops['fixed'].count('Resize') == stage3 + stage4
-    assert len(ops['fixed']) < len(ops['dynamic']) / 2
-    for r in onnx_export.check(model, fixed, [(224, 224)], batch=2):
+    assert 'Pad' not in ops                                                   # no tap chain
+    assert ops.count('ScatterElements') == stage3 + stage4                    # one dense matrix per block
+    assert ops.count('MatMul') >= 4 * stage3 + stage4 + stage3 + stage4       # the windows' and the dense
+    # a Resize in front of an aggregation only where the map is smaller than the kernel: stage 4 at 160 (5x5 < 7),
+    # not at 224 (7x7); the dynamic export resizes every block's maps (identities where they fit)
+    fitting = str(tmp_path / 'fixed224.onnx')
+    onnx_export.export(model, (224, 224), fitting, fixed_size=True)
+    assert ops.count('Resize') - [n.op_type for n in onnx.load(fitting).graph.node].count('Resize') == stage4
+    for r in onnx_export.check(model, fixed, [(160, 160)], batch=2):
         assert r['max_abs_err'] <= 1e-4 * max(1., r['output_scale']), r
     with pytest.raises(Exception, match='[Ii]nvalid dimensions'):       # another size: refused, not wrong
         onnx_export.ort_session(fixed).run(None, {'input': torch.zeros(1, 3, 192, 192).numpy()})
