@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 
 from ..ops import na2d_av_channels_first
-from ..ops.tracing import constant_size, is_exporting, is_fixed_size_export, is_tracing
+from ..ops.tracing import is_exporting, is_fixed_size_export, is_tracing
 from ..registry import MODELS
+from ..utils.compat import static_int
 from .layers import (GELU, GRN, DepthwiseConv2d, DilatedReparamBlock, DropPath, LayerNorm2d, LayerScale,
                      PointwiseConv2d, ResDWConv, SEModule)
 
@@ -137,7 +138,7 @@ def fit_to_kernel(maps: List[torch.Tensor], kernel_size: int
     elif is_exporting() and not is_fixed_size_export():
         size = fit_size_traceable(h, w, kernel_size)
     else:
-        size = small_map_size(constant_size(h), constant_size(w), kernel_size)
+        size = small_map_size(static_int(h), static_int(w), kernel_size)
     if size is None:
         return maps, None
     resized = F.interpolate(torch.cat(maps, 1), size=[size[0], size[1]], mode='bilinear', align_corners=False)

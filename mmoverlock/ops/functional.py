@@ -70,7 +70,7 @@ from .selection import (AUTO, CHOICES, DENSE_MAX_RATIO, FORWARD, FORWARD_DENSE_M
                         TORCH, WEIGHT_GRAD, WINDOW_CLASSES_MAX, choice_key, choose_paths, chosen,
                         clear_choices, deterministic_requested, na2d_cpu_path, pick, select, uses_dense,
                         uses_windows)
-from .tracing import constant_size, fixed_size_export, is_exporting, is_fixed_size_export, is_tracing
+from .tracing import fixed_size_export, is_exporting, is_fixed_size_export, is_tracing
 from .triton_common import SUPPORTED_DTYPES
 
 __all__ = [
@@ -150,7 +150,7 @@ def na2d_av_channels_first(attn: torch.Tensor, value: torch.Tensor, kernel_size:
     if is_exporting():
         checks.na2d_inputs(attn, value, kernel_size)
         if is_fixed_size_export():     # the eager forward's path, in standard ops
-            path = na2d_cpu_path(constant_size(value.shape[-2]), constant_size(value.shape[-1]), kernel_size,
+            path = na2d_cpu_path(compat.static_int(value.shape[-2]), compat.static_int(value.shape[-1]), kernel_size,
                                  forward_only=True)
             if path == 'windows':
                 return na2d_cpu.windows_concat_forward(attn, value, kernel_size)

@@ -28,8 +28,8 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..utils.compat import static_int
 from .selection import na2d_cpu_path
-from .tracing import constant_size
 
 __all__ = ['window_starts', 'window_keys', 'window_classes', 'shifted_tap', 'pads', 'taps_forward', 'taps_backward',
            'windows_forward', 'windows_concat_forward', 'windows_backward', 'dense_forward', 'dense_scatter_forward',
@@ -148,7 +148,7 @@ def windows_concat_forward(attn: torch.Tensor, value: torch.Tensor, kernel_size:
     """:func:`windows_forward` in standard ops for an export of one map size: per window a Slice of the values
     and of the kernels, one MatMul over the (B, G) batch, and the blocks joined by Concat (nothing computed from
     the batch size, which may stay dynamic). attn (B, G, k*k, H, W), value (B, G, C, H, W) -> (B, G, C, H, W)."""
-    h, w = constant_size(value.shape[-2]), constant_size(value.shape[-1])
+    h, w = static_int(value.shape[-2]), static_int(value.shape[-1])
     k = kernel_size
     rows = []
     for r0, r1, si in window_classes(h, k):
@@ -231,7 +231,7 @@ def dense_scatter_forward(attn: torch.Tensor, value: torch.Tensor, kernel_size: 
     transposed (H*W, H*W) aggregation matrices at constant positions (ScatterElements into zeros) and one MatMul
     (nothing computed from the batch size but the zeros' shape). attn (B, G, k*k, H, W), value (B, G, C, H, W)
     -> (B, G, C, H, W)."""
-    h, w = constant_size(value.shape[-2]), constant_size(value.shape[-1])
+    h, w = static_int(value.shape[-2]), static_int(value.shape[-1])
     hw = h * w
     index = _dense_index(h, w, kernel_size, attn.device)          # pixel * HW + key
     transposed = (index % hw) * hw + torch.div(index, hw, rounding_mode='floor')

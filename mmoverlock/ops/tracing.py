@@ -1,7 +1,6 @@
 """The one place that tells eager runs from tracing and ONNX export."""
 import contextlib
-import warnings
-from typing import Iterator, Union
+from typing import Iterator
 
 import torch
 
@@ -34,13 +33,3 @@ def fixed_size_export() -> Iterator[None]:
 def is_fixed_size_export() -> bool:
     """An ONNX export inside :func:`fixed_size_export`: map sizes are constants of the graph."""
     return _FIXED_SIZE_EXPORT[0] and is_exporting()
-
-
-def constant_size(size: Union[int, torch.Tensor]) -> int:
-    """A map size as a Python int, for a fixed-size export (where it is a constant of the graph by definition:
-    the tracer's warning about a traced size turned into a constant is not raised) and for eager runs."""
-    if not isinstance(size, torch.Tensor):
-        return size
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', torch.jit.TracerWarning)
-        return int(size)

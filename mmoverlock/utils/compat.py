@@ -34,6 +34,7 @@ import pickle
 import re
 import sys
 import types
+import warnings
 from importlib import metadata
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -194,9 +195,15 @@ def register_flop_formula(op, formula: Callable) -> None:
 
 def static_int(size) -> int:
     """A size as a Python int. torch 2.1's tracer (TorchScript, ONNX export) hands out tensor sizes as 0-d
-    tensors, which ``F.conv2d``'s padding and groups refuse; newer torch hands out ints (returned as they are).
-    For sizes that are constants of the model (a weight's shape), so the trace stays exact."""
-    return int(size) if isinstance(size, torch.Tensor) else size
+    tensors, which ``F.conv2d``'s padding and groups refuse, and an export's traced sizes are tensors too; ints
+    are returned as they are. For sizes that are constants of the trace -- a weight's shape, or a map size in an
+    export of one input size (:func:`mmoverlock.ops.fixed_size_export`) -- so the tracer's warning about a
+    traced value turned into a constant is not raised."""
+    if not isinstance(size, torch.Tensor):
+        return size
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        return int(size)
 
 
 def onnx_export_kwargs() -> dict:
