@@ -41,10 +41,10 @@ RECORD_HOOK = textwrap.dedent('''
     from mmengine.hooks import Hook
     from mmengine.registry import HOOKS
 
-    def _pause(work_dir):
-        open(os.path.join(work_dir, 'paused'), 'w').close()
+    def _pause(runner):   # each rank says it is here; the test signals once all of them are
+        open(os.path.join(runner.work_dir, f'paused.{runner.rank}'), 'w').close()
         for _ in range(3000):   # until the test has sent its signal
-            if os.path.exists(os.path.join(work_dir, 'signalled')):
+            if os.path.exists(os.path.join(runner.work_dir, 'signalled')):
                 return
             time.sleep(0.1)
 
@@ -59,12 +59,12 @@ RECORD_HOOK = textwrap.dedent('''
                 with open(os.path.join(runner.work_dir, 'losses.txt'), 'a') as f:
                     f.write(f"{step} {runner.epoch + 1} {batch_idx + 1} {outputs['loss'].item()!r} {images}\\n")
             if step == int(os.environ.get('PAUSE_AFTER_ITER', 0)):
-                _pause(runner.work_dir)
+                _pause(runner)
                 time.sleep(3600)
 
         def before_save_checkpoint(self, runner, checkpoint):
             if runner.iter + 1 == int(os.environ.get('PAUSE_IN_SAVE', 0)):
-                _pause(runner.work_dir)
+                _pause(runner)
 ''')
 
 
@@ -151,13 +151,15 @@ def descendants(pid: int) -> list:
     return found
 
 
-def interrupt(cmd, env, work, sig, **pause):
-    """Start ``cmd``, wait until it pauses where ``pause`` says, send ``sig`` to its process group as a terminal's
-    Ctrl-C does (SIGKILL: to each of its processes, as a node's loss does); returns the exit status and output."""
+def interrupt(cmd, env, work, procs, sig, **pause):
+    """Start ``cmd``, wait until each of its ``procs`` ranks pauses where ``pause`` says (a rank may run ahead
+    of rank 0, which records the losses), send ``sig`` to its process group as a terminal's Ctrl-C does (SIGKILL:
+    to each of its processes, as a node's loss does); returns the exit status and output."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(env, **{k: str(v) for k, v in pause.items()}),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + TIMEOUT
-    while not (work / 'paused').exists():
+    paused = [work / f'paused.{rank}' for rank in range(procs)]
+    while not all(p.exists() for p in paused):
         assert proc.poll() is None, 'the run ended before it could be interrupted:\n' + proc.communicate()[1][-3000:]
         assert time.time() < deadline, 'the run never reached the pause'
         time.sleep(0.2)
@@ -168,8 +170,8 @@ def interrupt(cmd, env, work, sig, **pause):
         os.killpg(proc.pid, sig)
     (work / 'signalled').touch()
     out, err = proc.communicate(timeout=TIMEOUT)
-    (work / 'paused').unlink()
-    (work / 'signalled').unlink()
+    for p in paused + [work / 'signalled']:
+        p.unlink()
     return proc.returncode, out, err
 
 
@@ -199,7 +201,7 @@ def test_interrupted_run_resumes_exactly(configs, task, procs, sig, pause):
     reference = configs.root / f'{task}_{procs}_reference'
     run(train_cmd(config, reference, procs), configs.env)
     work = configs.root / f'{task}_{procs}_{sig.name}'
-    code, out, err = interrupt(train_cmd(config, work, procs), configs.env, work, sig, **pause)
+    code, out, err = interrupt(train_cmd(config, work, procs), configs.env, work, procs, sig, **pause)
     saved = pause.get('PAUSE_IN_SAVE', 3)      # the last checkpoint: the one being written, or iter_3
     checkpoint = str(work / f'iter_{saved}.pth')
     assert (work / 'last_checkpoint').read_text().strip() == checkpoint
