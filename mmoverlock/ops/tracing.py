@@ -1,10 +1,12 @@
 """The one place that tells eager runs from tracing and ONNX export."""
 import contextlib
+import contextvars
 from typing import Iterator
 
 import torch
 
-_FIXED_SIZE_EXPORT = [False]
+#: set within :func:`fixed_size_export` (per thread and context, restored on exit)
+_FIXED_SIZE_EXPORT = contextvars.ContextVar('mmoverlock_fixed_size_export', default=False)
 
 
 def is_exporting() -> bool:
@@ -22,14 +24,13 @@ def is_tracing() -> bool:
 def fixed_size_export() -> Iterator[None]:
     """Within: an ONNX export whose graph is for the traced input's height and width only (the batch may stay
     dynamic), so layers may write size-specific forms (:func:`is_fixed_size_export`)."""
-    before = _FIXED_SIZE_EXPORT[0]
-    _FIXED_SIZE_EXPORT[0] = True
+    token = _FIXED_SIZE_EXPORT.set(True)
     try:
         yield
     finally:
-        _FIXED_SIZE_EXPORT[0] = before
+        _FIXED_SIZE_EXPORT.reset(token)
 
 
 def is_fixed_size_export() -> bool:
     """An ONNX export inside :func:`fixed_size_export`: map sizes are constants of the graph."""
-    return _FIXED_SIZE_EXPORT[0] and is_exporting()
+    return _FIXED_SIZE_EXPORT.get() and is_exporting()
