@@ -152,10 +152,8 @@ def na2d_av_channels_first(attn: torch.Tensor, value: torch.Tensor, kernel_size:
         if is_fixed_size_export():     # the eager forward's path, in standard ops
             path = na2d_cpu_path(compat.static_int(value.shape[-2]), compat.static_int(value.shape[-1]), kernel_size,
                                  forward_only=True)
-            if path == 'windows':
-                return na2d_cpu.windows_concat_forward(attn, value, kernel_size)
-            if path == 'dense':
-                return na2d_cpu.dense_scatter_forward(attn, value, kernel_size)
+            if path in na2d_cpu.FIXED_SIZE_FORMS:
+                return na2d_cpu.FIXED_SIZE_FORMS[path](attn, value, kernel_size)
         return na2d_cpu.taps_forward(attn, value, kernel_size)
     return na2d_op.NA2D_AV(attn, value, kernel_size)
 

@@ -33,7 +33,7 @@ from .selection import na2d_cpu_path
 
 __all__ = ['window_starts', 'window_keys', 'window_classes', 'shifted_tap', 'pads', 'taps_forward', 'taps_backward',
            'windows_forward', 'windows_concat_forward', 'windows_backward', 'dense_forward', 'dense_scatter_forward',
-           'dense_backward', 'PATHS', 'forward', 'backward']
+           'dense_backward', 'PATHS', 'FIXED_SIZE_FORMS', 'forward', 'backward']
 
 
 def window_starts(length: int, kernel_size: int, device=None) -> torch.Tensor:
@@ -264,6 +264,9 @@ PATHS: Dict[str, Tuple[Callable, Callable]] = {
     'dense': (dense_forward, dense_backward),
     'taps': (partial(taps_forward, inplace=True), taps_backward),
 }
+#: the CPU forward paths an export of one map size writes in standard ops, as the eager forward computes them
+#: (the tap loop, out of place, is what every other export writes)
+FIXED_SIZE_FORMS: Dict[str, Callable] = {'windows': windows_concat_forward, 'dense': dense_scatter_forward}
 
 
 def forward(attn: torch.Tensor, value: torch.Tensor, kernel_size: int) -> torch.Tensor:
