@@ -1,6 +1,5 @@
 """The docs stay true to the code, mechanically: every relative link resolves, every repository path the docs
 name exists, and every tool command they show runs with ``--help`` and knows the options it is shown with."""
-import functools
 import glob
 import os.path as osp
 import re
@@ -78,16 +77,15 @@ def _run_help(tool: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-@functools.lru_cache(maxsize=None)
-def _helps() -> dict:
-    """Every documented tool's ``--help``, two at a time (each spends its ~6 s importing torch and mmengine)."""
-    tools = sorted(tool for tool in COMMANDS if osp.isfile(osp.join(ROOT, tool)))
+@pytest.fixture(scope='module')
+def helps(request) -> dict:
+    """The ``--help`` of each tool the selected tests ask for, two at a time (each spends its ~6 s importing
+    torch and mmengine)."""
+    tools = sorted({item.callspec.params['tool'] for item in request.session.items
+                    if getattr(item, 'originalname', None) == 'test_documented_command_runs_with_help'
+                    and osp.isfile(osp.join(ROOT, item.callspec.params['tool']))})
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(zip(tools, pool.map(_run_help, tools)))
-
-
-def _help(tool: str) -> subprocess.CompletedProcess:
-    return _helps()[tool]
 
 
 def test_docs_show_the_tools():
@@ -98,9 +96,9 @@ def test_docs_show_the_tools():
 
 @pytest.mark.slow
 @pytest.mark.parametrize('tool', sorted(COMMANDS))
-def test_documented_command_runs_with_help(tool):
+def test_documented_command_runs_with_help(tool, helps):
     assert osp.isfile(osp.join(ROOT, tool)), f'the docs show {tool}, which does not exist'
-    proc = _help(tool)
+    proc = helps[tool]
     assert proc.returncode == 0, f'{tool} --help failed: {proc.stderr[-1500:]}'
     unknown = sorted(option for option in COMMANDS[tool] if option not in proc.stdout)
     assert unknown == [], f'the docs show {tool} with options its --help does not know: {unknown}'
